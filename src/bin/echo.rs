@@ -1,0 +1,135 @@
+//! The demo upstream: answers every request with its method, path, query, headers and body as
+//! JSON, and `/healthz` with 200. Used by `make run`, the tests and the benchmarks.
+//!
+//! Knobs for tests: `--name` (echoed as `server`), `--delay` (wait before answering),
+//! `--status` (answer with this status). WebSocket upgrades are accepted and echo their bytes.
+
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+#[derive(Parser, Debug)]
+#[command(name = "echo", about = "Pylon's demo upstream")]
+struct Args {
+    /// Address to listen on; port 0 picks a free one (printed on stdout).
+    #[arg(long, default_value = "127.0.0.1:9001")]
+    listen: SocketAddr,
+    /// Name reported in every answer, to tell targets apart.
+    #[arg(long, default_value = "echo")]
+    name: String,
+    /// Wait this long before answering (not for /healthz), e.g. "2s".
+    #[arg(long, value_parser = humantime::parse_duration)]
+    delay: Option<Duration>,
+    /// Answer every request (not /healthz) with this status.
+    #[arg(long)]
+    status: Option<u16>,
+}
+
+async fn handle(
+    args: Arc<Args>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/healthz" {
+        return Ok(Response::new(Full::new(Bytes::from_static(b"ok"))));
+    }
+    if is_websocket(&req) {
+        return Ok(upgrade(req));
+    }
+    if let Some(d) = args.delay {
+        tokio::time::sleep(d).await;
+    }
+    let method = req.method().to_string();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let version = format!("{:?}", req.version());
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+        .collect();
+    let body = match req.into_body().collect().await {
+        Ok(b) => String::from_utf8_lossy(&b.to_bytes()).into_owned(),
+        Err(_) => String::new(),
+    };
+    let json = serde_json::json!({
+        "server": args.name,
+        "method": method,
+        "path": path,
+        "query": query,
+        "version": version,
+        "headers": headers,
+        "body": body,
+    });
+    let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
+    *resp.status_mut() = args
+        .status
+        .and_then(|s| StatusCode::from_u16(s).ok())
+        .unwrap_or(StatusCode::OK);
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().expect("static"));
+    resp.headers_mut().insert(
+        "x-echo-server",
+        args.name
+            .parse()
+            .unwrap_or_else(|_| "echo".parse().expect("static")),
+    );
+    Ok(resp)
+}
+
+fn is_websocket(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get("upgrade")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+}
+
+/// Switch protocols and echo raw bytes back; enough to prove the gateway tunnels upgrades.
+fn upgrade(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        if let Ok(upgraded) = on_upgrade.await {
+            let mut io = TokioIo::new(upgraded);
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 || io.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut()
+        .insert("connection", "upgrade".parse().expect("static"));
+    resp.headers_mut()
+        .insert("upgrade", "websocket".parse().expect("static"));
+    resp
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    let args = Arc::new(Args::parse());
+    let listener = TcpListener::bind(args.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let args = Arc::clone(&args);
+        tokio::spawn(async move {
+            let service = service_fn(move |req| handle(Arc::clone(&args), req));
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}

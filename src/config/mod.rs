@@ -1,0 +1,482 @@
+//! The configuration as written by the user: plain serde structs, parsed once.
+//!
+//! A file is parsed into a spanned TOML tree first, then every section (each route, each upstream)
+//! is deserialized on its own. A mistake in one route therefore does not hide a mistake in the
+//! next: `pylon -t` reports every error it can find, each with `file:line:col`. The structs are
+//! then checked for meaning (see [`validate`]) and handed to the runtime compiler; nothing here is
+//! used on the request path.
+
+mod units;
+pub mod validate;
+
+pub use units::{ConfDuration, ConfSize};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::de::{DeValue, ValueDeserializer};
+use toml::Spanned;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub upstreams: BTreeMap<String, Located<UpstreamConfig>>,
+    pub routes: Vec<Located<RouteConfig>>,
+}
+
+/// A value together with the byte range of the table it came from, for error messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located<T> {
+    pub value: T,
+    pub span: Range<usize>,
+}
+
+impl<T> std::ops::Deref for Located<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<Spanned<String>>,
+    /// Worker threads; default: the number of CPUs.
+    pub threads: Option<usize>,
+    #[serde(default = "default_pid_file")]
+    pub pid_file: String,
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+    #[serde(default = "default_grace_period")]
+    pub grace_period: ConfDuration,
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: ConfDuration,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// Pingora's work-stealing runtime; off gives each thread its own queue.
+    #[serde(default = "yes")]
+    pub work_stealing: bool,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: default_listen(),
+            threads: None,
+            pid_file: default_pid_file(),
+            upgrade_sock: default_upgrade_sock(),
+            grace_period: default_grace_period(),
+            shutdown_timeout: default_shutdown_timeout(),
+            trusted_proxies: Vec::new(),
+            work_stealing: true,
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_listen() -> Vec<Spanned<String>> {
+    vec![Spanned::new(0..0, "0.0.0.0:8080".to_string())]
+}
+fn default_pid_file() -> String {
+    "/tmp/pylon.pid".into()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/pylon_upgrade.sock".into()
+}
+fn default_grace_period() -> ConfDuration {
+    ConfDuration(Duration::from_secs(30))
+}
+fn default_shutdown_timeout() -> ConfDuration {
+    ConfDuration(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default = "default_level")]
+    pub level: LogLevel,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            level: default_level(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+fn default_level() -> LogLevel {
+    LogLevel::Info
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    pub targets: Vec<Spanned<TargetConfig>>,
+    #[serde(default)]
+    pub balancer: Balancer,
+    pub hash_on: Option<Spanned<String>>,
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: ConfDuration,
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: ConfDuration,
+    #[serde(default = "default_read_timeout")]
+    pub write_timeout: ConfDuration,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: ConfDuration,
+    #[serde(default = "default_retries")]
+    pub retries: usize,
+    #[serde(default)]
+    pub tls: bool,
+    /// TLS server name; default: the target's host.
+    pub sni: Option<String>,
+    #[serde(default = "yes")]
+    pub verify: bool,
+}
+
+fn default_connect_timeout() -> ConfDuration {
+    ConfDuration(Duration::from_secs(5))
+}
+fn default_read_timeout() -> ConfDuration {
+    ConfDuration(Duration::from_secs(60))
+}
+fn default_idle_timeout() -> ConfDuration {
+    ConfDuration(Duration::from_secs(60))
+}
+fn default_retries() -> usize {
+    1
+}
+
+/// One target: `"10.0.0.1:8080"` or `{ addr = "10.0.0.1:8080", weight = 3 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a target \"host:port\" or { addr = \"host:port\", weight = N }"
+)]
+pub enum TargetConfig {
+    Addr(String),
+    Weighted {
+        addr: String,
+        #[serde(default = "one")]
+        weight: usize,
+    },
+}
+
+fn one() -> usize {
+    1
+}
+
+impl TargetConfig {
+    pub fn addr(&self) -> &str {
+        match self {
+            TargetConfig::Addr(a) => a,
+            TargetConfig::Weighted { addr, .. } => addr,
+        }
+    }
+    pub fn weight(&self) -> usize {
+        match self {
+            TargetConfig::Addr(_) => 1,
+            TargetConfig::Weighted { weight, .. } => *weight,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Balancer {
+    #[default]
+    RoundRobin,
+    Random,
+    LeastRequests,
+    ConsistentHash,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    pub kind: HealthCheckKind,
+    #[serde(default = "default_hc_path")]
+    pub path: Spanned<String>,
+    /// `Host` header of HTTP checks; default: the target address.
+    pub host: Option<String>,
+    #[serde(default = "default_hc_interval")]
+    pub interval: ConfDuration,
+    #[serde(default = "default_hc_timeout")]
+    pub timeout: ConfDuration,
+    /// Consecutive successes before an unhealthy target is healthy again.
+    #[serde(default = "default_hc_healthy")]
+    pub healthy: usize,
+    /// Consecutive failures before a healthy target leaves rotation.
+    #[serde(default = "default_hc_unhealthy")]
+    pub unhealthy: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheckKind {
+    Http,
+    Tcp,
+}
+
+fn default_hc_path() -> Spanned<String> {
+    Spanned::new(0..0, "/".to_string())
+}
+fn default_hc_interval() -> ConfDuration {
+    ConfDuration(Duration::from_secs(5))
+}
+fn default_hc_timeout() -> ConfDuration {
+    ConfDuration(Duration::from_secs(1))
+}
+fn default_hc_healthy() -> usize {
+    2
+}
+fn default_hc_unhealthy() -> usize {
+    3
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: Spanned<String>,
+    #[serde(default)]
+    pub hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub paths: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub methods: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub priority: i32,
+    pub upstream: Option<Spanned<String>>,
+    pub respond: Option<RespondConfig>,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    pub rewrite: Option<RewriteConfig>,
+    #[serde(default)]
+    pub preserve_host: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RespondConfig {
+    #[serde(default = "default_status")]
+    pub status: Spanned<u16>,
+    #[serde(default)]
+    pub body: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+fn default_status() -> Spanned<u16> {
+    Spanned::new(0..0, 200)
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RewriteConfig {
+    pub pattern: Spanned<String>,
+    pub to: String,
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub span: Option<Range<usize>>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn at(span: Range<usize>, message: impl Into<String>) -> Self {
+        ConfigError {
+            span: Some(span),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in one file, printable as `FILE:LINE:COL: message` lines.
+#[derive(Debug)]
+pub struct Diagnostics {
+    pub path: PathBuf,
+    pub source: String,
+    pub errors: Vec<ConfigError>,
+}
+
+impl Diagnostics {
+    /// 1-based line and column (in characters) of a byte offset.
+    pub fn line_col(&self, offset: usize) -> (usize, usize) {
+        let offset = offset.min(self.source.len());
+        let before = &self.source[..offset];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        (line, before[line_start..].chars().count() + 1)
+    }
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            let (line, col) = e.span.as_ref().map_or((1, 1), |s| self.line_col(s.start));
+            // toml's messages can run over several lines; keep one error per line.
+            let msg = e.message.trim().replace('\n', " ");
+            write!(f, "{}:{line}:{col}: {msg}", self.path.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Read, parse and validate a configuration file.
+pub fn load(path: &Path) -> Result<Config, Diagnostics> {
+    let source = std::fs::read_to_string(path).map_err(|e| Diagnostics {
+        path: path.to_path_buf(),
+        source: String::new(),
+        errors: vec![ConfigError {
+            span: None,
+            message: format!("cannot read the file: {e}"),
+        }],
+    })?;
+    parse(path, source)
+}
+
+/// Parse and validate configuration text; `path` is only used in messages and to resolve
+/// relative paths.
+pub fn parse(path: &Path, source: String) -> Result<Config, Diagnostics> {
+    let mut errors = Vec::new();
+    let config = parse_sections(&source, &mut errors);
+    if errors.is_empty() {
+        validate::check(&config, &mut errors);
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        errors.sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
+        Err(Diagnostics {
+            path: path.to_path_buf(),
+            source,
+            errors,
+        })
+    }
+}
+
+fn toml_error(e: toml::de::Error, fallback: &Range<usize>) -> ConfigError {
+    ConfigError {
+        span: Some(e.span().unwrap_or_else(|| fallback.clone())),
+        message: e.message().to_string(),
+    }
+}
+
+fn section<T: DeserializeOwned>(
+    value: Spanned<DeValue<'_>>,
+    errors: &mut Vec<ConfigError>,
+) -> Option<Located<T>> {
+    let span = value.span();
+    match T::deserialize(ValueDeserializer::from(value)) {
+        Ok(value) => Some(Located { value, span }),
+        Err(e) => {
+            errors.push(toml_error(e, &span));
+            None
+        }
+    }
+}
+
+fn parse_sections(source: &str, errors: &mut Vec<ConfigError>) -> Config {
+    let (root, syntax) = toml::de::DeTable::parse_recoverable(source);
+    let mut config = Config::default();
+    if !syntax.is_empty() {
+        errors.extend(syntax.into_iter().map(|e| toml_error(e, &(0..0))));
+        return config;
+    }
+    for (key, value) in root.into_inner() {
+        let key_span = key.span();
+        match key.get_ref().as_ref() {
+            "server" => {
+                if let Some(s) = section(value, errors) {
+                    config.server = s.value;
+                }
+            }
+            "log" => {
+                if let Some(s) = section(value, errors) {
+                    config.log = s.value;
+                }
+            }
+            "upstreams" => {
+                for_each_entry(value, errors, "upstreams", |name, v, errors| {
+                    if let Some(u) = section(v, errors) {
+                        config.upstreams.insert(name, u);
+                    }
+                });
+            }
+            "routes" => {
+                let span = value.span();
+                match value.into_inner() {
+                    DeValue::Array(items) => {
+                        for item in items {
+                            if let Some(r) = section(item, errors) {
+                                config.routes.push(r);
+                            }
+                        }
+                    }
+                    _ => errors.push(ConfigError::at(
+                        span,
+                        "`routes` must be an array of tables ([[routes]])",
+                    )),
+                }
+            }
+            other => errors.push(ConfigError::at(
+                key_span,
+                format!(
+                    "unknown section `{other}`; expected one of `server`, `log`, `upstreams`, `routes`"
+                ),
+            )),
+        }
+    }
+    config
+}
+
+/// Visit the entries of a `[section.NAME]` table.
+fn for_each_entry<'i>(
+    value: Spanned<DeValue<'i>>,
+    errors: &mut Vec<ConfigError>,
+    section: &str,
+    mut f: impl FnMut(String, Spanned<DeValue<'i>>, &mut Vec<ConfigError>),
+) {
+    let span = value.span();
+    match value.into_inner() {
+        DeValue::Table(table) => {
+            for (name, v) in table {
+                f(name.into_inner().into_owned(), v, errors);
+            }
+        }
+        _ => errors.push(ConfigError::at(
+            span,
+            format!("`{section}` must be a table of named entries ([{section}.NAME])"),
+        )),
+    }
+}

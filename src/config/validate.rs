@@ -1,0 +1,263 @@
+//! Checks of meaning that serde cannot make: names that must exist, values that must compile.
+//!
+//! Every check pushes an error and goes on, so one run reports everything wrong with a file.
+
+use super::{Balancer, Config, ConfigError, HealthCheckKind, Located, RouteConfig, UpstreamConfig};
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use toml::Spanned;
+
+/// Every problem with the meaning of `config`, appended to `errors`.
+pub fn check(config: &Config, errors: &mut Vec<ConfigError>) {
+    check_server(config, errors);
+    for (name, upstream) in &config.upstreams {
+        check_upstream(name, upstream, errors);
+    }
+    let mut names = HashSet::new();
+    for route in &config.routes {
+        let name = &route.name;
+        if !names.insert(name.get_ref().as_str()) {
+            errors.push(ConfigError::at(
+                name.span(),
+                format!("duplicate route name `{}`", name.get_ref()),
+            ));
+        }
+        check_route(config, route, errors);
+    }
+}
+
+fn check_server(config: &Config, errors: &mut Vec<ConfigError>) {
+    let server = &config.server;
+    if server.listen.is_empty() {
+        errors.push(ConfigError::at(
+            0..0,
+            "`server.listen` needs at least one address",
+        ));
+    }
+    for addr in &server.listen {
+        if addr.get_ref().parse::<SocketAddr>().is_err() {
+            errors.push(ConfigError::at(
+                addr.span(),
+                format!(
+                    "invalid listen address {:?}: expected IP:PORT",
+                    addr.get_ref()
+                ),
+            ));
+        }
+    }
+    if server.threads == Some(0) {
+        errors.push(ConfigError::at(0..0, "`server.threads` must be at least 1"));
+    }
+    for cidr in &server.trusted_proxies {
+        if parse_cidr(cidr.get_ref()).is_none() {
+            errors.push(ConfigError::at(
+                cidr.span(),
+                format!("invalid CIDR {:?} in `trusted_proxies`", cidr.get_ref()),
+            ));
+        }
+    }
+}
+
+/// An IP network, or a single address as a /32 or /128.
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+fn check_upstream(name: &str, upstream: &Located<UpstreamConfig>, errors: &mut Vec<ConfigError>) {
+    if upstream.targets.is_empty() {
+        errors.push(ConfigError::at(
+            upstream.span.clone(),
+            format!("upstream `{name}` has no targets"),
+        ));
+    }
+    for target in &upstream.targets {
+        let t = target.get_ref();
+        if resolve(t.addr()).is_none() {
+            errors.push(ConfigError::at(
+                target.span(),
+                format!(
+                    "invalid target {:?}: expected HOST:PORT that resolves",
+                    t.addr()
+                ),
+            ));
+        }
+        if t.weight() == 0 {
+            errors.push(ConfigError::at(
+                target.span(),
+                "a target's weight must be at least 1",
+            ));
+        }
+    }
+    match (&upstream.hash_on, upstream.balancer) {
+        (Some(h), Balancer::ConsistentHash) => {
+            if crate::upstream::HashOn::parse(h.get_ref()).is_none() {
+                errors.push(ConfigError::at(
+                    h.span(),
+                    format!(
+                        "invalid hash_on {:?}: expected client_ip, path, header:NAME or cookie:NAME",
+                        h.get_ref()
+                    ),
+                ));
+            }
+        }
+        (Some(h), _) => errors.push(ConfigError::at(
+            h.span(),
+            "`hash_on` only applies to balancer = \"consistent_hash\"",
+        )),
+        (None, _) => {}
+    }
+    if let Some(hc) = &upstream.health_check {
+        let path = hc.path.get_ref();
+        if hc.kind == HealthCheckKind::Http
+            && (!path.starts_with('/') || http::Uri::try_from(path.as_str()).is_err())
+        {
+            errors.push(ConfigError::at(
+                hc.path.span(),
+                "health check path must be a URI path starting with `/`",
+            ));
+        }
+        if hc.healthy == 0 || hc.unhealthy == 0 {
+            errors.push(ConfigError::at(
+                upstream.span.clone(),
+                format!(
+                    "upstream `{name}`: health check `healthy` and `unhealthy` must be at least 1"
+                ),
+            ));
+        }
+        if hc.interval.0.is_zero() {
+            errors.push(ConfigError::at(
+                upstream.span.clone(),
+                format!("upstream `{name}`: health check interval must be above zero"),
+            ));
+        }
+    }
+}
+
+/// Resolve a target address once, at load; names are not re-resolved (use discovery for that).
+pub fn resolve(addr: &str) -> Option<SocketAddr> {
+    addr.parse()
+        .ok()
+        .or_else(|| addr.to_socket_addrs().ok()?.next())
+}
+
+fn check_route(config: &Config, route: &Located<RouteConfig>, errors: &mut Vec<ConfigError>) {
+    let name = route.name.get_ref();
+    let actions = route.upstream.is_some() as u8 + route.respond.is_some() as u8;
+    if actions != 1 {
+        errors.push(ConfigError::at(
+            route.name.span(),
+            format!("route `{name}` needs exactly one of `upstream` or `respond`"),
+        ));
+    }
+    if let Some(up) = &route.upstream {
+        if !config.upstreams.contains_key(up.get_ref()) {
+            errors.push(ConfigError::at(
+                up.span(),
+                format!("route `{name}` names unknown upstream `{}`", up.get_ref()),
+            ));
+        }
+    }
+    for host in &route.hosts {
+        if !valid_host(host.get_ref()) {
+            errors.push(ConfigError::at(
+                host.span(),
+                format!(
+                    "invalid host {:?}: expected a name like api.example.com or *.example.com",
+                    host.get_ref()
+                ),
+            ));
+        }
+    }
+    for path in &route.paths {
+        check_path(path, errors);
+    }
+    for method in &route.methods {
+        if !valid_method(method.get_ref()) {
+            errors.push(ConfigError::at(
+                method.span(),
+                format!(
+                    "invalid method {:?}: expected an upper-case HTTP method",
+                    method.get_ref()
+                ),
+            ));
+        }
+    }
+    for header in route.headers.keys() {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            errors.push(ConfigError::at(
+                route.span.clone(),
+                format!("route `{name}`: invalid header name {header:?}"),
+            ));
+        }
+    }
+    if let Some(rw) = &route.rewrite {
+        if let Err(e) = regex::Regex::new(rw.pattern.get_ref()) {
+            errors.push(ConfigError::at(
+                rw.pattern.span(),
+                format!("invalid rewrite pattern: {}", first_line(&e.to_string())),
+            ));
+        }
+    }
+    if let Some(respond) = &route.respond {
+        let status = *respond.status.get_ref();
+        if !(200..=599).contains(&status) {
+            errors.push(ConfigError::at(
+                respond.status.span(),
+                format!("invalid status {status}: expected 200 to 599"),
+            ));
+        }
+        for header in respond.headers.keys() {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                errors.push(ConfigError::at(
+                    route.span.clone(),
+                    format!("route `{name}`: invalid response header name {header:?}"),
+                ));
+            }
+        }
+    }
+}
+
+fn check_path(path: &Spanned<String>, errors: &mut Vec<ConfigError>) {
+    let p = path.get_ref();
+    if let Some(re) = p.strip_prefix('~') {
+        if let Err(e) = regex::Regex::new(re) {
+            errors.push(ConfigError::at(
+                path.span(),
+                format!("invalid path regex: {}", first_line(&e.to_string())),
+            ));
+        }
+    } else {
+        let literal = p.strip_prefix('=').unwrap_or(p);
+        if !literal.starts_with('/') {
+            errors.push(ConfigError::at(
+                path.span(),
+                format!("invalid path {p:?}: expected \"/prefix\", \"=/exact\" or \"~regex\""),
+            ));
+        }
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::trim)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn valid_host(h: &str) -> bool {
+    let name = h.strip_prefix("*.").unwrap_or(h);
+    !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn valid_method(m: &str) -> bool {
+    !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase())
+}

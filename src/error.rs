@@ -1,0 +1,128 @@
+//! The JSON error responses the gateway itself sends, in the contract's shape:
+//! `{"error":{"status":404,"code":"route_not_found","message":"...","request_id":"..."}}`.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::{ErrorSource, ErrorType};
+use pingora_proxy::Session;
+
+/// One kind of gateway error: its status, code and the message clients see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayError {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'static str,
+}
+
+pub const ROUTE_NOT_FOUND: GatewayError = GatewayError {
+    status: 404,
+    code: "route_not_found",
+    message: "no route matches this request",
+};
+pub const METHOD_NOT_ALLOWED: GatewayError = GatewayError {
+    status: 405,
+    code: "method_not_allowed",
+    message: "the route does not allow this method",
+};
+pub const BAD_REQUEST: GatewayError = GatewayError {
+    status: 400,
+    code: "bad_request",
+    message: "the request could not be understood",
+};
+pub const BAD_GATEWAY: GatewayError = GatewayError {
+    status: 502,
+    code: "bad_gateway",
+    message: "the upstream failed to answer",
+};
+pub const UPSTREAM_UNAVAILABLE: GatewayError = GatewayError {
+    status: 503,
+    code: "upstream_unavailable",
+    message: "no healthy upstream target is available",
+};
+pub const UPSTREAM_TIMEOUT: GatewayError = GatewayError {
+    status: 504,
+    code: "upstream_timeout",
+    message: "the upstream did not answer in time",
+};
+pub const INTERNAL: GatewayError = GatewayError {
+    status: 500,
+    code: "internal_error",
+    message: "the gateway failed to handle the request",
+};
+
+impl GatewayError {
+    /// The JSON body, with the request id for correlation.
+    pub fn body(&self, request_id: &str) -> Bytes {
+        serde_json::json!({
+            "error": {
+                "status": self.status,
+                "code": self.code,
+                "message": self.message,
+                "request_id": request_id,
+            }
+        })
+        .to_string()
+        .into()
+    }
+
+    /// Write this error as the whole response.
+    pub async fn send(&self, session: &mut Session, request_id: &str) -> pingora::Result<()> {
+        let body = self.body(request_id);
+        let mut resp = ResponseHeader::build(self.status, Some(4))?;
+        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(crate::plumbing::X_REQUEST_ID, request_id)?;
+        resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session.write_response_body(Some(body), true).await
+    }
+
+    /// The gateway error for a Pingora error that ended a request.
+    pub fn from_pingora(e: &pingora::Error) -> Option<GatewayError> {
+        use ErrorType::*;
+        let mapped = match e.etype() {
+            HTTPStatus(503) => UPSTREAM_UNAVAILABLE,
+            HTTPStatus(504) => UPSTREAM_TIMEOUT,
+            HTTPStatus(400) => BAD_REQUEST,
+            HTTPStatus(_) => BAD_GATEWAY,
+            ConnectTimedout | ReadTimedout | WriteTimedout | TLSHandshakeTimedout => {
+                match e.esource() {
+                    ErrorSource::Downstream => return None,
+                    _ => UPSTREAM_TIMEOUT,
+                }
+            }
+            _ => match e.esource() {
+                ErrorSource::Upstream => BAD_GATEWAY,
+                ErrorSource::Downstream => match e.etype() {
+                    WriteError | ReadError | ConnectionClosed => return None,
+                    _ => BAD_REQUEST,
+                },
+                ErrorSource::Internal | ErrorSource::Unset => INTERNAL,
+            },
+        };
+        Some(mapped)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_shape() {
+        let v: serde_json::Value = serde_json::from_slice(&ROUTE_NOT_FOUND.body("abc\"")).unwrap();
+        assert_eq!(v["error"]["status"], 404);
+        assert_eq!(v["error"]["code"], "route_not_found");
+        assert_eq!(v["error"]["request_id"], "abc\"");
+    }
+
+    #[test]
+    fn mapping() {
+        let e = pingora::Error::new(ErrorType::ConnectRefused).into_up();
+        assert_eq!(GatewayError::from_pingora(&e), Some(BAD_GATEWAY));
+        let e = pingora::Error::new(ErrorType::ReadTimedout).into_up();
+        assert_eq!(GatewayError::from_pingora(&e), Some(UPSTREAM_TIMEOUT));
+        let e = pingora::Error::new(ErrorType::ConnectionClosed).into_down();
+        assert_eq!(GatewayError::from_pingora(&e), None);
+    }
+}

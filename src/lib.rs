@@ -1,0 +1,14 @@
+//! Pylon: an API gateway on Cloudflare's Pingora.
+//!
+//! Configuration is parsed into plain structs ([`config`]), compiled into an immutable
+//! [`runtime::Snapshot`] (router, upstream pools), and served by a thin Pingora `ProxyHttp`
+//! ([`proxy`]) that hands each hook to the module owning that concern.
+
+pub mod config;
+pub mod error;
+pub mod plumbing;
+pub mod proxy;
+pub mod router;
+pub mod runtime;
+pub mod server;
+pub mod upstream;

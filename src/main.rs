@@ -1,0 +1,59 @@
+use clap::Parser;
+use pylon::config::{self, LogLevel};
+use pylon::runtime::Snapshot;
+use pylon::server::{self, StartMode};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Pylon, an API gateway on Cloudflare's Pingora.
+#[derive(Parser, Debug)]
+#[command(name = "pylon", version, about)]
+struct Cli {
+    /// The TOML configuration file.
+    #[arg(short = 'c', long = "conf", default_value = "conf/pylon.toml")]
+    conf: PathBuf,
+    /// Validate the configuration and exit: 0 when valid, 1 with every error otherwise.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Take over the listening sockets of the running instance (graceful binary upgrade).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+    /// Run in the background, writing `server.pid_file`.
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match config::load(&cli.conf) {
+        Ok(c) => c,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let snapshot = match Snapshot::build(&config, None) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{}: {e}", cli.conf.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    if cli.test {
+        println!("{}: configuration is valid", cli.conf.display());
+        return ExitCode::SUCCESS;
+    }
+    let level = match config.log.level {
+        LogLevel::Error => "error",
+        LogLevel::Warn => "warn",
+        LogLevel::Info => "info",
+        LogLevel::Debug => "debug",
+        LogLevel::Trace => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
+    let mode = StartMode {
+        upgrade: cli.upgrade,
+        daemon: cli.daemon,
+    };
+    server::build(&config, snapshot, mode).run_forever()
+}

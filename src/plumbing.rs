@@ -1,0 +1,264 @@
+//! Request plumbing every proxied request gets: request ids, `x-forwarded-*`, hop-by-hop headers.
+
+use http::header::{CONNECTION, TE, TRAILER, UPGRADE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use ipnet::IpNet;
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::fmt::Write;
+use std::net::IpAddr;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The longest client-supplied request id that is kept.
+const MAX_REQUEST_ID: usize = 128;
+
+/// The client's request id if it is sane (short, visible ASCII without quotes or spaces),
+/// otherwise a new random one.
+pub fn request_id(headers: &HeaderMap) -> String {
+    if let Some(v) = headers.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty()
+            && b.len() <= MAX_REQUEST_ID
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=".contains(c))
+        {
+            // Checked above: ASCII only.
+            return String::from_utf8_lossy(b).into_owned();
+        }
+    }
+    let mut id = String::with_capacity(32);
+    let _ = write!(id, "{:032x}", rand::random::<u128>());
+    id
+}
+
+fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
+    proxies.iter().any(|net| net.contains(&ip))
+}
+
+/// The address of the client: the peer itself, or, when the peer is a trusted proxy, the last
+/// address in `x-forwarded-for` that is not a trusted proxy.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr {
+    if !trusted(peer, proxies) {
+        return peer;
+    }
+    let mut client = peer;
+    for value in headers.get_all(&X_FORWARDED_FOR).iter().rev() {
+        let Ok(list) = value.to_str() else {
+            return client;
+        };
+        for hop in list.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !trusted(ip, proxies) {
+                        return ip;
+                    }
+                }
+                Err(_) => return client,
+            }
+        }
+    }
+    client
+}
+
+/// Set `x-forwarded-for`, `-proto` and `-host` on the upstream request. Values the client sent
+/// are kept only when the peer is a trusted proxy.
+pub fn set_forwarded(
+    req: &mut RequestHeader,
+    peer: Option<IpAddr>,
+    host: Option<&str>,
+    proto: &'static str,
+    proxies: &[IpNet],
+) -> pingora::Result<()> {
+    let believed = peer.is_some_and(|p| trusted(p, proxies));
+    let previous = if believed {
+        join(req.headers.get_all(&X_FORWARDED_FOR))
+    } else {
+        None
+    };
+    if let Some(peer) = peer {
+        let value = match previous {
+            Some(prev) => format!("{prev}, {peer}"),
+            None => peer.to_string(),
+        };
+        req.insert_header(X_FORWARDED_FOR, value)?;
+    } else {
+        req.remove_header(&X_FORWARDED_FOR);
+    }
+    if !(believed && req.headers.contains_key(&X_FORWARDED_PROTO)) {
+        req.insert_header(X_FORWARDED_PROTO, proto)?;
+    }
+    if !(believed && req.headers.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(h) => req.insert_header(X_FORWARDED_HOST, h)?,
+            None => {
+                req.remove_header(&X_FORWARDED_HOST);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn join(values: http::header::GetAll<'_, HeaderValue>) -> Option<String> {
+    let mut out: Option<String> = None;
+    for v in values {
+        let s = v.to_str().ok()?;
+        match &mut out {
+            Some(o) => {
+                o.push_str(", ");
+                o.push_str(s);
+            }
+            None => out = Some(s.to_string()),
+        }
+    }
+    out
+}
+
+/// Header names listed in `Connection`, which are hop-by-hop too.
+fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect()
+}
+
+/// Remove hop-by-hop headers from a request going upstream. A protocol upgrade (WebSocket)
+/// keeps `Connection: upgrade` and `Upgrade`, which the upstream needs to switch.
+pub fn strip_hop_by_hop_request(req: &mut RequestHeader, upgrade: bool) {
+    if req.headers.contains_key(CONNECTION) {
+        for name in connection_listed(&req.headers) {
+            if !(upgrade && name == UPGRADE) {
+                req.remove_header(&name);
+            }
+        }
+        if !upgrade {
+            req.remove_header(&CONNECTION);
+        }
+    }
+    if !upgrade {
+        req.remove_header(&UPGRADE);
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER] {
+        req.remove_header(&name);
+    }
+}
+
+/// Remove hop-by-hop headers from a response going to the client; Pingora frames the
+/// connection itself. A `101 Switching Protocols` keeps its upgrade headers.
+pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
+    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    if resp.headers.contains_key(CONNECTION) {
+        for name in connection_listed(&resp.headers) {
+            if !(upgrade && name == UPGRADE) {
+                resp.remove_header(&name);
+            }
+        }
+        if !upgrade {
+            resp.remove_header(&CONNECTION);
+        }
+    }
+    for name in [KEEP_ALIVE, PROXY_CONNECTION] {
+        resp.remove_header(&name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn nets(s: &[&str]) -> Vec<IpNet> {
+        s.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        assert_eq!(request_id(&h).len(), 32);
+        h.insert(X_REQUEST_ID, "abc-123".parse().unwrap());
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_REQUEST_ID, "has space".parse().unwrap());
+        assert_ne!(request_id(&h), "has space");
+        h.insert(X_REQUEST_ID, "x".repeat(200).parse().unwrap());
+        assert_eq!(request_id(&h).len(), 32);
+    }
+
+    #[test]
+    fn client_ip_trusts_only_proxies() {
+        let proxies = nets(&["10.0.0.0/8"]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            X_FORWARDED_FOR,
+            "1.1.1.1, 2.2.2.2, 10.0.0.5".parse().unwrap(),
+        );
+        let untrusted: IpAddr = "9.9.9.9".parse().unwrap();
+        assert_eq!(client_ip(untrusted, &h, &proxies), untrusted);
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        assert_eq!(
+            client_ip(proxy, &h, &proxies),
+            "2.2.2.2".parse::<IpAddr>().unwrap()
+        );
+    }
+
+    #[test]
+    fn forwarded_headers() {
+        let proxies = nets(&["10.0.0.0/8"]);
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
+        req.insert_header("x-forwarded-proto", "https").unwrap();
+        set_forwarded(
+            &mut req,
+            Some("9.9.9.9".parse().unwrap()),
+            Some("h"),
+            "http",
+            &proxies,
+        )
+        .unwrap();
+        assert_eq!(req.headers["x-forwarded-for"], "9.9.9.9");
+        assert_eq!(req.headers["x-forwarded-proto"], "http");
+        assert_eq!(req.headers["x-forwarded-host"], "h");
+
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
+        req.insert_header("x-forwarded-proto", "https").unwrap();
+        set_forwarded(
+            &mut req,
+            Some("10.1.1.1".parse().unwrap()),
+            Some("h"),
+            "http",
+            &proxies,
+        )
+        .unwrap();
+        assert_eq!(req.headers["x-forwarded-for"], "6.6.6.6, 10.1.1.1");
+        assert_eq!(req.headers["x-forwarded-proto"], "https");
+    }
+
+    #[test]
+    fn hop_by_hop() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("connection", "keep-alive, x-secret")
+            .unwrap();
+        req.insert_header("x-secret", "1").unwrap();
+        req.insert_header("keep-alive", "timeout=5").unwrap();
+        req.insert_header("x-keep", "1").unwrap();
+        strip_hop_by_hop_request(&mut req, false);
+        assert!(req.headers.get("x-secret").is_none());
+        assert!(req.headers.get("connection").is_none());
+        assert!(req.headers.get("keep-alive").is_none());
+        assert!(req.headers.get("x-keep").is_some());
+
+        let mut ws = RequestHeader::build("GET", b"/", None).unwrap();
+        ws.insert_header("connection", "Upgrade").unwrap();
+        ws.insert_header("upgrade", "websocket").unwrap();
+        strip_hop_by_hop_request(&mut ws, true);
+        assert_eq!(ws.headers["upgrade"], "websocket");
+        assert_eq!(ws.headers["connection"], "Upgrade");
+    }
+}

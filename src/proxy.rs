@@ -1,0 +1,303 @@
+//! The Pingora `ProxyHttp` implementation. It stays thin: each hook hands off to the router,
+//! the route's upstream pool, the request plumbing or the error writer.
+
+use crate::error::{self, GatewayError};
+use crate::plumbing;
+use crate::router::{Action, Lookup, Responder, Route};
+use crate::runtime::{SharedSnapshot, Snapshot};
+use crate::upstream::{HashOn, InflightGuard, Upstream};
+use async_trait::async_trait;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::ErrorType::HTTPStatus;
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::borrow::Cow;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+pub struct Gateway {
+    snapshot: SharedSnapshot,
+}
+
+impl Gateway {
+    pub fn new(snapshot: SharedSnapshot) -> Self {
+        Gateway { snapshot }
+    }
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct RequestCtx {
+    request_id: String,
+    snapshot: Option<Arc<Snapshot>>,
+    route: Option<Arc<Route>>,
+    /// Bytes of the path the route's pattern covered, for `strip_prefix`.
+    matched_len: usize,
+    /// Attempts made to reach a target, retries included.
+    attempts: usize,
+    /// Targets already tried, so a retry goes elsewhere.
+    tried: Vec<SocketAddr>,
+    inflight: Option<InflightGuard>,
+}
+
+impl RequestCtx {
+    fn upstream(&self) -> Option<&Arc<Upstream>> {
+        match &self.route.as_deref()?.action {
+            Action::Upstream(u) => Some(u),
+            Action::Respond(_) => None,
+        }
+    }
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session.client_addr()?.as_inet().map(|a| a.ip())
+}
+
+fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+/// The key a `consistent_hash` pool hashes for this request.
+fn hash_key<'a>(hash_on: &HashOn, session: &'a Session, snapshot: &Snapshot) -> Cow<'a, [u8]> {
+    let req = session.req_header();
+    match hash_on {
+        HashOn::ClientIp => match peer_ip(session) {
+            Some(peer) => {
+                let ip = plumbing::client_ip(peer, &req.headers, &snapshot.trusted_proxies);
+                Cow::Owned(match ip {
+                    IpAddr::V4(v4) => v4.octets().to_vec(),
+                    IpAddr::V6(v6) => v6.octets().to_vec(),
+                })
+            }
+            None => Cow::Borrowed(b""),
+        },
+        HashOn::Path => Cow::Borrowed(req.uri.path().as_bytes()),
+        HashOn::Header(name) => {
+            Cow::Borrowed(req.headers.get(name).map_or(&b""[..], |v| v.as_bytes()))
+        }
+        HashOn::Cookie(name) => Cow::Borrowed(
+            req.headers
+                .get_all(http::header::COOKIE)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+                .find_map(|pair| {
+                    let pair = pair.trim_ascii_start();
+                    let rest = pair.strip_prefix(name.as_bytes())?;
+                    rest.strip_prefix(b"=")
+                })
+                .unwrap_or(b""),
+        ),
+    }
+}
+
+async fn respond(session: &mut Session, r: &Responder, request_id: &str) -> Result<()> {
+    let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 2))?;
+    for (name, value) in r.headers.iter() {
+        resp.append_header(name.clone(), value.clone())?;
+    }
+    resp.insert_header(http::header::CONTENT_LENGTH, r.body.len())?;
+    resp.insert_header(plumbing::X_REQUEST_ID, request_id)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(r.body.clone()), true)
+        .await
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = plumbing::request_id(&session.req_header().headers);
+        let snapshot = self.snapshot.load_full();
+        let req = session.req_header();
+        let lookup =
+            snapshot
+                .router
+                .find(request_host(req), req.uri.path(), &req.method, &req.headers);
+        let (route, matched_len) = match lookup {
+            Lookup::Found { route, matched_len } => (Arc::clone(route), matched_len),
+            Lookup::MethodNotAllowed => {
+                error::METHOD_NOT_ALLOWED
+                    .send(session, &ctx.request_id)
+                    .await?;
+                return Ok(true);
+            }
+            Lookup::NotFound => {
+                error::ROUTE_NOT_FOUND
+                    .send(session, &ctx.request_id)
+                    .await?;
+                return Ok(true);
+            }
+        };
+        if let Action::Respond(r) = &route.action {
+            respond(session, r, &ctx.request_id).await?;
+            return Ok(true);
+        }
+        ctx.route = Some(route);
+        ctx.matched_len = matched_len;
+        ctx.snapshot = Some(snapshot);
+        Ok(false)
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let (Some(upstream), Some(snapshot)) = (ctx.upstream(), ctx.snapshot.as_deref()) else {
+            return Error::e_explain(ErrorType::InternalError, "no upstream route in context");
+        };
+        let key = match &upstream.hash_on {
+            Some(h) => hash_key(h, session, snapshot),
+            None => Cow::Borrowed(&b""[..]),
+        };
+        let tried = &ctx.tried;
+        let target = upstream
+            .select(&key, |t| tried.contains(&t.addr))
+            // Every target was tried: a retry may go to one of them again.
+            .or_else(|| {
+                (!tried.is_empty())
+                    .then(|| upstream.select(&key, |_| false))
+                    .flatten()
+            });
+        let Some(target) = target else {
+            return Error::e_explain(HTTPStatus(503), "no healthy target");
+        };
+        ctx.attempts += 1;
+        ctx.tried.push(target.addr);
+        let peer = Box::new(target.peer.clone());
+        ctx.inflight = Some(target.acquire());
+        Ok(peer)
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        // A connect failure never reached the upstream: retrying is safe for every method.
+        if ctx.upstream().is_some_and(|u| ctx.attempts <= u.retries) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let (Some(route), Some(snapshot)) = (ctx.route.as_deref(), ctx.snapshot.as_deref()) else {
+            return Ok(());
+        };
+        if route.strip_prefix || route.rewrite.is_some() {
+            let uri = &upstream_request.uri;
+            let mut path = Cow::Borrowed(uri.path());
+            if route.strip_prefix {
+                let rest = path.get(ctx.matched_len..).unwrap_or("");
+                path = Cow::Owned(if rest.starts_with('/') {
+                    rest.to_string()
+                } else {
+                    format!("/{rest}")
+                });
+            }
+            if let Some(rw) = &route.rewrite {
+                path = Cow::Owned(rw.apply(&path).into_owned());
+            }
+            let new = match uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.into_owned(),
+            };
+            let uri = http::Uri::try_from(new).or_err(
+                ErrorType::InternalError,
+                "rewritten path is not a valid URI",
+            )?;
+            upstream_request.set_uri(uri);
+        }
+        let host = request_host(session.req_header()).map(str::to_owned);
+        plumbing::set_forwarded(
+            upstream_request,
+            peer_ip(session),
+            host.as_deref(),
+            "http",
+            &snapshot.trusted_proxies,
+        )?;
+        if !route.preserve_host {
+            if let Some(guard) = &ctx.inflight {
+                upstream_request.insert_header(http::header::HOST, &*guard.target().label)?;
+            }
+        }
+        upstream_request.insert_header(plumbing::X_REQUEST_ID, &ctx.request_id)?;
+        plumbing::strip_hop_by_hop_request(upstream_request, session.is_upgrade_req());
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        if matches!(status, 502..=504)
+            && session.req_header().method.is_idempotent()
+            && ctx.upstream().is_some_and(|u| ctx.attempts <= u.retries)
+        {
+            // The client has seen nothing yet: try another target. Pingora turns the error
+            // into a retry and calls `upstream_peer` again.
+            let mut e = Error::explain(HTTPStatus(status), "retryable upstream status");
+            e.set_retry(true);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        plumbing::strip_hop_by_hop_response(upstream_response);
+        upstream_response.insert_header(plumbing::X_REQUEST_ID, &ctx.request_id)?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let Some(err) = GatewayError::from_pingora(e) else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        // Once the response has started, the only honest signal left is closing the connection.
+        if session.response_written().is_none() {
+            if ctx.request_id.is_empty() {
+                ctx.request_id = plumbing::request_id(&session.req_header().headers);
+            }
+            if let Err(write) = err.send(session, &ctx.request_id).await {
+                log::debug!("could not send the error response: {write}");
+            }
+        }
+        FailToProxy {
+            error_code: err.status,
+            can_reuse_downstream: false,
+        }
+    }
+}

@@ -1,0 +1,412 @@
+//! The router, compiled at load: request host, path, method and headers to a [`Route`].
+//!
+//! Routes are indexed by host (exact names, `*.` wildcard suffixes, and routes for any host),
+//! then by path: exact paths in a hash map, prefixes in a [`RadixTree`], regexes in one
+//! [`regex::RegexSet`]. A lookup touches only the routes whose host and path could match, so
+//! ten thousand routes cost about what ten do.
+//!
+//! Among the routes that match, the winner is the one with the highest priority; then the most
+//! specific host (exact, then the longest wildcard, then any host); then the most specific path
+//! (exact, then regex, then the longest prefix); then the most header conditions; then a method
+//! list over none; then the first in the file.
+
+mod radix;
+mod route;
+
+pub use route::{Action, Responder, Rewrite, Route};
+
+use crate::config::RouteConfig;
+use crate::upstream::Upstream;
+use radix::RadixTree;
+use std::borrow::Cow;
+use std::cmp::Reverse;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Orders candidate routes: larger wins.
+type Rank = (i32, u32, u32, usize, bool, Reverse<usize>);
+
+const PATH_EXACT: u32 = 3 << 24;
+const PATH_REGEX: u32 = 2 << 24;
+const PATH_PREFIX: u32 = 1 << 24;
+const HOST_EXACT: u32 = 1 << 24;
+
+#[derive(Clone, Copy)]
+struct Entry {
+    route: usize,
+    rank: Rank,
+    /// For regex paths: the pattern's index in its bucket.
+    regex: Option<usize>,
+}
+
+#[derive(Default)]
+struct PathIndex {
+    exact: HashMap<Box<str>, Vec<Entry>>,
+    prefixes: RadixTree<Vec<Entry>>,
+    regexes: Vec<regex::Regex>,
+    regex_entries: Vec<Entry>,
+    regex_set: Option<regex::RegexSet>,
+}
+
+/// The outcome of a lookup.
+pub enum Lookup<'a> {
+    /// A route matched; `matched_len` is how many leading bytes of the path its pattern covered.
+    Found {
+        route: &'a Arc<Route>,
+        matched_len: usize,
+    },
+    /// Some route matched host, path and headers, but none allows the method.
+    MethodNotAllowed,
+    NotFound,
+}
+
+#[derive(Default)]
+pub struct Router {
+    routes: Vec<Arc<Route>>,
+    exact_hosts: HashMap<Box<str>, PathIndex>,
+    /// Keyed by the suffix after `*`, dot included: `*.example.com` is `.example.com`.
+    wildcard_hosts: HashMap<Box<str>, PathIndex>,
+    any_host: PathIndex,
+}
+
+impl Router {
+    pub fn compile(
+        configs: &[impl std::ops::Deref<Target = RouteConfig>],
+        upstreams: &HashMap<String, Arc<Upstream>>,
+    ) -> Result<Router, String> {
+        let mut router = Router::default();
+        for (order, config) in configs.iter().enumerate() {
+            let route = Route::compile(config, upstreams)?;
+            let base = (
+                route.priority,
+                route.headers.len(),
+                !route.methods.is_empty(),
+                Reverse(order),
+            );
+            router.routes.push(Arc::new(route));
+            let hosts: Vec<Option<&str>> = if config.hosts.is_empty() {
+                vec![None]
+            } else {
+                config
+                    .hosts
+                    .iter()
+                    .map(|h| Some(h.get_ref().as_str()))
+                    .collect()
+            };
+            for host in hosts {
+                let (index, host_rank) = match host {
+                    None => (&mut router.any_host, 0),
+                    Some(h) => {
+                        let h = h.to_ascii_lowercase();
+                        match h.strip_prefix('*') {
+                            Some(suffix) => (
+                                router.wildcard_hosts.entry(suffix.into()).or_default(),
+                                1 + suffix.len() as u32,
+                            ),
+                            None => (router.exact_hosts.entry(h.into()).or_default(), HOST_EXACT),
+                        }
+                    }
+                };
+                let rank = |path_rank| (base.0, host_rank, path_rank, base.1, base.2, base.3);
+                let paths: Vec<&str> = if config.paths.is_empty() {
+                    vec![""]
+                } else {
+                    config.paths.iter().map(|p| p.get_ref().as_str()).collect()
+                };
+                for path in paths {
+                    if let Some(exact) = path.strip_prefix('=') {
+                        index.exact.entry(exact.into()).or_default().push(Entry {
+                            route: order,
+                            rank: rank(PATH_EXACT),
+                            regex: None,
+                        });
+                    } else if let Some(re) = path.strip_prefix('~') {
+                        index.regex_entries.push(Entry {
+                            route: order,
+                            rank: rank(PATH_REGEX),
+                            regex: Some(index.regexes.len()),
+                        });
+                        index
+                            .regexes
+                            .push(regex::Regex::new(re).map_err(|e| e.to_string())?);
+                    } else {
+                        index.prefixes.entry(path.as_bytes(), Vec::new).push(Entry {
+                            route: order,
+                            rank: rank(PATH_PREFIX + path.len() as u32),
+                            regex: None,
+                        });
+                    }
+                }
+            }
+        }
+        for index in router
+            .exact_hosts
+            .values_mut()
+            .chain(router.wildcard_hosts.values_mut())
+            .chain(std::iter::once(&mut router.any_host))
+        {
+            if !index.regexes.is_empty() {
+                let set = regex::RegexSet::new(index.regexes.iter().map(|r| r.as_str()))
+                    .map_err(|e| e.to_string())?;
+                index.regex_set = Some(set);
+            }
+        }
+        Ok(router)
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// Find the route for a request. `host` is the raw `Host` value (port and case allowed).
+    pub fn find(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+    ) -> Lookup<'_> {
+        let mut best = Best::default();
+        if let Some(host) = host.map(normalize_host) {
+            if let Some(index) = self.exact_hosts.get(host.as_ref()) {
+                self.visit(index, path, method, headers, &mut best);
+            }
+            if !self.wildcard_hosts.is_empty() {
+                for (i, _) in host.match_indices('.') {
+                    if let Some(index) = self.wildcard_hosts.get(&host[i..]) {
+                        self.visit(index, path, method, headers, &mut best);
+                    }
+                }
+            }
+        }
+        self.visit(&self.any_host, path, method, headers, &mut best);
+        match best.entry {
+            Some((entry, prefix_len)) => {
+                let route = &self.routes[entry.route];
+                let matched_len = match (entry.regex, prefix_len) {
+                    (_, Some(n)) => n,
+                    (Some(_), None) if !route.strip_prefix => 0,
+                    (Some(re), None) => best
+                        .regexes
+                        .and_then(|rs| rs[re].find(path))
+                        .filter(|m| m.start() == 0)
+                        .map_or(0, |m| m.end()),
+                    (None, None) => path.len(),
+                };
+                Lookup::Found { route, matched_len }
+            }
+            None if best.method_mismatch => Lookup::MethodNotAllowed,
+            None => Lookup::NotFound,
+        }
+    }
+
+    fn visit<'a>(
+        &self,
+        index: &'a PathIndex,
+        path: &str,
+        method: &http::Method,
+        headers: &http::HeaderMap,
+        best: &mut Best<'a>,
+    ) {
+        let mut consider = |entry: &Entry, prefix_len: Option<usize>, regexes| {
+            if best.entry.is_some_and(|(b, _)| b.rank >= entry.rank) {
+                return;
+            }
+            let route = &self.routes[entry.route];
+            if !route.headers_match(headers) {
+                return;
+            }
+            if !route.method_matches(method) {
+                best.method_mismatch = true;
+                return;
+            }
+            best.entry = Some((*entry, prefix_len));
+            best.regexes = regexes;
+        };
+        if let Some(entries) = index.exact.get(path) {
+            entries.iter().for_each(|e| consider(e, None, None));
+        }
+        index.prefixes.prefixes_of(path.as_bytes(), |entries, len| {
+            entries.iter().for_each(|e| consider(e, Some(len), None));
+        });
+        if let Some(set) = &index.regex_set {
+            for i in set.matches(path).iter() {
+                consider(&index.regex_entries[i], None, Some(&index.regexes));
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct Best<'a> {
+    entry: Option<(Entry, Option<usize>)>,
+    regexes: Option<&'a [regex::Regex]>,
+    method_mismatch: bool,
+}
+
+/// Lower-case the host and drop a port and a trailing dot, allocating only when needed.
+fn normalize_host(host: &str) -> Cow<'_, str> {
+    let host = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or(rest)
+    } else {
+        match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        }
+    };
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(host.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RouteConfig;
+    use http::{HeaderMap, Method};
+
+    fn routes(src: &str) -> Router {
+        #[derive(serde::Deserialize)]
+        struct F {
+            routes: Vec<RouteConfig>,
+        }
+        let f: F = toml::from_str(src).unwrap();
+        Router::compile(&f.routes.iter().collect::<Vec<_>>(), &HashMap::new()).unwrap()
+    }
+
+    fn name(r: &Router, host: &str, path: &str) -> String {
+        name_m(r, host, path, Method::GET, &HeaderMap::new())
+    }
+
+    fn name_m(r: &Router, host: &str, path: &str, m: Method, h: &HeaderMap) -> String {
+        match r.find(Some(host), path, &m, h) {
+            Lookup::Found { route, .. } => route.name.to_string(),
+            Lookup::MethodNotAllowed => "405".into(),
+            Lookup::NotFound => "404".into(),
+        }
+    }
+
+    const R: &str = r#"
+        [[routes]]
+        name = "root"
+        paths = ["/"]
+        respond = {}
+        [[routes]]
+        name = "api"
+        paths = ["/api"]
+        respond = {}
+        [[routes]]
+        name = "orders"
+        paths = ["/api/orders"]
+        respond = {}
+        [[routes]]
+        name = "exact"
+        paths = ["=/api/orders/special"]
+        respond = {}
+        [[routes]]
+        name = "regex"
+        paths = ["~^/api/orders/[0-9]+$"]
+        respond = {}
+        [[routes]]
+        name = "host"
+        hosts = ["api.example.com"]
+        paths = ["/"]
+        respond = {}
+        [[routes]]
+        name = "wild"
+        hosts = ["*.example.org"]
+        respond = {}
+        [[routes]]
+        name = "post"
+        paths = ["/submit"]
+        methods = ["POST"]
+        respond = {}
+        [[routes]]
+        name = "v2"
+        paths = ["/api"]
+        headers = { "x-api-version" = "2" }
+        respond = {}
+        [[routes]]
+        name = "prio"
+        paths = ["/low"]
+        priority = 10
+        respond = {}
+        [[routes]]
+        name = "lowlonger"
+        paths = ["/low/er"]
+        respond = {}
+    "#;
+
+    #[test]
+    fn precedence() {
+        let r = routes(R);
+        assert_eq!(name(&r, "x", "/"), "root");
+        assert_eq!(name(&r, "x", "/api/x"), "api");
+        assert_eq!(name(&r, "x", "/api/orders/abc"), "orders");
+        assert_eq!(name(&r, "x", "/api/orders/special"), "exact");
+        assert_eq!(name(&r, "x", "/api/orders/42"), "regex");
+        assert_eq!(name(&r, "API.Example.com:8080", "/api/orders/42"), "host");
+        assert_eq!(name(&r, "a.b.example.org", "/api"), "wild");
+        assert_eq!(name(&r, "example.org", "/api"), "api");
+        assert_eq!(name(&r, "x", "/low/er"), "prio");
+    }
+
+    #[test]
+    fn methods_and_headers() {
+        let r = routes(R);
+        let h = HeaderMap::new();
+        assert_eq!(name_m(&r, "x", "/submit", Method::POST, &h), "post");
+        // "/" still matches any method, so a GET falls through to it.
+        assert_eq!(name_m(&r, "x", "/submit", Method::GET, &h), "root");
+        let mut v2 = HeaderMap::new();
+        v2.insert("x-api-version", "2".parse().unwrap());
+        assert_eq!(name_m(&r, "x", "/api/x", Method::GET, &v2), "v2");
+        let only = routes(
+            r#"
+            [[routes]]
+            name = "p"
+            paths = ["/p"]
+            methods = ["POST"]
+            respond = {}
+        "#,
+        );
+        assert_eq!(name_m(&only, "x", "/p", Method::GET, &h), "405");
+        assert_eq!(name_m(&only, "x", "/q", Method::GET, &h), "404");
+    }
+
+    #[test]
+    fn matched_len_for_strip_prefix() {
+        let r = routes(
+            r#"
+            [[routes]]
+            name = "a"
+            paths = ["/svc", "~^/re/[a-z]+"]
+            strip_prefix = true
+            respond = {}
+        "#,
+        );
+        let h = HeaderMap::new();
+        let Lookup::Found { matched_len, .. } = r.find(None, "/svc/x", &Method::GET, &h) else {
+            panic!()
+        };
+        assert_eq!(matched_len, 4);
+        let Lookup::Found { matched_len, .. } = r.find(None, "/re/abc/x", &Method::GET, &h) else {
+            panic!()
+        };
+        assert_eq!(matched_len, 7);
+    }
+
+    #[test]
+    fn host_normalization() {
+        assert_eq!(normalize_host("Example.COM:80"), "example.com");
+        assert_eq!(normalize_host("[::1]:8080"), "::1");
+        assert_eq!(normalize_host("a.b."), "a.b");
+    }
+}

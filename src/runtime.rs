@@ -1,0 +1,50 @@
+//! The runtime snapshot: everything a request needs, compiled from one configuration.
+//!
+//! A snapshot is immutable. Reloads build a new one and swap it in atomically; a request holds
+//! the `Arc` of the route it matched, so it finishes on the configuration it started with.
+
+use crate::config::{validate::parse_cidr, Config};
+use crate::router::Router;
+use crate::upstream::Upstream;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
+
+pub struct Snapshot {
+    pub router: Router,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// Peers whose `x-forwarded-*` headers are believed.
+    pub trusted_proxies: Box<[ipnet::IpNet]>,
+}
+
+impl Snapshot {
+    /// Compile a validated configuration. Pools whose definition is unchanged since `previous`
+    /// are kept, with their health state and connections.
+    pub fn build(config: &Config, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
+        let mut upstreams = HashMap::new();
+        for (name, located) in &config.upstreams {
+            let kept = previous
+                .and_then(|p| p.upstreams.get(name))
+                .filter(|u| u.config == located.value);
+            let upstream = match kept {
+                Some(u) => Arc::clone(u),
+                None => Arc::new(Upstream::build(name, &located.value)?),
+            };
+            upstreams.insert(name.clone(), upstream);
+        }
+        let router = Router::compile(&config.routes, &upstreams)?;
+        let trusted_proxies = config
+            .server
+            .trusted_proxies
+            .iter()
+            .filter_map(|c| parse_cidr(c.get_ref()))
+            .collect();
+        Ok(Snapshot {
+            router,
+            upstreams,
+            trusted_proxies,
+        })
+    }
+}

@@ -1,0 +1,67 @@
+//! Assemble the Pingora server from our configuration: users never write Pingora's YAML.
+
+use crate::config::Config;
+use crate::proxy::Gateway;
+use crate::runtime::{SharedSnapshot, Snapshot};
+use crate::upstream::HealthSupervisor;
+use arc_swap::ArcSwap;
+use pingora::apps::HttpServerOptions;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::background_service;
+use pingora_proxy::ProxyServiceBuilder;
+use std::sync::Arc;
+
+/// How the process was asked to start.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StartMode {
+    /// Take over the listening sockets of a running instance.
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+/// Pingora's server settings from `[server]`.
+pub fn server_conf(config: &Config, mode: StartMode) -> ServerConf {
+    let s = &config.server;
+    ServerConf {
+        daemon: mode.daemon,
+        pid_file: s.pid_file.clone(),
+        upgrade_sock: s.upgrade_sock.clone(),
+        threads: s
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        work_stealing: s.work_stealing,
+        grace_period_seconds: Some(s.grace_period.0.as_secs()),
+        graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.0.as_secs()),
+        ..ServerConf::default()
+    }
+}
+
+/// Build the server: the proxy on every `listen` address and the health-check service.
+pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Server {
+    let opt = Opt {
+        upgrade: mode.upgrade,
+        daemon: mode.daemon,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(config, mode));
+    server.bootstrap();
+
+    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    let mut proxy =
+        ProxyServiceBuilder::new(&server.configuration, Gateway::new(Arc::clone(&shared)))
+            .name("pylon")
+            .server_options(options)
+            .build();
+    for addr in &config.server.listen {
+        proxy.add_tcp(addr.get_ref());
+    }
+    server.add_service(proxy);
+    server.add_service(background_service(
+        "health checks",
+        HealthSupervisor::new(shared),
+    ));
+    server
+}

@@ -369,10 +369,11 @@ pub fn load(path: &Path) -> Result<Config, Diagnostics> {
 /// relative paths.
 pub fn parse(path: &Path, source: String) -> Result<Config, Diagnostics> {
     let mut errors = Vec::new();
-    let config = parse_sections(&source, &mut errors);
-    if errors.is_empty() {
-        validate::check(&config, &mut errors);
-    }
+    let mut unparsed = Vec::new();
+    let config = parse_sections(&source, &mut errors, &mut unparsed);
+    // Check meaning even when some sections failed to parse, so one run shows everything;
+    // names of sections that failed still count as defined.
+    validate::check(&config, &unparsed, &mut errors);
     if errors.is_empty() {
         Ok(config)
     } else {
@@ -406,7 +407,12 @@ fn section<T: DeserializeOwned>(
     }
 }
 
-fn parse_sections(source: &str, errors: &mut Vec<ConfigError>) -> Config {
+/// `unparsed` receives the names of upstreams that exist but failed to deserialize.
+fn parse_sections(
+    source: &str,
+    errors: &mut Vec<ConfigError>,
+    unparsed: &mut Vec<String>,
+) -> Config {
     let (root, syntax) = toml::de::DeTable::parse_recoverable(source);
     let mut config = Config::default();
     if !syntax.is_empty() {
@@ -428,8 +434,11 @@ fn parse_sections(source: &str, errors: &mut Vec<ConfigError>) -> Config {
             }
             "upstreams" => {
                 for_each_entry(value, errors, "upstreams", |name, v, errors| {
-                    if let Some(u) = section(v, errors) {
-                        config.upstreams.insert(name, u);
+                    match section(v, errors) {
+                        Some(u) => {
+                            config.upstreams.insert(name, u);
+                        }
+                        None => unparsed.push(name),
                     }
                 });
             }

@@ -8,7 +8,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use toml::Spanned;
 
 /// Every problem with the meaning of `config`, appended to `errors`.
-pub fn check(config: &Config, errors: &mut Vec<ConfigError>) {
+/// `unparsed` names upstreams that exist but failed to parse (already reported).
+pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>) {
     check_server(config, errors);
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
@@ -22,7 +23,7 @@ pub fn check(config: &Config, errors: &mut Vec<ConfigError>) {
                 format!("duplicate route name `{}`", name.get_ref()),
             ));
         }
-        check_route(config, route, errors);
+        check_route(config, unparsed, route, errors);
     }
 }
 
@@ -142,7 +143,12 @@ pub fn resolve(addr: &str) -> Option<SocketAddr> {
         .or_else(|| addr.to_socket_addrs().ok()?.next())
 }
 
-fn check_route(config: &Config, route: &Located<RouteConfig>, errors: &mut Vec<ConfigError>) {
+fn check_route(
+    config: &Config,
+    unparsed: &[String],
+    route: &Located<RouteConfig>,
+    errors: &mut Vec<ConfigError>,
+) {
     let name = route.name.get_ref();
     let actions = route.upstream.is_some() as u8 + route.respond.is_some() as u8;
     if actions != 1 {
@@ -152,7 +158,7 @@ fn check_route(config: &Config, route: &Located<RouteConfig>, errors: &mut Vec<C
         ));
     }
     if let Some(up) = &route.upstream {
-        if !config.upstreams.contains_key(up.get_ref()) {
+        if !config.upstreams.contains_key(up.get_ref()) && !unparsed.contains(up.get_ref()) {
             errors.push(ConfigError::at(
                 up.span(),
                 format!("route `{name}` names unknown upstream `{}`", up.get_ref()),

@@ -1,0 +1,45 @@
+# Pylon: `make run` starts the demo, `make test` runs every test. Both install what they need.
+
+CARGO ?= cargo
+CONF ?= conf/pylon.toml
+RELEASE := target/release
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# System packages the build and the tests need (cmake: Pingora's zlib-ng; curl: h2c tests).
+BUILD_PKGS := cmake pkg-config libssl-dev curl
+APT_MARK := target/.apt-installed
+
+.PHONY: deps run test bench load-test install lint build clean
+
+$(APT_MARK):
+	@missing=""; \
+	for p in $(BUILD_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p target && touch $@
+
+deps: $(APT_MARK)
+
+build: deps
+	$(CARGO) build --release --bins
+
+# The demo: two echo upstreams and the gateway on conf/pylon.toml (Ctrl-C stops all three).
+run: build
+	@$(RELEASE)/pylon -t -c $(CONF)
+	@trap 'kill 0' INT TERM EXIT; \
+	$(RELEASE)/echo --listen 127.0.0.1:9001 --name echo-1 & \
+	$(RELEASE)/echo --listen 127.0.0.1:9002 --name echo-2 & \
+	echo "pylon on :8080 -- try: curl localhost:8080/ping"; \
+	$(RELEASE)/pylon -c $(CONF)
+
+test: deps
+	$(CARGO) test --all-targets
+
+lint: deps
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,208 @@
+//! Test harness: real `pylon` and `echo` processes on loopback ports, spoken to over real HTTP.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const PYLON: &str = env!("CARGO_BIN_EXE_pylon");
+pub const ECHO: &str = env!("CARGO_BIN_EXE_echo");
+
+/// A child process killed when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "pylon-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running echo upstream.
+pub struct Echo {
+    pub proc: Proc,
+    pub addr: String,
+}
+
+/// Start an echo upstream named `name` with extra arguments (`--delay`, `--status`).
+pub fn echo(name: &str, args: &[&str]) -> Echo {
+    echo_on("127.0.0.1:0", name, args)
+}
+
+pub fn echo_on(listen: &str, name: &str, args: &[&str]) -> Echo {
+    let mut child = Command::new(ECHO)
+        .args(["--listen", listen, "--name", name])
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start echo");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("echo said {line:?}"))
+        .to_string();
+    Echo {
+        proc: Proc(child),
+        addr,
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    pub proc: Proc,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Gateway {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+/// Start pylon with `rest` (upstreams and routes) after a `[server]` section of its own.
+pub fn gateway(rest: &str) -> Gateway {
+    let dir = scratch();
+    let port = free_port();
+    let config = format!(
+        r#"[server]
+listen = ["127.0.0.1:{port}"]
+threads = 2
+pid_file = "{dir}/pylon.pid"
+upgrade_sock = "{dir}/upgrade.sock"
+grace_period = "1s"
+shutdown_timeout = "1s"
+
+[log]
+level = "warn"
+
+{rest}"#,
+        dir = dir.display()
+    );
+    let path = dir.join("pylon.toml");
+    std::fs::write(&path, config).unwrap();
+    let child = Command::new(PYLON)
+        .arg("-c")
+        .arg(&path)
+        .stderr(Stdio::from(std::fs::File::create(dir.join("pylon.log")).unwrap()))
+        .spawn()
+        .expect("start pylon");
+    let proc = Proc(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "pylon did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Gateway { proc, port, dir }
+}
+
+/// An HTTP response, read whole.
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    /// The echo server that answered.
+    pub fn server(&self) -> String {
+        self.json()["server"].as_str().unwrap_or_default().to_string()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into()
+}
+
+pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
+    thread_local! {
+        static AGENT: ureq::Agent = agent();
+    }
+    let mut builder = http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let result = AGENT.with(|a| match body {
+        Some(b) => a.run(builder.body(b.to_string()).unwrap()),
+        None => a.run(builder.body(()).unwrap()),
+    });
+    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    Resp {
+        status: resp.status().as_u16(),
+        headers: resp.headers().clone(),
+        body: resp.body_mut().read_to_string().unwrap_or_default(),
+    }
+}
+
+pub fn get(url: &str) -> Resp {
+    request("GET", url, &[], None)
+}
+
+pub fn get_with(url: &str, headers: &[(&str, &str)]) -> Resp {
+    request("GET", url, headers, None)
+}
+
+/// Assert a gateway error in the contract's JSON shape.
+pub fn assert_error(resp: &Resp, status: u16, code: &str) {
+    assert_eq!(resp.status, status, "body: {}", resp.body);
+    assert_eq!(resp.header("content-type"), Some("application/json"));
+    let v = resp.json();
+    assert_eq!(v["error"]["status"], status);
+    assert_eq!(v["error"]["code"], code);
+    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    let id = v["error"]["request_id"].as_str().unwrap();
+    assert!(!id.is_empty());
+    assert_eq!(resp.header("x-request-id"), Some(id));
+}
+
+/// Count which echo server answered `n` GETs.
+pub fn spread(url: &str, n: usize) -> std::collections::HashMap<String, usize> {
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..n {
+        let r = get(url);
+        assert_eq!(r.status, 200, "{}", r.body);
+        *counts.entry(r.server()).or_insert(0) += 1;
+    }
+    counts
+}

@@ -1,0 +1,129 @@
+//! `pylon -t`: invalid configurations are rejected with `FILE:LINE:COL: message`, every error.
+
+mod common;
+use common::*;
+use std::process::Command;
+
+fn check(text: &str) -> (i32, String, String) {
+    let dir = scratch();
+    let path = dir.join("bad.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = Command::new(PYLON).arg("-t").arg("-c").arg(&path).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        path.display().to_string(),
+    )
+}
+
+const UP: &str = "[upstreams.a]\ntargets = [\"127.0.0.1:9001\"]\n";
+
+/// (config, line of the error, words the message must contain)
+fn cases() -> Vec<(String, usize, &'static str)> {
+    vec![
+        // 1: TOML syntax
+        ("[server]\nlisten = [\"127.0.0.1:80\"\n".into(), 2, "array"),
+        // 2: unknown top-level section
+        (format!("{UP}\n[sever]\nlisten = []\n"), 4, "unknown section `sever`"),
+        // 3: unknown key in a route
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\npathz = [\"/\"]\n"), 6, "pathz"),
+        // 4: wrong type
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\npriority = \"high\"\n"), 6, "expected i32"),
+        // 5: bad duration
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nconnect_timeout = \"soon\"\n".into(), 3, "invalid duration"),
+        // 6: unknown upstream
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"nope\"\n"), 5, "unknown upstream `nope`"),
+        // 7: duplicate route names
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\n[[routes]]\nname = \"r\"\nupstream = \"a\"\n"), 7, "duplicate route name"),
+        // 8: bad CIDR
+        ("[server]\ntrusted_proxies = [\"10.0.0.0/8\", \"10.0.0.0/99\"]\n".into(), 2, "invalid CIDR"),
+        // 9: path regex that does not compile
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\npaths = [\"~^/(unclosed\"]\n"), 6, "invalid path regex"),
+        // 10: empty target list
+        ("[upstreams.a]\ntargets = []\n".into(), 1, "no targets"),
+        // 11: route without an action
+        (format!("{UP}[[routes]]\nname = \"r\"\npaths = [\"/\"]\n"), 4, "exactly one of"),
+        // 12: route with two actions
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\nrespond = {{ status = 200 }}\n"), 4, "exactly one of"),
+        // 13: unknown balancer
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nbalancer = \"fastest\"\n".into(), 3, "fastest"),
+        // 14: bad hash_on
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nbalancer = \"consistent_hash\"\nhash_on = \"moon\"\n".into(), 4, "invalid hash_on"),
+        // 15: bad listen address
+        ("[server]\nlisten = [\"localhost\"]\n".into(), 2, "invalid listen address"),
+        // 16: bad method
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\nmethods = [\"get\"]\n"), 6, "invalid method"),
+        // 17: rewrite pattern that does not compile
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\nrewrite = {{ pattern = \"(\", to = \"/\" }}\n"), 6, "invalid rewrite pattern"),
+        // 18: target that is not an address
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\", \"no port here\"]\n".into(), 2, "invalid target"),
+        // 19: path without a leading slash
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\npaths = [\"api\"]\n"), 6, "invalid path"),
+        // 20: wildcard in the middle of a host
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\nhosts = [\"api.*.com\"]\n"), 6, "invalid host"),
+        // 21: respond status out of range
+        ("[[routes]]\nname = \"r\"\nrespond = { status = 99 }\n".into(), 3, "invalid status"),
+        // 22: hash_on without consistent_hash
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nhash_on = \"path\"\n".into(), 3, "only applies"),
+        // 23: health check with a zero threshold
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nhealth_check = { kind = \"tcp\", healthy = 0 }\n".into(), 1, "at least 1"),
+        // 24: target weight zero
+        ("[upstreams.a]\ntargets = [{ addr = \"127.0.0.1:1\", weight = 0 }]\n".into(), 2, "weight"),
+    ]
+}
+
+#[test]
+fn invalid_configs_are_rejected_with_their_line() {
+    for (i, (text, line, words)) in cases().into_iter().enumerate() {
+        let (code, stderr, path) = check(&text);
+        assert_eq!(code, 1, "case {}: exit code; stderr: {stderr}", i + 1);
+        let prefix = format!("{path}:{line}:");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(words)),
+            "case {}: expected a line starting {prefix:?} containing {words:?}, got:\n{stderr}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn every_error_is_reported_not_only_the_first() {
+    let text = "[upstreams.a]\ntargets = []\n\n[[routes]]\nname = \"r\"\nupstream = \"missing\"\n\n[[routes]]\nname = \"s\"\nupstream = \"a\"\npaths = [\"~(\"]\npriority = \"x\"\n";
+    let (code, stderr, path) = check(text);
+    assert_eq!(code, 1);
+    let lines: Vec<_> = stderr.lines().collect();
+    assert!(lines.iter().any(|l| l.starts_with(&format!("{path}:1:"))), "{stderr}");
+    assert!(lines.iter().any(|l| l.starts_with(&format!("{path}:6:"))), "{stderr}");
+    assert!(lines.iter().any(|l| l.starts_with(&format!("{path}:12:"))), "{stderr}");
+    // Every line has a column too.
+    for l in lines {
+        let rest = l.strip_prefix(&format!("{path}:")).unwrap();
+        let mut parts = rest.splitn(3, ':');
+        assert!(parts.next().unwrap().parse::<usize>().is_ok(), "{l}");
+        assert!(parts.next().unwrap().parse::<usize>().is_ok(), "{l}");
+    }
+}
+
+#[test]
+fn the_demo_config_is_valid() {
+    let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/pylon.toml");
+    let out = Command::new(PYLON).args(["-t", "-c", demo]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_missing_file_is_an_error() {
+    let out = Command::new(PYLON)
+        .args(["-t", "-c", "/nonexistent/pylon.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/pylon.toml:"));
+}
+
+#[test]
+fn version_is_printed() {
+    let out = Command::new(PYLON).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}

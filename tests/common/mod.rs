@@ -90,6 +90,11 @@ impl Gateway {
 
 /// Start pylon with `rest` (upstreams and routes) after a `[server]` section of its own.
 pub fn gateway(rest: &str) -> Gateway {
+    gateway_with_server("", rest)
+}
+
+/// Like [`gateway`], with extra `[server]` keys.
+pub fn gateway_with_server(server_keys: &str, rest: &str) -> Gateway {
     let dir = scratch();
     let port = free_port();
     let config = format!(
@@ -100,6 +105,7 @@ pid_file = "{dir}/pylon.pid"
 upgrade_sock = "{dir}/upgrade.sock"
 grace_period = "1s"
 shutdown_timeout = "1s"
+{server_keys}
 
 [log]
 level = "warn"

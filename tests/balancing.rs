@@ -42,7 +42,10 @@ fn weights_shape_the_spread() {
     let gw = gateway(&pool(&targets, ""));
     let counts = spread(&gw.url("/"), 400);
     let heavy = counts.get("b").copied().unwrap_or(0);
-    assert!((270..=330).contains(&heavy), "weight 3 of 4 should get ~300 of 400: {counts:?}");
+    assert!(
+        (270..=330).contains(&heavy),
+        "weight 3 of 4 should get ~300 of 400: {counts:?}"
+    );
 }
 
 #[test]
@@ -68,7 +71,11 @@ fn consistent_hash_is_sticky_per_key() {
         let id = format!("user-{user}");
         let first = get_with(&gw.url("/"), &[("x-user-id", &id)]).server();
         for _ in 0..5 {
-            assert_eq!(get_with(&gw.url("/"), &[("x-user-id", &id)]).server(), first, "{id}");
+            assert_eq!(
+                get_with(&gw.url("/"), &[("x-user-id", &id)]).server(),
+                first,
+                "{id}"
+            );
         }
         *used.entry(first).or_insert(0) += 1;
     }
@@ -86,7 +93,10 @@ fn consistent_hash_on_cookie_and_path() {
         let cookie = format!("theme=dark; session=s{s}");
         let first = get_with(&gw.url("/"), &[("cookie", &cookie)]).server();
         let other = format!("session=s{s}; lang=en");
-        assert_eq!(get_with(&gw.url("/x"), &[("cookie", &other)]).server(), first);
+        assert_eq!(
+            get_with(&gw.url("/x"), &[("cookie", &other)]).server(),
+            first
+        );
     }
 }
 
@@ -94,7 +104,10 @@ fn consistent_hash_on_cookie_and_path() {
 fn least_requests_avoids_the_busy_target() {
     let slow = echo("slow", &["--delay", "300ms"]);
     let fast = echo("fast", &[]);
-    let gw = gateway(&pool(&quoted(&[&slow, &fast]), "balancer = \"least_requests\""));
+    let gw = gateway(&pool(
+        &quoted(&[&slow, &fast]),
+        "balancer = \"least_requests\"",
+    ));
     let counts = Arc::new(Mutex::new(HashMap::<String, usize>::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let workers: Vec<_> = (0..8)
@@ -112,7 +125,10 @@ fn least_requests_avoids_the_busy_target() {
     stop.store(true, Ordering::Relaxed);
     workers.into_iter().for_each(|w| w.join().unwrap());
     let counts = counts.lock().unwrap();
-    let (s, f) = (counts.get("slow").copied().unwrap_or(0), counts.get("fast").copied().unwrap_or(0));
+    let (s, f) = (
+        counts.get("slow").copied().unwrap_or(0),
+        counts.get("fast").copied().unwrap_or(0),
+    );
     // Round robin would give both the same count; least requests sends the slow one little.
     assert!(f > 5 * s.max(1), "slow {s}, fast {f}");
 }

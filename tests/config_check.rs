@@ -8,7 +8,12 @@ fn check(text: &str) -> (i32, String, String) {
     let dir = scratch();
     let path = dir.join("bad.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(PYLON).arg("-t").arg("-c").arg(&path).output().unwrap();
+    let out = Command::new(PYLON)
+        .arg("-t")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned(),
@@ -79,7 +84,9 @@ fn invalid_configs_are_rejected_with_their_line() {
         assert_eq!(code, 1, "case {}: exit code; stderr: {stderr}", i + 1);
         let prefix = format!("{path}:{line}:");
         assert!(
-            stderr.lines().any(|l| l.starts_with(&prefix) && l.contains(words)),
+            stderr
+                .lines()
+                .any(|l| l.starts_with(&prefix) && l.contains(words)),
             "case {}: expected a line starting {prefix:?} containing {words:?}, got:\n{stderr}",
             i + 1
         );
@@ -92,9 +99,18 @@ fn every_error_is_reported_not_only_the_first() {
     let (code, stderr, path) = check(text);
     assert_eq!(code, 1);
     let lines: Vec<_> = stderr.lines().collect();
-    assert!(lines.iter().any(|l| l.starts_with(&format!("{path}:1:"))), "{stderr}");
-    assert!(lines.iter().any(|l| l.starts_with(&format!("{path}:6:"))), "{stderr}");
-    assert!(lines.iter().any(|l| l.starts_with(&format!("{path}:12:"))), "{stderr}");
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!("{path}:1:"))),
+        "{stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!("{path}:6:"))),
+        "{stderr}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!("{path}:12:"))),
+        "{stderr}"
+    );
     // Every line has a column too.
     for l in lines {
         let rest = l.strip_prefix(&format!("{path}:")).unwrap();
@@ -107,8 +123,15 @@ fn every_error_is_reported_not_only_the_first() {
 #[test]
 fn the_demo_config_is_valid() {
     let demo = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/pylon.toml");
-    let out = Command::new(PYLON).args(["-t", "-c", demo]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(PYLON)
+        .args(["-t", "-c", demo])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[test]

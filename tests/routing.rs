@@ -7,7 +7,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 fn respond_route(name: &str, extra: &str) -> String {
-    format!("[[routes]]\nname = \"{name}\"\n{extra}\nrespond = {{ status = 200, body = \"{name}\" }}\n")
+    format!(
+        "[[routes]]\nname = \"{name}\"\n{extra}\nrespond = {{ status = 200, body = \"{name}\" }}\n"
+    )
 }
 
 #[test]
@@ -21,7 +23,10 @@ fn precedence_host_path_method_header_priority() {
         respond_route("host", "hosts = [\"api.example.com\"]\npaths = [\"/\"]"),
         respond_route("wild", "hosts = [\"*.example.org\"]"),
         respond_route("post-only", "paths = [\"/submit\"]\nmethods = [\"POST\"]"),
-        respond_route("v2", "paths = [\"/api\"]\nheaders = { \"x-api-version\" = \"2\" }"),
+        respond_route(
+            "v2",
+            "paths = [\"/api\"]\nheaders = { \"x-api-version\" = \"2\" }",
+        ),
         respond_route("boosted", "paths = [\"/boost\"]\npriority = 10"),
         respond_route("longer", "paths = [\"/boost/er\"]"),
     ]
@@ -38,7 +43,10 @@ fn precedence_host_path_method_header_priority() {
     assert_eq!(body("/api/orders/abc", &[]), "orders");
     assert_eq!(body("/api/orders/special", &[]), "exact");
     assert_eq!(body("/api/orders/42", &[]), "regex");
-    assert_eq!(body("/api/orders/42", &[("host", "API.example.com:80")]), "host");
+    assert_eq!(
+        body("/api/orders/42", &[("host", "API.example.com:80")]),
+        "host"
+    );
     assert_eq!(body("/x", &[("host", "deep.sub.example.org")]), "wild");
     assert_eq!(body("/x", &[("host", "example.org")]), "root");
     assert_eq!(body("/api/x", &[("x-api-version", "2")]), "v2");
@@ -176,7 +184,10 @@ upstream = "echo"
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-forwarded-host"], "api.example.com");
     assert_eq!(h["host"], e.addr.as_str());
-    assert!(h.get("x-private").is_none(), "hop-by-hop header forwarded: {h}");
+    assert!(
+        h.get("x-private").is_none(),
+        "hop-by-hop header forwarded: {h}"
+    );
     assert!(h.get("keep-alive").is_none());
     assert_eq!(h["x-request-id"], "client-id-7");
     assert_eq!(r.header("x-request-id"), Some("client-id-7"));
@@ -186,7 +197,10 @@ upstream = "echo"
 
     // A generated id goes upstream and back, the same on both sides.
     let r = get(&gw.url("/y"));
-    let sent = r.json()["headers"]["x-request-id"].as_str().unwrap().to_string();
+    let sent = r.json()["headers"]["x-request-id"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert_eq!(sent.len(), 32);
     assert_eq!(r.header("x-request-id"), Some(sent.as_str()));
 }
@@ -199,7 +213,13 @@ fn trusted_proxy_forwarding_is_kept() {
         e.addr
     );
     let gw = gateway_with_server("trusted_proxies = [\"127.0.0.0/8\"]", &rest);
-    let r = get_with(&gw.url("/"), &[("x-forwarded-for", "6.6.6.6"), ("x-forwarded-proto", "https")]);
+    let r = get_with(
+        &gw.url("/"),
+        &[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ],
+    );
     let h = &r.json()["headers"];
     assert_eq!(h["x-forwarded-for"], "6.6.6.6, 127.0.0.1");
     assert_eq!(h["x-forwarded-proto"], "https");
@@ -210,7 +230,13 @@ fn h2c_downstream() {
     let e = echo("e", &[]);
     let gw = upstream_gateway(&e, "[[routes]]\nname = \"r\"\nupstream = \"echo\"\n");
     let out = std::process::Command::new("curl")
-        .args(["-s", "--http2-prior-knowledge", "-w", "\n%{http_version}", &gw.url("/h2?q=1")])
+        .args([
+            "-s",
+            "--http2-prior-knowledge",
+            "-w",
+            "\n%{http_version}",
+            &gw.url("/h2?q=1"),
+        ])
         .output()
         .expect("curl");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -251,7 +277,12 @@ fn websocket_upgrade_is_tunnelled() {
 fn request_body_is_forwarded() {
     let e = echo("e", &[]);
     let gw = upstream_gateway(&e, "[[routes]]\nname = \"r\"\nupstream = \"echo\"\n");
-    let r = request("POST", &gw.url("/submit"), &[("content-type", "text/plain")], Some("payload-123"));
+    let r = request(
+        "POST",
+        &gw.url("/submit"),
+        &[("content-type", "text/plain")],
+        Some("payload-123"),
+    );
     let v = r.json();
     assert_eq!(v["method"], "POST");
     assert_eq!(v["body"], "payload-123");

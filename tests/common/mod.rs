@@ -118,7 +118,9 @@ level = "warn"
     let child = Command::new(PYLON)
         .arg("-c")
         .arg(&path)
-        .stderr(Stdio::from(std::fs::File::create(dir.join("pylon.log")).unwrap()))
+        .stderr(Stdio::from(
+            std::fs::File::create(dir.join("pylon.log")).unwrap(),
+        ))
         .spawn()
         .expect("start pylon");
     let proc = Proc(child);
@@ -145,7 +147,10 @@ impl Resp {
 
     /// The echo server that answered.
     pub fn server(&self) -> String {
-        self.json()["server"].as_str().unwrap_or_default().to_string()
+        self.json()["server"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -196,7 +201,9 @@ pub fn assert_error(resp: &Resp, status: u16, code: &str) {
     let v = resp.json();
     assert_eq!(v["error"]["status"], status);
     assert_eq!(v["error"]["code"], code);
-    assert!(v["error"]["message"].as_str().is_some_and(|m| !m.is_empty()));
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
     let id = v["error"]["request_id"].as_str().unwrap();
     assert!(!id.is_empty());
     assert_eq!(resp.header("x-request-id"), Some(id));

@@ -190,14 +190,7 @@ fn check_route(
             ));
         }
     }
-    for header in route.headers.keys() {
-        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            errors.push(ConfigError::at(
-                route.span.clone(),
-                format!("route `{name}`: invalid header name {header:?}"),
-            ));
-        }
-    }
+    check_headers(&route.headers, &route.span, name, "header", errors);
     if let Some(rw) = &route.rewrite {
         if let Err(e) = regex::Regex::new(rw.pattern.get_ref()) {
             errors.push(ConfigError::at(
@@ -214,13 +207,36 @@ fn check_route(
                 format!("invalid status {status}: expected 200 to 599"),
             ));
         }
-        for header in respond.headers.keys() {
-            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-                errors.push(ConfigError::at(
-                    route.span.clone(),
-                    format!("route `{name}`: invalid response header name {header:?}"),
-                ));
-            }
+        check_headers(
+            &respond.headers,
+            &route.span,
+            name,
+            "response header",
+            errors,
+        );
+    }
+}
+
+/// Header names and values that HTTP allows.
+fn check_headers(
+    headers: &std::collections::BTreeMap<String, String>,
+    span: &std::ops::Range<usize>,
+    route: &str,
+    what: &str,
+    errors: &mut Vec<ConfigError>,
+) {
+    for (k, v) in headers {
+        if http::HeaderName::from_bytes(k.as_bytes()).is_err() {
+            errors.push(ConfigError::at(
+                span.clone(),
+                format!("route `{route}`: invalid {what} name {k:?}"),
+            ));
+        }
+        if http::HeaderValue::from_str(v).is_err() {
+            errors.push(ConfigError::at(
+                span.clone(),
+                format!("route `{route}`: invalid {what} value {v:?}"),
+            ));
         }
     }
 }

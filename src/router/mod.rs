@@ -403,6 +403,50 @@ mod tests {
         assert_eq!(matched_len, 7);
     }
 
+    /// Lookups must not scan routes: 10,000 routes cost about what 10 do. A linear scan would be
+    /// ~1000x slower; the bound is loose so a loaded machine cannot fail it.
+    #[test]
+    fn lookup_cost_does_not_grow_with_route_count() {
+        fn many(n: usize) -> Router {
+            let mut src = String::new();
+            for i in 0..n {
+                src.push_str(&format!(
+                    "[[routes]]\nname = \"r{i}\"\nhosts = [\"h{}.example.com\"]\npaths = [\"/svc{i}/items\", \"=/exact{i}\"]\nrespond = {{}}\n",
+                    i % 50
+                ));
+            }
+            routes(&src)
+        }
+        fn cost(r: &Router, n: usize) -> std::time::Duration {
+            let h = HeaderMap::new();
+            let paths: Vec<(String, String)> = (0..1000)
+                .map(|i| {
+                    (
+                        format!("h{}.example.com", i % 50),
+                        format!("/svc{}/items/7", i % n),
+                    )
+                })
+                .collect();
+            let start = std::time::Instant::now();
+            for _ in 0..20 {
+                for (host, path) in &paths {
+                    let found = r.find(Some(host), path, &Method::GET, &h);
+                    std::hint::black_box(matches!(found, Lookup::Found { .. }));
+                }
+            }
+            start.elapsed()
+        }
+        let (small, large) = (many(10), many(10_000));
+        assert_eq!(large.len(), 10_000);
+        let h = HeaderMap::new();
+        assert!(matches!(
+            large.find(Some("h7.example.com"), "/svc9957/items/1", &Method::GET, &h),
+            Lookup::Found { route, .. } if &*route.name == "r9957"
+        ));
+        let (a, b) = (cost(&small, 10), cost(&large, 10_000));
+        assert!(b < a * 20, "10 routes: {a:?}, 10,000 routes: {b:?}");
+    }
+
     #[test]
     fn host_normalization() {
         assert_eq!(normalize_host("Example.COM:80"), "example.com");

@@ -135,6 +135,12 @@ fn upstream_503_is_retried_only_for_idempotent_methods() {
         let r = get(&gw.url("/"));
         assert_eq!(r.status, 200, "GET not retried: {}", r.body);
     }
+    // PUT is idempotent: retried, with its body replayed to the second target.
+    for _ in 0..4 {
+        let r = request("PUT", &gw.url("/item"), &[], Some("put-body"));
+        assert_eq!(r.status, 200, "PUT not retried: {}", r.body);
+        assert_eq!(r.json()["body"], "put-body");
+    }
     let mut passed_through = 0;
     for _ in 0..10 {
         let r = request("POST", &gw.url("/"), &[], Some("x"));

@@ -7,7 +7,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages the build and the tests need (cmake: Pingora's zlib-ng; curl: h2c tests).
 BUILD_PKGS := cmake pkg-config libssl-dev curl
+# What `make bench` compares against and loads with.
+BENCH_PKGS := nginx haproxy wrk util-linux procps
 APT_MARK := target/.apt-installed
+BENCH_MARK := target/.apt-bench-installed
 
 .PHONY: deps run test bench load-test install lint build clean
 
@@ -21,6 +24,16 @@ $(APT_MARK):
 	@mkdir -p target && touch $@
 
 deps: $(APT_MARK)
+
+$(BENCH_MARK):
+	@missing=""; \
+	for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@command -v oha >/dev/null || [ -x $$HOME/.cargo/bin/oha ] || $(CARGO) install oha --locked
+	@mkdir -p target && touch $@
 
 build: deps
 	$(CARGO) build --release --bins
@@ -36,6 +49,14 @@ run: build
 
 test: deps
 	$(CARGO) test --all-targets
+
+# Side by side with nginx and haproxy on pinned cores; prints RESULT lines (docs/performance.md).
+bench: build $(BENCH_MARK)
+	python3 load-tests/bench.py
+
+# The k6 smoke scenario against the demo (started if not running).
+load-test: build
+	load-tests/k6/run-smoke.sh
 
 lint: deps
 	$(CARGO) fmt --check

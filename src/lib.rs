@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod plumbing;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;

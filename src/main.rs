@@ -5,6 +5,9 @@ use pylon::server::{self, StartMode};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Pylon, an API gateway on Cloudflare's Pingora.
 #[derive(Parser, Debug)]
 #[command(name = "pylon", version, about)]
@@ -35,7 +38,7 @@ fn main() -> ExitCode {
     let snapshot = match Snapshot::build(&config, None) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("{}: {e}", cli.conf.display());
+            eprintln!("{}", config::Diagnostics::new(&config.source, vec![e]));
             return ExitCode::FAILURE;
         }
     };

@@ -11,6 +11,12 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// Other client-address headers an upstream might believe; dropped unless a trusted proxy sent them.
+const UNTRUSTED_FORWARDING: [HeaderName; 3] = [
+    HeaderName::from_static("forwarded"),
+    HeaderName::from_static("x-real-ip"),
+    HeaderName::from_static("x-forwarded-port"),
+];
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -79,6 +85,9 @@ pub fn set_forwarded(
     let previous = if believed {
         join(req.headers.get_all(&X_FORWARDED_FOR))
     } else {
+        for name in &UNTRUSTED_FORWARDING {
+            req.remove_header(name);
+        }
         None
     };
     if let Some(peer) = peer {
@@ -213,6 +222,8 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
         req.insert_header("x-forwarded-proto", "https").unwrap();
+        req.insert_header("x-real-ip", "6.6.6.6").unwrap();
+        req.insert_header("forwarded", "for=6.6.6.6").unwrap();
         set_forwarded(
             &mut req,
             Some("9.9.9.9".parse().unwrap()),
@@ -221,6 +232,8 @@ mod tests {
             &proxies,
         )
         .unwrap();
+        assert!(req.headers.get("x-real-ip").is_none());
+        assert!(req.headers.get("forwarded").is_none());
         assert_eq!(req.headers["x-forwarded-for"], "9.9.9.9");
         assert_eq!(req.headers["x-forwarded-proto"], "http");
         assert_eq!(req.headers["x-forwarded-host"], "h");

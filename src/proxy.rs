@@ -3,7 +3,7 @@
 
 use crate::error::{self, GatewayError};
 use crate::plumbing;
-use crate::router::{Action, Lookup, Responder, Route};
+use crate::router::{normalize_path, Action, Lookup, Responder, Route};
 use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::upstream::{HashOn, InflightGuard, Upstream};
 use async_trait::async_trait;
@@ -31,7 +31,9 @@ pub struct RequestCtx {
     request_id: String,
     snapshot: Option<Arc<Snapshot>>,
     route: Option<Arc<Route>>,
-    /// Bytes of the path the route's pattern covered, for `strip_prefix`.
+    /// The routed path when normalization changed it; it is also what goes upstream.
+    normalized_path: Option<String>,
+    /// Bytes of the (normalized) path the route's pattern covered, for `strip_prefix`.
     matched_len: usize,
     /// Attempts made to reach a target, retries included.
     attempts: usize,
@@ -114,14 +116,22 @@ impl ProxyHttp for Gateway {
         RequestCtx::default()
     }
 
+    /// No downstream modules: Pingora's default adds a (disabled) compression module that
+    /// still runs on every response.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = plumbing::request_id(&session.req_header().headers);
         let snapshot = self.snapshot.load_full();
         let req = session.req_header();
-        let lookup =
-            snapshot
-                .router
-                .find(request_host(req), req.uri.path(), &req.method, &req.headers);
+        let normalized = match normalize_path(req.uri.path()) {
+            Cow::Owned(p) => Some(p),
+            Cow::Borrowed(_) => None,
+        };
+        let path = normalized.as_deref().unwrap_or(req.uri.path());
+        let lookup = snapshot
+            .router
+            .find(request_host(req), path, &req.method, &req.headers);
         let (route, matched_len) = match lookup {
             Lookup::Found { route, matched_len } => (Arc::clone(route), matched_len),
             Lookup::MethodNotAllowed => {
@@ -141,6 +151,7 @@ impl ProxyHttp for Gateway {
             respond(session, r, &ctx.request_id).await?;
             return Ok(true);
         }
+        ctx.normalized_path = normalized;
         ctx.route = Some(route);
         ctx.matched_len = matched_len;
         ctx.snapshot = Some(snapshot);
@@ -201,9 +212,9 @@ impl ProxyHttp for Gateway {
         let (Some(route), Some(snapshot)) = (ctx.route.as_deref(), ctx.snapshot.as_deref()) else {
             return Ok(());
         };
-        if route.strip_prefix || route.rewrite.is_some() {
+        if route.strip_prefix || route.rewrite.is_some() || ctx.normalized_path.is_some() {
             let uri = &upstream_request.uri;
-            let mut path = Cow::Borrowed(uri.path());
+            let mut path = Cow::Borrowed(ctx.normalized_path.as_deref().unwrap_or(uri.path()));
             if route.strip_prefix {
                 let rest = path.get(ctx.matched_len..).unwrap_or("");
                 path = Cow::Owned(if rest.starts_with('/') {
@@ -252,6 +263,8 @@ impl ProxyHttp for Gateway {
         let status = upstream_response.status.as_u16();
         if matches!(status, 502..=504)
             && session.req_header().method.is_idempotent()
+            // A body larger than Pingora's retry buffer cannot be sent again.
+            && !session.as_ref().retry_buffer_truncated()
             && ctx.upstream().is_some_and(|u| ctx.attempts <= u.retries)
         {
             // The client has seen nothing yet: try another target. Pingora turns the error

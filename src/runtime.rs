@@ -3,7 +3,7 @@
 //! A snapshot is immutable. Reloads build a new one and swap it in atomically; a request holds
 //! the `Arc` of the route it matched, so it finishes on the configuration it started with.
 
-use crate::config::{validate::parse_cidr, Config};
+use crate::config::{validate::parse_cidr, Config, ConfigError};
 use crate::router::Router;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
@@ -22,7 +22,7 @@ pub struct Snapshot {
 impl Snapshot {
     /// Compile a validated configuration. Pools whose definition is unchanged since `previous`
     /// are kept, with their health state and connections.
-    pub fn build(config: &Config, previous: Option<&Snapshot>) -> Result<Snapshot, String> {
+    pub fn build(config: &Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
         let mut upstreams = HashMap::new();
         for (name, located) in &config.upstreams {
             let kept = previous
@@ -30,7 +30,10 @@ impl Snapshot {
                 .filter(|u| u.config == located.value);
             let upstream = match kept {
                 Some(u) => Arc::clone(u),
-                None => Arc::new(Upstream::build(name, &located.value)?),
+                None => Arc::new(
+                    Upstream::build(name, &located.value)
+                        .map_err(|e| ConfigError::at(located.span.clone(), e))?,
+                ),
             };
             upstreams.insert(name.clone(), upstream);
         }

@@ -2,10 +2,12 @@
 
 use crate::config::Config;
 use crate::proxy::Gateway;
+use crate::reload::Reloader;
 use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::upstream::HealthSupervisor;
 use arc_swap::ArcSwap;
 use pingora::apps::HttpServerOptions;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
@@ -29,7 +31,8 @@ pub fn server_conf(config: &Config, mode: StartMode) -> ServerConf {
         upgrade_sock: s.upgrade_sock.clone(),
         threads: s
             .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            .or_else(|| std::thread::available_parallelism().ok())
+            .map_or(1, |n| n.get()),
         work_stealing: s.work_stealing,
         grace_period_seconds: Some(s.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.0.as_secs()),
@@ -56,12 +59,19 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Server {
             .server_options(options)
             .build();
     for addr in &config.server.listen {
-        proxy.add_tcp(addr.get_ref());
+        // Pingora's default 64 KiB read buffer per connection dominates the memory of idle
+        // keep-alive connections; HTTP parsing keeps its own buffer, so reads go unbuffered.
+        let buffers = L4BufferSettings::default().read(0);
+        proxy.add_listener(ListenerConfig::tcp(addr.get_ref()).l4_buffer(buffers));
     }
     server.add_service(proxy);
     server.add_service(background_service(
         "health checks",
-        HealthSupervisor::new(shared),
+        HealthSupervisor::new(Arc::clone(&shared)),
+    ));
+    server.add_service(background_service(
+        "config reload",
+        Reloader::new(config.source.path.clone(), shared, config.server.clone()),
     ));
     server
 }

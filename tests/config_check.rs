@@ -71,9 +71,25 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         // 22: hash_on without consistent_hash
         ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nhash_on = \"path\"\n".into(), 3, "only applies"),
         // 23: health check with a zero threshold
-        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nhealth_check = { kind = \"tcp\", healthy = 0 }\n".into(), 1, "at least 1"),
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nhealth_check = { kind = \"tcp\", healthy = 0 }\n".into(), 3, "nonzero"),
         // 24: target weight zero
         ("[upstreams.a]\ntargets = [{ addr = \"127.0.0.1:1\", weight = 0 }]\n".into(), 2, "weight"),
+        // 25: the same listen address twice
+        ("[server]\nlisten = [\"127.0.0.1:1\", \"127.0.0.1:1\"]\n".into(), 2, "given twice"),
+        // 26: rewrite target that is not a path
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\nrewrite = {{ pattern = \"^/a\", to = \"b\" }}\n"), 6, "must start with `/`"),
+        // 27: a zero timeout would fail every request
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nread_timeout = \"0s\"\n".into(), 3, "above zero"),
+        // 28: a weight that would expand to a huge selection table
+        ("[upstreams.a]\ntargets = [{ addr = \"127.0.0.1:1\", weight = 4000000000 }]\n".into(), 2, "from 1 to 1000"),
+        // 29: a framing header in a fixed response
+        ("[[routes]]\nname = \"r\"\nrespond = { body = \"x\", headers = { \"Content-Length\" = \"9\" } }\n".into(), 1, "set by the gateway"),
+        // 30: a 204 with a body
+        ("[[routes]]\nname = \"r\"\nrespond = { status = 204, body = \"x\" }\n".into(), 3, "cannot have a body"),
+        // 31: more retries than Pingora allows
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nretries = 50\n".into(), 1, "at most 10"),
+        // 32: zero threads
+        ("[server]\nthreads = 0\n".into(), 2, "nonzero"),
     ]
 }
 

@@ -287,3 +287,40 @@ fn request_body_is_forwarded() {
     assert_eq!(v["method"], "POST");
     assert_eq!(v["body"], "payload-123");
 }
+
+#[test]
+fn path_is_normalized_before_routing_and_forwarding() {
+    let e = echo("e", &[]);
+    let gw = upstream_gateway(
+        &e,
+        r#"
+[[routes]]
+name = "blocked"
+paths = ["=/admin"]
+respond = { status = 403, body = "no" }
+
+[[routes]]
+name = "rest"
+paths = ["/"]
+upstream = "echo"
+"#,
+    );
+    for spelling in [
+        "/admin",
+        "//admin",
+        "/x/../admin",
+        "/%61dmin",
+        "/./admin",
+        "/a/%2e%2e/admin",
+    ] {
+        let r = get(&gw.url(spelling));
+        assert_eq!(
+            (r.status, r.body.as_str()),
+            (403, "no"),
+            "{spelling} got past the block"
+        );
+    }
+    let v = get(&gw.url("/a//b/./c/../d?q=%2F")).json();
+    assert_eq!(v["path"], "/a/b/d");
+    assert_eq!(v["query"], "q=%2F");
+}

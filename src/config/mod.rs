@@ -9,12 +9,13 @@
 mod units;
 pub mod validate;
 
-pub use units::{ConfDuration, ConfSize};
+pub use units::{ConfDuration, ConfSize, ConfTimeout};
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -24,6 +25,8 @@ use toml::Spanned;
 /// The whole configuration file.
 #[derive(Debug, Clone, Default)]
 pub struct Config {
+    /// Where it was read from, to place errors found after parsing.
+    pub source: Source,
     pub server: ServerConfig,
     pub log: LogConfig,
     pub upstreams: BTreeMap<String, Located<UpstreamConfig>>,
@@ -50,7 +53,7 @@ pub struct ServerConfig {
     #[serde(default = "default_listen")]
     pub listen: Vec<Spanned<String>>,
     /// Worker threads; default: the number of CPUs.
-    pub threads: Option<usize>,
+    pub threads: Option<NonZeroUsize>,
     #[serde(default = "default_pid_file")]
     pub pid_file: String,
     #[serde(default = "default_upgrade_sock")]
@@ -138,13 +141,13 @@ pub struct UpstreamConfig {
     pub hash_on: Option<Spanned<String>>,
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default = "default_connect_timeout")]
-    pub connect_timeout: ConfDuration,
+    pub connect_timeout: ConfTimeout,
     #[serde(default = "default_read_timeout")]
-    pub read_timeout: ConfDuration,
+    pub read_timeout: ConfTimeout,
     #[serde(default = "default_read_timeout")]
-    pub write_timeout: ConfDuration,
+    pub write_timeout: ConfTimeout,
     #[serde(default = "default_idle_timeout")]
-    pub idle_timeout: ConfDuration,
+    pub idle_timeout: ConfTimeout,
     #[serde(default = "default_retries")]
     pub retries: usize,
     #[serde(default)]
@@ -155,14 +158,14 @@ pub struct UpstreamConfig {
     pub verify: bool,
 }
 
-fn default_connect_timeout() -> ConfDuration {
-    ConfDuration(Duration::from_secs(5))
+fn default_connect_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(5))
 }
-fn default_read_timeout() -> ConfDuration {
-    ConfDuration(Duration::from_secs(60))
+fn default_read_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(60))
 }
-fn default_idle_timeout() -> ConfDuration {
-    ConfDuration(Duration::from_secs(60))
+fn default_idle_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(60))
 }
 fn default_retries() -> usize {
     1
@@ -221,15 +224,15 @@ pub struct HealthCheckConfig {
     /// `Host` header of HTTP checks; default: the target address.
     pub host: Option<String>,
     #[serde(default = "default_hc_interval")]
-    pub interval: ConfDuration,
+    pub interval: ConfTimeout,
     #[serde(default = "default_hc_timeout")]
-    pub timeout: ConfDuration,
+    pub timeout: ConfTimeout,
     /// Consecutive successes before an unhealthy target is healthy again.
     #[serde(default = "default_hc_healthy")]
-    pub healthy: usize,
+    pub healthy: NonZeroUsize,
     /// Consecutive failures before a healthy target leaves rotation.
     #[serde(default = "default_hc_unhealthy")]
-    pub unhealthy: usize,
+    pub unhealthy: NonZeroUsize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -242,17 +245,17 @@ pub enum HealthCheckKind {
 fn default_hc_path() -> Spanned<String> {
     Spanned::new(0..0, "/".to_string())
 }
-fn default_hc_interval() -> ConfDuration {
-    ConfDuration(Duration::from_secs(5))
+fn default_hc_interval() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(5))
 }
-fn default_hc_timeout() -> ConfDuration {
-    ConfDuration(Duration::from_secs(1))
+fn default_hc_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(1))
 }
-fn default_hc_healthy() -> usize {
-    2
+fn default_hc_healthy() -> NonZeroUsize {
+    NonZeroUsize::new(2).expect("non-zero")
 }
-fn default_hc_unhealthy() -> usize {
-    3
+fn default_hc_unhealthy() -> NonZeroUsize {
+    NonZeroUsize::new(3).expect("non-zero")
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -297,7 +300,14 @@ fn default_status() -> Spanned<u16> {
 #[serde(deny_unknown_fields)]
 pub struct RewriteConfig {
     pub pattern: Spanned<String>,
-    pub to: String,
+    pub to: Spanned<String>,
+}
+
+/// A configuration file's path and text.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Source {
+    pub path: PathBuf,
+    pub text: String,
 }
 
 /// One problem found in a configuration file.
@@ -325,6 +335,14 @@ pub struct Diagnostics {
 }
 
 impl Diagnostics {
+    pub fn new(source: &Source, errors: Vec<ConfigError>) -> Self {
+        Diagnostics {
+            path: source.path.clone(),
+            source: source.text.clone(),
+            errors,
+        }
+    }
+
     /// 1-based line and column (in characters) of a byte offset.
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.source.len());
@@ -370,11 +388,15 @@ pub fn load(path: &Path) -> Result<Config, Diagnostics> {
 pub fn parse(path: &Path, source: String) -> Result<Config, Diagnostics> {
     let mut errors = Vec::new();
     let mut unparsed = Vec::new();
-    let config = parse_sections(&source, &mut errors, &mut unparsed);
+    let mut config = parse_sections(&source, &mut errors, &mut unparsed);
     // Check meaning even when some sections failed to parse, so one run shows everything;
     // names of sections that failed still count as defined.
     validate::check(&config, &unparsed, &mut errors);
     if errors.is_empty() {
+        config.source = Source {
+            path: path.to_path_buf(),
+            text: source,
+        };
         Ok(config)
     } else {
         errors.sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));

@@ -29,6 +29,21 @@ impl<'de> Deserialize<'de> for ConfDuration {
     }
 }
 
+/// A duration that must be above zero: timeouts and intervals, where zero would fail every
+/// request or spin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConfTimeout(pub Duration);
+
+impl<'de> Deserialize<'de> for ConfTimeout {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let ConfDuration(v) = ConfDuration::deserialize(d)?;
+        if v.is_zero() {
+            return Err(de::Error::custom("this duration must be above zero"));
+        }
+        Ok(ConfTimeout(v))
+    }
+}
+
 /// A byte size: an integer, or a string such as `"512"`, `"8KiB"`, `"10MiB"`, `"1GB"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfSize(pub u64);

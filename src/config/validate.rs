@@ -7,6 +7,11 @@ use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use toml::Spanned;
 
+/// Weighted selection expands each target `weight` times; this bounds its memory.
+const MAX_WEIGHT: usize = 1000;
+/// Pingora tries a request at most 16 times; stay below it so our count decides.
+pub const MAX_RETRIES: usize = 10;
+
 /// Every problem with the meaning of `config`, appended to `errors`.
 /// `unparsed` names upstreams that exist but failed to parse (already reported).
 pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>) {
@@ -35,7 +40,14 @@ fn check_server(config: &Config, errors: &mut Vec<ConfigError>) {
             "`server.listen` needs at least one address",
         ));
     }
+    let mut seen = HashSet::new();
     for addr in &server.listen {
+        if !seen.insert(addr.get_ref()) {
+            errors.push(ConfigError::at(
+                addr.span(),
+                format!("listen address {:?} is given twice", addr.get_ref()),
+            ));
+        }
         if addr.get_ref().parse::<SocketAddr>().is_err() {
             errors.push(ConfigError::at(
                 addr.span(),
@@ -45,9 +57,6 @@ fn check_server(config: &Config, errors: &mut Vec<ConfigError>) {
                 ),
             ));
         }
-    }
-    if server.threads == Some(0) {
-        errors.push(ConfigError::at(0..0, "`server.threads` must be at least 1"));
     }
     for cidr in &server.trusted_proxies {
         if parse_cidr(cidr.get_ref()).is_none() {
@@ -67,6 +76,12 @@ pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
 }
 
 fn check_upstream(name: &str, upstream: &Located<UpstreamConfig>, errors: &mut Vec<ConfigError>) {
+    if upstream.retries > MAX_RETRIES {
+        errors.push(ConfigError::at(
+            upstream.span.clone(),
+            format!("upstream `{name}`: retries must be at most {MAX_RETRIES}"),
+        ));
+    }
     if upstream.targets.is_empty() {
         errors.push(ConfigError::at(
             upstream.span.clone(),
@@ -84,10 +99,10 @@ fn check_upstream(name: &str, upstream: &Located<UpstreamConfig>, errors: &mut V
                 ),
             ));
         }
-        if t.weight() == 0 {
+        if !(1..=MAX_WEIGHT).contains(&t.weight()) {
             errors.push(ConfigError::at(
                 target.span(),
-                "a target's weight must be at least 1",
+                format!("a target's weight must be from 1 to {MAX_WEIGHT}"),
             ));
         }
     }
@@ -117,20 +132,6 @@ fn check_upstream(name: &str, upstream: &Located<UpstreamConfig>, errors: &mut V
             errors.push(ConfigError::at(
                 hc.path.span(),
                 "health check path must be a URI path starting with `/`",
-            ));
-        }
-        if hc.healthy == 0 || hc.unhealthy == 0 {
-            errors.push(ConfigError::at(
-                upstream.span.clone(),
-                format!(
-                    "upstream `{name}`: health check `healthy` and `unhealthy` must be at least 1"
-                ),
-            ));
-        }
-        if hc.interval.0.is_zero() {
-            errors.push(ConfigError::at(
-                upstream.span.clone(),
-                format!("upstream `{name}`: health check interval must be above zero"),
             ));
         }
     }
@@ -198,6 +199,12 @@ fn check_route(
                 format!("invalid rewrite pattern: {}", first_line(&e.to_string())),
             ));
         }
+        if !rw.to.get_ref().starts_with('/') {
+            errors.push(ConfigError::at(
+                rw.to.span(),
+                "rewrite `to` must start with `/`: it becomes the upstream path",
+            ));
+        }
     }
     if let Some(respond) = &route.respond {
         let status = *respond.status.get_ref();
@@ -214,8 +221,34 @@ fn check_route(
             "response header",
             errors,
         );
+        for header in respond.headers.keys() {
+            if FRAMING_HEADERS.contains(&header.to_ascii_lowercase().as_str()) {
+                errors.push(ConfigError::at(
+                    route.span.clone(),
+                    format!("route `{name}`: `{header}` is set by the gateway and cannot be given"),
+                ));
+            }
+        }
+        if matches!(status, 204 | 304) && !respond.body.is_empty() {
+            errors.push(ConfigError::at(
+                respond.status.span(),
+                format!("a {status} response cannot have a body"),
+            ));
+        }
     }
 }
+
+/// Headers that frame the message or the connection: the gateway writes them itself.
+const FRAMING_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
 
 /// Header names and values that HTTP allows.
 fn check_headers(

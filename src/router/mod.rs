@@ -10,12 +10,14 @@
 //! (exact, then regex, then the longest prefix); then the most header conditions; then a method
 //! list over none; then the first in the file.
 
+mod normalize;
 mod radix;
 mod route;
 
+pub use normalize::normalize_path;
 pub use route::{Action, Responder, Rewrite, Route};
 
-use crate::config::RouteConfig;
+use crate::config::{ConfigError, Located, RouteConfig};
 use crate::upstream::Upstream;
 use radix::RadixTree;
 use std::borrow::Cow;
@@ -70,13 +72,15 @@ pub struct Router {
 }
 
 impl Router {
+    /// Compile validated routes; an error names the route it comes from.
     pub fn compile(
-        configs: &[impl std::ops::Deref<Target = RouteConfig>],
+        configs: &[Located<RouteConfig>],
         upstreams: &HashMap<String, Arc<Upstream>>,
-    ) -> Result<Router, String> {
+    ) -> Result<Router, ConfigError> {
         let mut router = Router::default();
         for (order, config) in configs.iter().enumerate() {
-            let route = Route::compile(config, upstreams)?;
+            let route = Route::compile(config, upstreams)
+                .map_err(|e| ConfigError::at(config.span.clone(), e))?;
             let base = (
                 route.priority,
                 route.headers.len(),
@@ -126,9 +130,9 @@ impl Router {
                             rank: rank(PATH_REGEX),
                             regex: Some(index.regexes.len()),
                         });
-                        index
-                            .regexes
-                            .push(regex::Regex::new(re).map_err(|e| e.to_string())?);
+                        let compiled = regex::Regex::new(re)
+                            .map_err(|e| ConfigError::at(config.span.clone(), e.to_string()))?;
+                        index.regexes.push(compiled);
                     } else {
                         index.prefixes.entry(path.as_bytes(), Vec::new).push(Entry {
                             route: order,
@@ -145,9 +149,16 @@ impl Router {
             .chain(router.wildcard_hosts.values_mut())
             .chain(std::iter::once(&mut router.any_host))
         {
-            if !index.regexes.is_empty() {
-                let set = regex::RegexSet::new(index.regexes.iter().map(|r| r.as_str()))
-                    .map_err(|e| e.to_string())?;
+            if let Some(first) = index.regex_entries.first() {
+                let set = regex::RegexSet::new(index.regexes.iter().map(|r| r.as_str())).map_err(
+                    |e| {
+                        let span = configs[first.route].span.clone();
+                        ConfigError::at(
+                            span,
+                            format!("the path regexes of this host together: {e}"),
+                        )
+                    },
+                )?;
                 index.regex_set = Some(set);
             }
         }
@@ -278,7 +289,12 @@ mod tests {
             routes: Vec<RouteConfig>,
         }
         let f: F = toml::from_str(src).unwrap();
-        Router::compile(&f.routes.iter().collect::<Vec<_>>(), &HashMap::new()).unwrap()
+        let located: Vec<_> = f
+            .routes
+            .into_iter()
+            .map(|value| Located { value, span: 0..0 })
+            .collect();
+        Router::compile(&located, &HashMap::new()).unwrap()
     }
 
     fn name(r: &Router, host: &str, path: &str) -> String {

@@ -66,7 +66,7 @@ impl Route {
         let rewrite = match &config.rewrite {
             Some(rw) => Some(Rewrite {
                 pattern: regex::Regex::new(rw.pattern.get_ref()).map_err(|e| e.to_string())?,
-                to: rw.to.clone(),
+                to: rw.to.get_ref().clone(),
             }),
             None => None,
         };

@@ -27,24 +27,45 @@ pub(super) fn build_check(
 ) -> Box<dyn HealthCheck + Send + Sync> {
     match hc.kind {
         HealthCheckKind::Tcp => {
-            let mut check = TcpHealthCheck::new();
-            check.consecutive_success = hc.healthy;
-            check.consecutive_failure = hc.unhealthy;
-            check.peer_template.options.connection_timeout = Some(hc.timeout.0);
-            check.peer_template.options.total_connection_timeout = Some(hc.timeout.0);
+            let mut check = if upstream.tls {
+                let first = upstream
+                    .targets
+                    .first()
+                    .map_or(name, |t| t.get_ref().addr());
+                TcpHealthCheck::new_tls(&super::sni_for(first, upstream))
+            } else {
+                TcpHealthCheck::new()
+            };
+            check.consecutive_success = hc.healthy.get();
+            check.consecutive_failure = hc.unhealthy.get();
+            let o = &mut check.peer_template.options;
+            o.connection_timeout = Some(hc.timeout.0);
+            o.total_connection_timeout = Some(hc.timeout.0);
+            o.verify_cert = upstream.verify;
+            o.verify_hostname = upstream.verify;
             check
         }
         HealthCheckKind::Http => {
-            let host = hc.host.as_deref().unwrap_or(name);
+            // Pingora sends one Host (and SNI) to every target of a pool: the configured one,
+            // else the pool's `sni`, else the first target's host as written.
+            let target_name = upstream.targets.first().map_or_else(
+                || name.to_string(),
+                |t| super::sni_for(t.get_ref().addr(), upstream),
+            );
+            let host = hc.host.as_deref().unwrap_or(&target_name);
             let mut check = HttpHealthCheck::new(host, upstream.tls);
-            check.consecutive_success = hc.healthy;
-            check.consecutive_failure = hc.unhealthy;
+            if upstream.tls {
+                check.peer_template.sni = target_name.clone();
+            }
+            check.consecutive_success = hc.healthy.get();
+            check.consecutive_failure = hc.unhealthy.get();
             let o = &mut check.peer_template.options;
             o.connection_timeout = Some(hc.timeout.0);
             o.total_connection_timeout = Some(hc.timeout.0);
             o.read_timeout = Some(hc.timeout.0);
             o.write_timeout = Some(hc.timeout.0);
             o.verify_cert = upstream.verify;
+            o.verify_hostname = upstream.verify;
             // The path was validated at load, so this cannot fail.
             check.req.set_uri(
                 http::Uri::try_from(hc.path.get_ref().as_str())

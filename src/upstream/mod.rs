@@ -30,7 +30,8 @@ const MAX_SELECT_STEPS: usize = 256;
 /// One target of a pool, shared by every selector that holds its [`Backend`].
 pub struct Target {
     pub addr: SocketAddr,
-    /// `addr` as text, for logs, headers and metrics labels.
+    /// The target as written in the config (`api.internal:8443`): the upstream `Host` header,
+    /// and the label in logs and metrics.
     pub label: Arc<str>,
     /// The peer requests are sent to: address, timeouts and TLS settings, prepared at load.
     pub peer: HttpPeer,
@@ -38,10 +39,10 @@ pub struct Target {
 }
 
 impl Target {
-    pub fn new(addr: SocketAddr, peer: HttpPeer) -> Arc<Self> {
+    pub fn new(addr: SocketAddr, written: &str, peer: HttpPeer) -> Arc<Self> {
         Arc::new(Target {
             addr,
-            label: addr.to_string().into(),
+            label: written.into(),
             peer,
             inflight: AtomicUsize::new(0),
         })
@@ -147,7 +148,7 @@ impl Upstream {
             let t = t.get_ref();
             let addr = crate::config::validate::resolve(t.addr())
                 .ok_or_else(|| format!("upstream `{name}`: cannot resolve {:?}", t.addr()))?;
-            let target = Target::new(addr, peer_for(addr, t.addr(), config));
+            let target = Target::new(addr, t.addr(), peer_for(addr, t.addr(), config));
             let mut backend = Backend::new_with_weight(&addr.to_string(), t.weight())
                 .map_err(|e| format!("upstream `{name}`: {e}"))?;
             backend.ext.insert(Arc::clone(&target));
@@ -229,15 +230,24 @@ impl Upstream {
     }
 }
 
+/// The host part of a target as written: `api.internal` of `api.internal:8443`.
+pub fn host_of(written: &str) -> &str {
+    let host = written.rsplit_once(':').map_or(written, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// The TLS server name for a target: `sni`, or the target's host as written.
+pub fn sni_for(written: &str, config: &UpstreamConfig) -> String {
+    config
+        .sni
+        .clone()
+        .unwrap_or_else(|| host_of(written).to_string())
+}
+
 /// The peer for one target, with the pool's timeouts and TLS settings.
 fn peer_for(addr: SocketAddr, written: &str, config: &UpstreamConfig) -> HttpPeer {
     let sni = if config.tls {
-        config.sni.clone().unwrap_or_else(|| {
-            written
-                .rsplit_once(':')
-                .map_or(written, |(host, _)| host)
-                .to_string()
-        })
+        sni_for(written, config)
     } else {
         String::new()
     };

@@ -80,9 +80,34 @@ pub struct Gateway {
     pub proc: Proc,
     pub port: u16,
     pub dir: PathBuf,
+    /// The `[server]` and `[log]` sections the harness wrote.
+    head: String,
 }
 
 impl Gateway {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("pylon.toml")
+    }
+
+    /// Replace the config file's upstreams and routes (the server section stays).
+    pub fn rewrite(&self, rest: &str) {
+        std::fs::write(self.config_path(), format!("{}{rest}", self.head)).unwrap();
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let pid = self.proc.0.id().to_string();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        self.proc.0.try_wait().unwrap().is_none()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
@@ -97,7 +122,7 @@ pub fn gateway(rest: &str) -> Gateway {
 pub fn gateway_with_server(server_keys: &str, rest: &str) -> Gateway {
     let dir = scratch();
     let port = free_port();
-    let config = format!(
+    let head = format!(
         r#"[server]
 listen = ["127.0.0.1:{port}"]
 threads = 2
@@ -108,13 +133,13 @@ shutdown_timeout = "1s"
 {server_keys}
 
 [log]
-level = "warn"
+level = "info"
 
-{rest}"#,
+"#,
         dir = dir.display()
     );
     let path = dir.join("pylon.toml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, format!("{head}{rest}")).unwrap();
     let child = Command::new(PYLON)
         .arg("-c")
         .arg(&path)
@@ -129,7 +154,12 @@ level = "warn"
         assert!(Instant::now() < deadline, "pylon did not start listening");
         std::thread::sleep(Duration::from_millis(20));
     }
-    Gateway { proc, port, dir }
+    Gateway {
+        proc,
+        port,
+        dir,
+        head,
+    }
 }
 
 /// An HTTP response, read whole.

@@ -1,0 +1,349 @@
+#!/usr/bin/env python3
+"""`make bench`: Pylon side by side with nginx and haproxy, on this machine, in one run.
+
+Every proxy is pinned to CPU 0 and proxies to the same upstream, an nginx that answers
+`return 200` (and a 1 MiB file for the `large` scenario), pinned with the load generator to
+CPU 1. Each scenario runs the proxies in turn, A B C A B C, for ROUNDS rounds and reports the
+median. One `RESULT` line is printed per scenario and proxy.
+
+Scenarios: plain, policies (pylon with 1,000 routes against nginx's plain proxy), latency
+(fixed arrival rate at 50% of nginx's peak, corrected for coordinated omission), connections
+(idle keep-alive connections: memory per connection), large (1 MiB responses).
+"""
+
+import asyncio
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PYLON = os.path.join(ROOT, "target", "release", "pylon")
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+DURATION = int(os.environ.get("BENCH_SECONDS", "6"))
+# 10,000 where the descriptor limit allows; haproxy reserves two descriptors per connection.
+FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+if FD_LIMIT == resource.RLIM_INFINITY:
+    FD_LIMIT = 1 << 20
+IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,latency,connections,large").split(",")
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+
+UPSTREAM = 18000
+PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004}
+POLICY_PATH = "/svc500/items"
+
+
+def raise_fd_limit():
+    """10,000 idle connections need more descriptors than the usual default; root may raise it."""
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200000, 200000))
+    except (ValueError, OSError):
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def pinned(cpu, argv):
+    return ["taskset", "-c", cpu] + argv
+
+
+class Procs:
+    def __init__(self):
+        self.procs = {}
+
+    def start(self, name, argv, cpu, **kw):
+        p = subprocess.Popen(pinned(cpu, argv), preexec_fn=raise_fd_limit,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        self.procs[name] = p
+        return p
+
+    def stop_all(self):
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGINT)
+        for p in self.procs.values():
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def wait_port(port, timeout=15):
+    import socket
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def tree_rss_kb(pid):
+    """RSS of a process and its children (nginx's master and worker)."""
+    total = 0
+    pids = [pid]
+    try:
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+        pids += [int(x) for x in out.split()]
+    except Exception:
+        pass
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def configs(tmp):
+    os.makedirs(os.path.join(tmp, "www"))
+    with open(os.path.join(tmp, "www", "large"), "wb") as f:
+        f.write(os.urandom(1 << 20))
+    write(os.path.join(tmp, "upstream.conf"), f"""
+worker_processes 1; daemon off; pid {tmp}/upstream.pid; error_log /dev/null;
+events {{ worker_connections 4000; }}
+worker_rlimit_nofile {FD_LIMIT};
+http {{
+  access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  server {{
+    listen 127.0.0.1:{UPSTREAM} backlog=4096;
+    location = /large {{ root {tmp}/www; default_type application/octet-stream; }}
+    location / {{ return 200 "ok\\n"; }}
+  }}
+}}
+""")
+    write(os.path.join(tmp, "nginx.conf"), f"""
+worker_processes 1; daemon off; pid {tmp}/nginx.pid; error_log /dev/null;
+events {{ worker_connections {IDLE_CONNECTIONS + 500}; }}
+worker_rlimit_nofile {FD_LIMIT};
+http {{
+  access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  upstream backend {{ server 127.0.0.1:{UPSTREAM}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
+    location / {{
+      proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
+    }}
+  }}
+}}
+""")
+    HAPROXY_MAXCONN = IDLE_CONNECTIONS + 200
+    write(os.path.join(tmp, "haproxy.cfg"), f"""
+global
+  nbthread 1
+  maxconn {HAPROXY_MAXCONN}
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{PORTS['haproxy']}
+  default_backend be
+backend be
+  server s1 127.0.0.1:{UPSTREAM}
+""")
+    base = f"""
+[server]
+threads = 1
+work_stealing = false
+pid_file = "{tmp}/pylon.pid"
+grace_period = "1s"
+shutdown_timeout = "1s"
+
+[log]
+level = "error"
+
+[upstreams.backend]
+targets = ["127.0.0.1:{UPSTREAM}"]
+"""
+    write(os.path.join(tmp, "pylon.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon"]}"]\nupgrade_sock = "{tmp}/u1.sock"') + """
+[[routes]]
+name = "all"
+upstream = "backend"
+""")
+    routes = "".join(f'\n[[routes]]\nname = "svc{i}"\npaths = ["/svc{i}/"]\nupstream = "backend"\n' for i in range(999))
+    write(os.path.join(tmp, "pylon-1000.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon-1000-routes"]}"]\nupgrade_sock = "{tmp}/u2.sock"') + routes + """
+[[routes]]
+name = "catch-all"
+paths = ["/"]
+upstream = "backend"
+""")
+
+
+UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+def parse_ms(text):
+    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    return float(m.group(1)) * UNIT[m.group(2)]
+
+
+def wrk(port, path="/", connections=32):
+    out = subprocess.run(pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{DURATION}s", "--latency",
+                                           f"http://127.0.0.1:{port}{path}"]),
+                         capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = parse_ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = parse_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    sock = re.search(r"Socket errors: (.*)", out)
+    if errors or sock:
+        print(f"  warning: port {port}: {errors.group(0) if errors else ''} {sock.group(0) if sock else ''}", flush=True)
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p99}
+
+
+def oha(port, rate):
+    oha_bin = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+    out = subprocess.run(pinned(LOAD_CPU, [oha_bin, "-z", f"{DURATION}s", "-c", "32", "-q", str(rate),
+                                           "--latency-correction", "--no-tui", "--output-format", "json",
+                                           f"http://127.0.0.1:{port}/"]),
+                         capture_output=True, text=True).stdout
+    data = json.loads(out)
+    pct = data["latencyPercentiles"]
+    return {"rps": data["summary"]["requestsPerSec"], "p50_ms": pct["p50"] * 1e3,
+            "p99_ms": pct["p99"] * 1e3, "p999_ms": pct["p99.9"] * 1e3}
+
+
+async def hold_idle(port, n):
+    """Open n keep-alive connections, send one request on each, and keep them open."""
+    conns = []
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    sem = asyncio.Semaphore(500)
+
+    async def one():
+        async with sem:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(request)
+            await w.drain()
+            await r.readuntil(b"ok\n")
+            conns.append((r, w))
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return conns
+
+
+def idle_connections(name, pid, port):
+    base = tree_rss_kb(pid)
+
+    async def run():
+        conns = await hold_idle(port, IDLE_CONNECTIONS)
+        await asyncio.sleep(1.0)
+        held = tree_rss_kb(pid)
+        for _, w in conns:
+            w.close()
+        return held
+
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
+    held = asyncio.run(run())
+    per_conn_kb = (held - base) / IDLE_CONNECTIONS
+    return {"rss_mb": held / 1024, "kb_per_conn": per_conn_kb}
+
+
+def fmt(v):
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+def report(scenario, results, reference="nginx", key="rps"):
+    ref = results.get(reference, {}).get(key)
+    for proxy, r in results.items():
+        fields = " ".join(f"{k}={fmt(v)}" for k, v in r.items())
+        ratio = f" ratio_vs_nginx={r[key] / ref:.2f}" if ref else ""
+        print(f"RESULT scenario={scenario} proxy={proxy} {fields}{ratio}", flush=True)
+
+
+def median_runs(runs):
+    keys = runs[0].keys()
+    return {k: statistics.median(r[k] for r in runs) for k in keys}
+
+
+def alternate(proxies, measure):
+    runs = {p: [] for p in proxies}
+    for rnd in range(ROUNDS):
+        for p in proxies:
+            r = measure(p)
+            r = {**r, "rss_mb": tree_rss_kb(PIDS[p]) / 1024} if "rss_mb" not in r else r
+            runs[p].append(r)
+            print(f"  round {rnd + 1} {p}: " + " ".join(f"{k}={fmt(v)}" for k, v in r.items()), flush=True)
+    return {p: median_runs(v) for p, v in runs.items()}
+
+
+PIDS = {}
+
+
+def main():
+    for tool in ["nginx", "haproxy", "wrk", "taskset"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} is missing (make bench installs it)")
+    if not os.path.exists(PYLON):
+        raise SystemExit("build pylon first: cargo build --release")
+    raise_fd_limit()
+    tmp = tempfile.mkdtemp(prefix="pylon-bench-")
+    configs(tmp)
+    procs = Procs()
+    try:
+        procs.start("upstream", ["nginx", "-c", f"{tmp}/upstream.conf", "-p", tmp], LOAD_CPU)
+        PIDS["nginx"] = procs.start("nginx", ["nginx", "-c", f"{tmp}/nginx.conf", "-p", tmp], PROXY_CPU).pid
+        PIDS["haproxy"] = procs.start("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], PROXY_CPU).pid
+        PIDS["pylon"] = procs.start("pylon", [PYLON, "-c", f"{tmp}/pylon.toml"], PROXY_CPU).pid
+        PIDS["pylon-1000-routes"] = procs.start("pylon-1000-routes", [PYLON, "-c", f"{tmp}/pylon-1000.toml"], PROXY_CPU).pid
+        for port in [UPSTREAM, *PORTS.values()]:
+            wait_port(port)
+        # Warm up connection pools.
+        for port in PORTS.values():
+            subprocess.run(["wrk", "-t1", "-c32", "-d1s", f"http://127.0.0.1:{port}/"], capture_output=True)
+
+        print(f"# {ROUNDS} rounds of {DURATION}s; proxies on CPU {PROXY_CPU}, upstream and load on CPU {LOAD_CPU}", flush=True)
+        three = ["nginx", "haproxy", "pylon"]
+        nginx_peak = None
+        if "plain" in SCENARIOS or "latency" in SCENARIOS:
+            print("## plain: one route, keep-alive, 32 connections", flush=True)
+            plain = alternate(three, lambda p: wrk(PORTS[p]))
+            nginx_peak = plain["nginx"]["rps"]
+            if "plain" in SCENARIOS:
+                report("plain", plain)
+        if "policies" in SCENARIOS:
+            print(f"## policies: pylon with 1,000 routes (path {POLICY_PATH}) against nginx's plain proxy", flush=True)
+            report("policies", alternate(["nginx", "pylon-1000-routes"], lambda p: wrk(PORTS[p], POLICY_PATH)))
+        if "latency" in SCENARIOS:
+            rate = int(nginx_peak * 0.5)
+            print(f"## latency: fixed {rate} requests/s (50% of nginx's peak), latency-corrected", flush=True)
+            report("latency", alternate(three, lambda p: oha(PORTS[p], rate)), key="p99_ms")
+        if "connections" in SCENARIOS:
+            print(f"## connections: {IDLE_CONNECTIONS} idle keep-alive client connections", flush=True)
+            res = {p: idle_connections(p, PIDS[p], PORTS[p]) for p in three}
+            report("connections", res, key="kb_per_conn")
+        if "large" in SCENARIOS:
+            print("## large: 1 MiB responses, 8 connections", flush=True)
+            def large(p):
+                r = wrk(PORTS[p], "/large", connections=8)
+                return {"rps": r["rps"], "mib_per_s": r["rps"], "p99_ms": r["p99_ms"]}
+            report("large", alternate(three, large))
+    finally:
+        procs.stop_all()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+//! Configuration reload without a restart, on `SIGHUP`.
+//!
+//! The file is parsed, validated and compiled into a new snapshot off the request path; only a
+//! complete snapshot is swapped in. An invalid file changes nothing: every error is logged with
+//! its line and column and the running configuration stays. Pools whose definition did not
+//! change are carried over with their health state and connections (see [`Snapshot::build`]).
+
+use crate::config::{self, Diagnostics, ServerConfig};
+use crate::runtime::{SharedSnapshot, Snapshot};
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// Background service that reloads the configuration file on `SIGHUP`.
+pub struct Reloader {
+    path: PathBuf,
+    snapshot: SharedSnapshot,
+    /// The `[server]` section the process started with; listeners and threads cannot change
+    /// in place (a binary upgrade, `pylon -u`, applies them).
+    running: Arc<ServerConfig>,
+}
+
+impl Reloader {
+    pub fn new(path: PathBuf, snapshot: SharedSnapshot, running: ServerConfig) -> Self {
+        Reloader {
+            path,
+            snapshot,
+            running: Arc::new(running),
+        }
+    }
+}
+
+/// Load, validate and compile `path`, then swap the result in. Returns the number of routes.
+pub fn reload(
+    path: &std::path::Path,
+    snapshot: &SharedSnapshot,
+    running: &ServerConfig,
+) -> Result<usize, Diagnostics> {
+    let config = config::load(path)?;
+    let current = snapshot.load_full();
+    let next = Snapshot::build(&config, Some(&current))
+        .map_err(|e| Diagnostics::new(&config.source, vec![e]))?;
+    if &config.server != running {
+        log::warn!(
+            "{}: [server] changed; listeners, threads and process settings apply only after a restart or an upgrade (pylon -u)",
+            path.display()
+        );
+    }
+    let routes = next.router.len();
+    snapshot.store(Arc::new(next));
+    Ok(routes)
+}
+
+#[async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP, reload by signal is off: {e}");
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {}
+                _ = shutdown.changed() => return,
+            }
+            let (path, snapshot, running) = (
+                self.path.clone(),
+                Arc::clone(&self.snapshot),
+                Arc::clone(&self.running),
+            );
+            // Reading the file and resolving target names block: keep them off the runtime.
+            let result =
+                tokio::task::spawn_blocking(move || reload(&path, &snapshot, &running)).await;
+            match result {
+                Ok(Ok(routes)) => log::info!("configuration reloaded: {routes} routes"),
+                Ok(Err(diagnostics)) => {
+                    for line in diagnostics.to_string().lines() {
+                        log::error!("reload rejected, running configuration kept: {line}");
+                    }
+                }
+                Err(e) => log::error!("reload failed: {e}"),
+            }
+        }
+    }
+}

@@ -300,6 +300,7 @@ def main():
         raise SystemExit("build pylon first: cargo build --release")
     raise_fd_limit()
     tmp = tempfile.mkdtemp(prefix="pylon-bench-")
+    os.chmod(tmp, 0o755)  # nginx workers started by root run as www-data
     configs(tmp)
     procs = Procs()
     try:

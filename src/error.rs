@@ -66,12 +66,16 @@ impl GatewayError {
     }
 
     /// Write this error as the whole response.
-    pub async fn send(&self, session: &mut Session, request_id: &str) -> pingora::Result<()> {
-        let body = self.body(request_id);
+    pub async fn send(
+        &self,
+        session: &mut Session,
+        request_id: &crate::plumbing::RequestId,
+    ) -> pingora::Result<()> {
+        let body = self.body(request_id.as_str());
         let mut resp = ResponseHeader::build(self.status, Some(4))?;
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(crate::plumbing::X_REQUEST_ID, request_id)?;
+        resp.insert_header(crate::plumbing::X_REQUEST_ID, request_id.header())?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await

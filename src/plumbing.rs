@@ -4,13 +4,13 @@ use http::header::{CONNECTION, TE, TRAILER, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
-use std::fmt::Write;
 use std::net::IpAddr;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 /// Other client-address headers an upstream might believe; dropped unless a trusted proxy sent them.
 const UNTRUSTED_FORWARDING: [HeaderName; 3] = [
     HeaderName::from_static("forwarded"),
@@ -23,23 +23,52 @@ const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection")
 /// The longest client-supplied request id that is kept.
 const MAX_REQUEST_ID: usize = 128;
 
-/// The client's request id if it is sane (short, visible ASCII without quotes or spaces),
-/// otherwise a new random one.
-pub fn request_id(headers: &HeaderMap) -> String {
-    if let Some(v) = headers.get(&X_REQUEST_ID) {
-        let b = v.as_bytes();
-        if !b.is_empty()
-            && b.len() <= MAX_REQUEST_ID
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=".contains(c))
-        {
-            // Checked above: ASCII only.
-            return String::from_utf8_lossy(b).into_owned();
-        }
+/// A request id, kept as a header value so that sending it upstream and back to the client
+/// shares one buffer instead of copying it.
+#[derive(Clone, Debug)]
+pub struct RequestId(HeaderValue);
+
+impl Default for RequestId {
+    fn default() -> Self {
+        RequestId(HeaderValue::from_static(""))
     }
-    let mut id = String::with_capacity(32);
-    let _ = write!(id, "{:032x}", rand::random::<u128>());
-    id
+}
+
+impl RequestId {
+    /// The client's request id if it is sane (short, visible ASCII without quotes or spaces),
+    /// otherwise a new random one.
+    pub fn of(headers: &HeaderMap) -> RequestId {
+        if let Some(v) = headers.get(&X_REQUEST_ID) {
+            let b = v.as_bytes();
+            if !b.is_empty()
+                && b.len() <= MAX_REQUEST_ID
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.:+/=".contains(c))
+            {
+                return RequestId(v.clone());
+            }
+        }
+        let mut id = [0u8; 32];
+        let mut n = rand::random::<u128>();
+        for d in id.iter_mut().rev() {
+            *d = b"0123456789abcdef"[(n & 0xf) as usize];
+            n >>= 4;
+        }
+        RequestId(HeaderValue::from_bytes(&id).expect("hex digits are a valid header value"))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ever built from checked ASCII.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    pub fn header(&self) -> HeaderValue {
+        self.0.clone()
+    }
 }
 
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
@@ -77,8 +106,8 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr
 pub fn set_forwarded(
     req: &mut RequestHeader,
     peer: Option<IpAddr>,
-    host: Option<&str>,
-    proto: &'static str,
+    host: Option<HeaderValue>,
+    proto: HeaderValue,
     proxies: &[IpNet],
 ) -> pingora::Result<()> {
     let believed = peer.is_some_and(|p| trusted(p, proxies));
@@ -189,14 +218,18 @@ mod tests {
 
     #[test]
     fn request_ids() {
+        let id = |h: &HeaderMap| RequestId::of(h).as_str().to_string();
         let mut h = HeaderMap::new();
-        assert_eq!(request_id(&h).len(), 32);
+        let generated = id(&h);
+        assert_eq!(generated.len(), 32);
+        assert!(generated.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(generated, id(&h));
         h.insert(X_REQUEST_ID, "abc-123".parse().unwrap());
-        assert_eq!(request_id(&h), "abc-123");
+        assert_eq!(id(&h), "abc-123");
         h.insert(X_REQUEST_ID, "has space".parse().unwrap());
-        assert_ne!(request_id(&h), "has space");
+        assert_ne!(id(&h), "has space");
         h.insert(X_REQUEST_ID, "x".repeat(200).parse().unwrap());
-        assert_eq!(request_id(&h).len(), 32);
+        assert_eq!(id(&h).len(), 32);
     }
 
     #[test]
@@ -227,8 +260,8 @@ mod tests {
         set_forwarded(
             &mut req,
             Some("9.9.9.9".parse().unwrap()),
-            Some("h"),
-            "http",
+            Some(HeaderValue::from_static("h")),
+            HeaderValue::from_static("http"),
             &proxies,
         )
         .unwrap();
@@ -244,8 +277,8 @@ mod tests {
         set_forwarded(
             &mut req,
             Some("10.1.1.1".parse().unwrap()),
-            Some("h"),
-            "http",
+            Some(HeaderValue::from_static("h")),
+            HeaderValue::from_static("http"),
             &proxies,
         )
         .unwrap();

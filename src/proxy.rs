@@ -2,7 +2,7 @@
 //! the route's upstream pool, the request plumbing or the error writer.
 
 use crate::error::{self, GatewayError};
-use crate::plumbing;
+use crate::plumbing::{self, RequestId};
 use crate::router::{normalize_path, Action, Lookup, Responder, Route};
 use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::upstream::{HashOn, InflightGuard, Upstream};
@@ -28,7 +28,7 @@ impl Gateway {
 /// Per-request state.
 #[derive(Default)]
 pub struct RequestCtx {
-    request_id: String,
+    request_id: RequestId,
     snapshot: Option<Arc<Snapshot>>,
     route: Option<Arc<Route>>,
     /// The routed path when normalization changed it; it is also what goes upstream.
@@ -37,12 +37,25 @@ pub struct RequestCtx {
     matched_len: usize,
     /// Attempts made to reach a target, retries included.
     attempts: usize,
-    /// Targets already tried, so a retry goes elsewhere.
-    tried: Vec<SocketAddr>,
+    /// Targets already tried, so a retry goes elsewhere (no allocation for the first).
+    first_tried: Option<SocketAddr>,
+    more_tried: Vec<SocketAddr>,
     inflight: Option<InflightGuard>,
 }
 
 impl RequestCtx {
+    fn tried(&self, addr: &SocketAddr) -> bool {
+        self.first_tried.as_ref() == Some(addr) || self.more_tried.contains(addr)
+    }
+
+    fn record_try(&mut self, addr: SocketAddr) {
+        if self.first_tried.is_none() {
+            self.first_tried = Some(addr);
+        } else {
+            self.more_tried.push(addr);
+        }
+    }
+
     fn upstream(&self) -> Option<&Arc<Upstream>> {
         match &self.route.as_deref()?.action {
             Action::Upstream(u) => Some(u),
@@ -95,13 +108,13 @@ fn hash_key<'a>(hash_on: &HashOn, session: &'a Session, snapshot: &Snapshot) -> 
     }
 }
 
-async fn respond(session: &mut Session, r: &Responder, request_id: &str) -> Result<()> {
+async fn respond(session: &mut Session, r: &Responder, request_id: &RequestId) -> Result<()> {
     let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 2))?;
     for (name, value) in r.headers.iter() {
         resp.append_header(name.clone(), value.clone())?;
     }
     resp.insert_header(http::header::CONTENT_LENGTH, r.body.len())?;
-    resp.insert_header(plumbing::X_REQUEST_ID, request_id)?;
+    resp.insert_header(plumbing::X_REQUEST_ID, request_id.header())?;
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(r.body.clone()), true)
@@ -121,7 +134,7 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        ctx.request_id = plumbing::request_id(&session.req_header().headers);
+        ctx.request_id = RequestId::of(&session.req_header().headers);
         let snapshot = self.snapshot.load_full();
         let req = session.req_header();
         let normalized = match normalize_path(req.uri.path()) {
@@ -170,12 +183,12 @@ impl ProxyHttp for Gateway {
             Some(h) => hash_key(h, session, snapshot),
             None => Cow::Borrowed(&b""[..]),
         };
-        let tried = &ctx.tried;
         let target = upstream
-            .select(&key, |t| tried.contains(&t.addr))
+            .select(&key, |t| ctx.tried(&t.addr))
             // Every target was tried: a retry may go to one of them again.
             .or_else(|| {
-                (!tried.is_empty())
+                ctx.first_tried
+                    .is_some()
                     .then(|| upstream.select(&key, |_| false))
                     .flatten()
             });
@@ -183,7 +196,7 @@ impl ProxyHttp for Gateway {
             return Error::e_explain(HTTPStatus(503), "no healthy target");
         };
         ctx.attempts += 1;
-        ctx.tried.push(target.addr);
+        ctx.record_try(target.addr);
         let peer = Box::new(target.peer.clone());
         ctx.inflight = Some(target.acquire());
         Ok(peer)
@@ -236,20 +249,26 @@ impl ProxyHttp for Gateway {
             )?;
             upstream_request.set_uri(uri);
         }
-        let host = request_host(session.req_header()).map(str::to_owned);
+        let req = session.req_header();
+        let host = req
+            .headers
+            .get(http::header::HOST)
+            .cloned()
+            .or_else(|| req.uri.authority().and_then(|a| a.as_str().parse().ok()));
         plumbing::set_forwarded(
             upstream_request,
             peer_ip(session),
-            host.as_deref(),
-            "http",
+            host,
+            plumbing::PROTO_HTTP,
             &snapshot.trusted_proxies,
         )?;
         if !route.preserve_host {
             if let Some(guard) = &ctx.inflight {
-                upstream_request.insert_header(http::header::HOST, &*guard.target().label)?;
+                upstream_request
+                    .insert_header(http::header::HOST, guard.target().host_header.clone())?;
             }
         }
-        upstream_request.insert_header(plumbing::X_REQUEST_ID, &ctx.request_id)?;
+        upstream_request.insert_header(plumbing::X_REQUEST_ID, ctx.request_id.header())?;
         plumbing::strip_hop_by_hop_request(upstream_request, session.is_upgrade_req());
         Ok(())
     }
@@ -283,7 +302,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         plumbing::strip_hop_by_hop_response(upstream_response);
-        upstream_response.insert_header(plumbing::X_REQUEST_ID, &ctx.request_id)?;
+        upstream_response.insert_header(plumbing::X_REQUEST_ID, ctx.request_id.header())?;
         Ok(())
     }
 
@@ -302,7 +321,7 @@ impl ProxyHttp for Gateway {
         // Once the response has started, the only honest signal left is closing the connection.
         if session.response_written().is_none() {
             if ctx.request_id.is_empty() {
-                ctx.request_id = plumbing::request_id(&session.req_header().headers);
+                ctx.request_id = RequestId::of(&session.req_header().headers);
             }
             if let Err(write) = err.send(session, &ctx.request_id).await {
                 log::debug!("could not send the error response: {write}");

@@ -33,6 +33,8 @@ pub struct Target {
     /// The target as written in the config (`api.internal:8443`): the upstream `Host` header,
     /// and the label in logs and metrics.
     pub label: Arc<str>,
+    /// `label` as the upstream `Host` header value, built once.
+    pub host_header: http::HeaderValue,
     /// The peer requests are sent to: address, timeouts and TLS settings, prepared at load.
     pub peer: HttpPeer,
     inflight: AtomicUsize,
@@ -43,6 +45,8 @@ impl Target {
         Arc::new(Target {
             addr,
             label: written.into(),
+            host_header: http::HeaderValue::from_str(written)
+                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
             peer,
             inflight: AtomicUsize::new(0),
         })

@@ -4,8 +4,10 @@
 //! [`runtime::Snapshot`] (router, upstream pools), and served by a thin Pingora `ProxyHttp`
 //! ([`proxy`]) that hands each hook to the module owning that concern.
 
+pub mod admin;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod plumbing;
 pub mod proxy;
 pub mod reload;

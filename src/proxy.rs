@@ -2,6 +2,7 @@
 //! the route's upstream pool, the request plumbing or the error writer.
 
 use crate::error::{self, GatewayError};
+use crate::metrics::{self, InflightRoute, RouteMetrics};
 use crate::plumbing::{self, RequestId};
 use crate::router::{normalize_path, Action, Lookup, Responder, Route};
 use crate::runtime::{SharedSnapshot, Snapshot};
@@ -13,7 +14,11 @@ use pingora::ErrorType::HTTPStatus;
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::borrow::Cow;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, Instant};
+
+/// Series for requests that matched no route.
+static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new(metrics::NO_ROUTE));
 
 pub struct Gateway {
     snapshot: SharedSnapshot,
@@ -28,6 +33,11 @@ impl Gateway {
 /// Per-request state.
 #[derive(Default)]
 pub struct RequestCtx {
+    started: Option<Instant>,
+    /// When the current attempt picked its target.
+    upstream_started: Option<Instant>,
+    /// Counts the request in `pylon_inflight_requests{route}` until dropped.
+    route_inflight: Option<InflightRoute>,
     request_id: RequestId,
     snapshot: Option<Arc<Snapshot>>,
     route: Option<Arc<Route>>,
@@ -126,7 +136,10 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx {
+            started: Some(Instant::now()),
+            ..RequestCtx::default()
+        }
     }
 
     /// No downstream modules: Pingora's default adds a (disabled) compression module that
@@ -146,7 +159,10 @@ impl ProxyHttp for Gateway {
             .router
             .find(request_host(req), path, &req.method, &req.headers);
         let (route, matched_len) = match lookup {
-            Lookup::Found { route, matched_len } => (Arc::clone(route), matched_len),
+            Lookup::Found { route, matched_len } => {
+                ctx.route_inflight = Some(route.metrics.enter());
+                (Arc::clone(route), matched_len)
+            }
             Lookup::MethodNotAllowed => {
                 error::METHOD_NOT_ALLOWED
                     .send(session, &ctx.request_id)
@@ -160,12 +176,12 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         };
+        ctx.route = Some(Arc::clone(&route));
         if let Action::Respond(r) = &route.action {
             respond(session, r, &ctx.request_id).await?;
             return Ok(true);
         }
         ctx.normalized_path = normalized;
-        ctx.route = Some(route);
         ctx.matched_len = matched_len;
         ctx.snapshot = Some(snapshot);
         Ok(false)
@@ -197,6 +213,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.attempts += 1;
         ctx.record_try(target.addr);
+        ctx.upstream_started = Some(Instant::now());
         let peer = Box::new(target.peer.clone());
         ctx.inflight = Some(target.acquire());
         Ok(peer)
@@ -279,6 +296,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if let (Some(up), Some(t)) = (ctx.upstream(), ctx.upstream_started) {
+            up.metrics.duration.observe(t.elapsed().as_secs_f64());
+        }
         let status = upstream_response.status.as_u16();
         if matches!(status, 502..=504)
             && session.req_header().method.is_idempotent()
@@ -306,6 +326,19 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // 499, as nginx logs it: the client went away before any response was written.
+        let status = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
+        let took = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
+        let method = &session.req_header().method;
+        match ctx.route.as_deref() {
+            Some(route) => route.metrics.record(method, status, took),
+            None => UNROUTED.record(method, status, took),
+        }
+    }
+
     async fn fail_to_proxy(
         &self,
         session: &mut Session,
@@ -323,6 +356,9 @@ impl ProxyHttp for Gateway {
             if ctx.request_id.is_empty() {
                 ctx.request_id = RequestId::of(&session.req_header().headers);
             }
+            // The connection is closed after a proxy failure: say so, so that a client does not
+            // send its next request on it.
+            session.set_keepalive(None);
             if let Err(write) = err.send(session, &ctx.request_id).await {
                 log::debug!("could not send the error response: {write}");
             }

@@ -6,6 +6,7 @@
 //! change are carried over with their health state and connections (see [`Snapshot::build`]).
 
 use crate::config::{self, Diagnostics, ServerConfig};
+use crate::metrics::METRICS;
 use crate::runtime::{SharedSnapshot, Snapshot};
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
@@ -34,7 +35,19 @@ impl Reloader {
 }
 
 /// Load, validate and compile `path`, then swap the result in. Returns the number of routes.
+/// Counted in `pylon_config_reloads_total{result}`.
 pub fn reload(
+    path: &std::path::Path,
+    snapshot: &SharedSnapshot,
+    running: &ServerConfig,
+) -> Result<usize, Diagnostics> {
+    let result = try_reload(path, snapshot, running);
+    let label = if result.is_ok() { "success" } else { "error" };
+    METRICS.config_reloads.with_label_values(&[label]).inc();
+    result
+}
+
+fn try_reload(
     path: &std::path::Path,
     snapshot: &SharedSnapshot,
     running: &ServerConfig,

@@ -1,16 +1,19 @@
 //! Assemble the Pingora server from our configuration: users never write Pingora's YAML.
 
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::upstream::HealthSupervisor;
 use arc_swap::ArcSwap;
+use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use pingora_proxy::ProxyServiceBuilder;
 use std::sync::Arc;
 
@@ -69,6 +72,17 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Server {
         "health checks",
         HealthSupervisor::new(Arc::clone(&shared)),
     ));
+    if let Some(admin) = &config.admin {
+        let app = Admin::new(
+            Arc::clone(&shared),
+            admin.token.clone(),
+            config.source.path.clone(),
+            config.server.clone(),
+        );
+        let mut service = Service::new("admin".to_string(), HttpServer::new_app(app));
+        service.add_tcp(admin.listen.get_ref());
+        server.add_service(service);
+    }
     server.add_service(background_service(
         "config reload",
         Reloader::new(config.source.path.clone(), shared, config.server.clone()),

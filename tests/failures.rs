@@ -63,6 +63,8 @@ fn no_healthy_target_is_503_json() {
         == 503));
     let r = get(&gw.url("/x"));
     assert_error(&r, 503, "upstream_unavailable");
+    // The gateway closes the connection after a proxy failure and says so.
+    assert_eq!(r.header("connection").map(str::to_ascii_lowercase).as_deref(), Some("close"));
     assert!(
         !r.body.contains(&dead),
         "internal address leaked: {}",

@@ -6,9 +6,11 @@
 //! then checked for meaning (see [`validate`]) and handed to the runtime compiler; nothing here is
 //! used on the request path.
 
+mod secret;
 mod units;
 pub mod validate;
 
+pub use secret::Secret;
 pub use units::{ConfDuration, ConfSize, ConfTimeout};
 
 use serde::de::DeserializeOwned;
@@ -28,6 +30,8 @@ pub struct Config {
     /// Where it was read from, to place errors found after parsing.
     pub source: Source,
     pub server: ServerConfig,
+    /// The admin listener; absent: no admin API.
+    pub admin: Option<AdminConfig>,
     pub log: LogConfig,
     pub upstreams: BTreeMap<String, Located<UpstreamConfig>>,
     pub routes: Vec<Located<RouteConfig>>,
@@ -101,6 +105,19 @@ fn default_grace_period() -> ConfDuration {
 }
 fn default_shutdown_timeout() -> ConfDuration {
     ConfDuration(Duration::from_secs(5))
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<String>,
+    /// Required for every mutating call; without it they are refused.
+    pub token: Option<Secret>,
+}
+
+fn default_admin_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:9901".to_string())
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -449,6 +466,11 @@ fn parse_sections(
                     config.server = s.value;
                 }
             }
+            "admin" => {
+                if let Some(s) = section(value, errors) {
+                    config.admin = Some(s.value);
+                }
+            }
             "log" => {
                 if let Some(s) = section(value, errors) {
                     config.log = s.value;
@@ -483,7 +505,7 @@ fn parse_sections(
             other => errors.push(ConfigError::at(
                 key_span,
                 format!(
-                    "unknown section `{other}`; expected one of `server`, `log`, `upstreams`, `routes`"
+                    "unknown section `{other}`; expected one of `server`, `admin`, `log`, `upstreams`, `routes`"
                 ),
             )),
         }

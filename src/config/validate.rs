@@ -58,6 +58,27 @@ fn check_server(config: &Config, errors: &mut Vec<ConfigError>) {
             ));
         }
     }
+    if let Some(admin) = &config.admin {
+        let listen = &admin.listen;
+        if listen.get_ref().parse::<SocketAddr>().is_err() {
+            errors.push(ConfigError::at(
+                listen.span(),
+                format!(
+                    "invalid admin listen address {:?}: expected IP:PORT",
+                    listen.get_ref()
+                ),
+            ));
+        } else if server
+            .listen
+            .iter()
+            .any(|l| l.get_ref() == listen.get_ref())
+        {
+            errors.push(ConfigError::at(
+                listen.span(),
+                "the admin listener cannot share an address with `server.listen`",
+            ));
+        }
+    }
     for cidr in &server.trusted_proxies {
         if parse_cidr(cidr.get_ref()).is_none() {
             errors.push(ConfigError::at(

@@ -1,6 +1,7 @@
 //! A compiled route: what to do with a request once it matched.
 
 use crate::config::RouteConfig;
+use crate::metrics::RouteMetrics;
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
@@ -9,6 +10,7 @@ use std::sync::Arc;
 
 pub struct Route {
     pub name: Arc<str>,
+    pub metrics: Arc<RouteMetrics>,
     pub action: Action,
     pub strip_prefix: bool,
     pub rewrite: Option<Rewrite>,
@@ -77,6 +79,7 @@ impl Route {
             .collect::<Result<_, _>>()?;
         Ok(Route {
             name: name.as_str().into(),
+            metrics: Arc::new(RouteMetrics::new(name)),
             action,
             strip_prefix: config.strip_prefix,
             rewrite,

@@ -21,7 +21,7 @@ use pingora_load_balancing::selection::{
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// How far selection looks for a usable target before giving up.
@@ -142,6 +142,10 @@ pub struct Upstream {
     pub health_check: Option<HealthCheckConfig>,
     /// The definition this pool was built from; an unchanged definition keeps the pool on reload.
     pub config: UpstreamConfig,
+    pub metrics: crate::metrics::UpstreamMetrics,
+    /// Set once the first round of health checks has finished (at once without checks);
+    /// readiness waits for it.
+    checked: AtomicBool,
 }
 
 impl Upstream {
@@ -187,6 +191,8 @@ impl Upstream {
             retries: config.retries,
             health_check: config.health_check.clone(),
             config: config.clone(),
+            metrics: crate::metrics::UpstreamMetrics::new(name),
+            checked: AtomicBool::new(config.health_check.is_none()),
         };
         // Static discovery answers at once; this fills the selector before the first request.
         upstream
@@ -218,6 +224,40 @@ impl Upstream {
     /// Run one round of active health checks over every target.
     pub async fn run_health_check(&self) {
         self.backends().run_health_check(true).await;
+        self.checked.store(true, Ordering::Release);
+    }
+
+    /// Whether the first round of health checks has finished.
+    pub fn checked(&self) -> bool {
+        self.checked.load(Ordering::Acquire)
+    }
+
+    /// Every target with whether it is in rotation (healthy and enabled). Not for the request
+    /// path: it walks the pool.
+    pub fn target_states(&self) -> Vec<(Arc<Target>, bool)> {
+        let backends = self.backends();
+        backends
+            .get_backend()
+            .iter()
+            .filter_map(|b| Target::of(b).map(|t| (Arc::clone(t), backends.ready(b))))
+            .collect()
+    }
+
+    /// Take a target out of rotation (`false`) or put it back; false when no target has that
+    /// label (the address as written in the config, or the resolved `IP:PORT`).
+    pub fn set_enabled(&self, target: &str, enabled: bool) -> bool {
+        let backends = self.backends();
+        let set = backends.get_backend();
+        let found = set.iter().find(|b| {
+            Target::of(b).is_some_and(|t| &*t.label == target || t.addr.to_string() == target)
+        });
+        match found {
+            Some(b) => {
+                backends.set_enable(b, enabled);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Pick a healthy target for `key`, skipping those `skip` rejects (targets already tried).

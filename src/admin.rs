@@ -1,0 +1,234 @@
+//! The admin API, on its own listener (loopback by default).
+//!
+//! Reads are open to whoever can reach the listener; every call that changes something needs
+//! `Authorization: Bearer <admin.token>`, compared in constant time. Without a configured token,
+//! changes are refused.
+
+use crate::config::{Secret, ServerConfig};
+use crate::metrics::METRICS;
+use crate::reload;
+use crate::runtime::SharedSnapshot;
+use async_trait::async_trait;
+use http::{Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+pub struct Admin {
+    snapshot: SharedSnapshot,
+    token: Option<Secret>,
+    config_path: PathBuf,
+    running: Arc<ServerConfig>,
+}
+
+impl Admin {
+    pub fn new(
+        snapshot: SharedSnapshot,
+        token: Option<Secret>,
+        config_path: PathBuf,
+        running: ServerConfig,
+    ) -> Self {
+        Admin {
+            snapshot,
+            token,
+            config_path,
+            running: Arc::new(running),
+        }
+    }
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
+    let body = body.to_string().into_bytes();
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .unwrap_or_default()
+}
+
+fn error(status: StatusCode, code: &str, message: &str) -> Response<Vec<u8>> {
+    json_response(
+        status,
+        json!({"error": {"status": status.as_u16(), "code": code, "message": message}}),
+    )
+}
+
+/// Whether the request carries the admin token.
+fn authorized(token: &Secret, session: &ServerSession) -> bool {
+    let presented = session
+        .req_header()
+        .headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    presented.as_bytes().ct_eq(token.expose().as_bytes()).into()
+}
+
+impl Admin {
+    fn readyz(&self) -> Response<Vec<u8>> {
+        let snapshot = self.snapshot.load();
+        let waiting: Vec<&str> = snapshot
+            .upstreams
+            .iter()
+            .filter(|(_, u)| !u.checked())
+            .map(|(name, _)| name.as_str())
+            .collect();
+        if waiting.is_empty() {
+            json_response(StatusCode::OK, json!({"status": "ready"}))
+        } else {
+            json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                json!({"status": "starting", "waiting_for_health_checks": waiting}),
+            )
+        }
+    }
+
+    fn metrics(&self) -> Response<Vec<u8>> {
+        let snapshot = self.snapshot.load();
+        // Health is read from the live pools at scrape time; pools gone after a reload drop out.
+        METRICS.target_healthy.reset();
+        for (name, upstream) in &snapshot.upstreams {
+            for (target, ready) in upstream.target_states() {
+                METRICS
+                    .target_healthy
+                    .with_label_values(&[name.as_str(), &target.label])
+                    .set(ready as i64);
+            }
+        }
+        let body = METRICS.render();
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
+            .header(http::header::CONTENT_LENGTH, body.len())
+            .body(body)
+            .unwrap_or_default()
+    }
+
+    fn upstreams(&self) -> Response<Vec<u8>> {
+        let snapshot = self.snapshot.load();
+        let mut out = serde_json::Map::new();
+        for (name, upstream) in &snapshot.upstreams {
+            let targets: Vec<_> = upstream
+                .target_states()
+                .into_iter()
+                .map(|(t, ready)| {
+                    json!({"target": &*t.label, "address": t.addr.to_string(),
+                           "healthy": ready, "inflight": t.inflight()})
+                })
+                .collect();
+            out.insert(
+                name.clone(),
+                json!({"health_checked": upstream.checked(), "targets": targets}),
+            );
+        }
+        json_response(StatusCode::OK, serde_json::Value::Object(out))
+    }
+
+    async fn reload(&self) -> Response<Vec<u8>> {
+        let (path, snapshot, running) = (
+            self.config_path.clone(),
+            Arc::clone(&self.snapshot),
+            Arc::clone(&self.running),
+        );
+        let result =
+            tokio::task::spawn_blocking(move || reload::reload(&path, &snapshot, &running)).await;
+        match result {
+            Ok(Ok(routes)) => json_response(
+                StatusCode::OK,
+                json!({"status": "reloaded", "routes": routes}),
+            ),
+            Ok(Err(diagnostics)) => json_response(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                json!({"error": {"status": 422, "code": "invalid_config",
+                       "message": "the configuration was rejected; the running one is kept",
+                       "errors": diagnostics.to_string().lines().collect::<Vec<_>>()}}),
+            ),
+            Err(_) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal_error",
+                "reload failed",
+            ),
+        }
+    }
+
+    fn set_target(&self, upstream: &str, target: &str, enabled: bool) -> Response<Vec<u8>> {
+        let snapshot = self.snapshot.load();
+        let Some(pool) = snapshot.upstreams.get(upstream) else {
+            return error(StatusCode::NOT_FOUND, "not_found", "no such upstream");
+        };
+        if pool.set_enabled(target, enabled) {
+            json_response(
+                StatusCode::OK,
+                json!({"upstream": upstream, "target": target, "enabled": enabled}),
+            )
+        } else {
+            error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such target in this upstream",
+            )
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for Admin {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let method = session.req_header().method.clone();
+        let path = session.req_header().uri.path().to_string();
+        let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+        let mutating = method == http::Method::POST;
+        if mutating {
+            match &self.token {
+                None => {
+                    return error(
+                        StatusCode::FORBIDDEN,
+                        "forbidden",
+                        "changes need admin.token in the configuration",
+                    )
+                }
+                Some(token) if !authorized(token, session) => {
+                    let mut r = error(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "a valid admin token is required",
+                    );
+                    r.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer realm=\"pylon-admin\""),
+                    );
+                    return r;
+                }
+                Some(_) => {}
+            }
+        }
+        match (method.as_str(), segments.as_slice()) {
+            ("GET", ["healthz"]) => json_response(StatusCode::OK, json!({"status": "ok"})),
+            ("GET", ["readyz"]) => self.readyz(),
+            ("GET", ["metrics"]) => self.metrics(),
+            ("GET", ["upstreams"]) => self.upstreams(),
+            ("POST", ["reload"]) => self.reload().await,
+            ("POST", ["upstreams", name, "targets", target, "drain"]) => {
+                self.set_target(name, target, false)
+            }
+            ("POST", ["upstreams", name, "targets", target, "enable"]) => {
+                self.set_target(name, target, true)
+            }
+            (_, ["healthz" | "readyz" | "metrics" | "upstreams" | "reload"]) => error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed here",
+            ),
+            _ => error(
+                StatusCode::NOT_FOUND,
+                "route_not_found",
+                "no such admin endpoint",
+            ),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! Secrets in the config: inline, `"env:NAME"` or `"file:/path"`, resolved at load.
+//!
+//! The value never appears in `Debug` output, logs or the admin API.
+
+use serde::{de, Deserialize, Deserializer};
+use std::fmt;
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn resolve(spec: &str) -> Result<Secret, String> {
+        let value = if let Some(name) = spec.strip_prefix("env:") {
+            std::env::var(name).map_err(|_| format!("environment variable {name} is not set"))?
+        } else if let Some(path) = spec.strip_prefix("file:") {
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read secret file {path}: {e}"))?
+                .trim_end_matches(['\n', '\r'])
+                .to_string()
+        } else {
+            spec.to_string()
+        };
+        if value.is_empty() {
+            return Err("the secret is empty".into());
+        }
+        Ok(Secret(value))
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let spec = String::deserialize(d)?;
+        Secret::resolve(&spec).map_err(de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sources() {
+        assert_eq!(Secret::resolve("inline").unwrap().expose(), "inline");
+        std::env::set_var("PYLON_TEST_SECRET", "from-env");
+        assert_eq!(
+            Secret::resolve("env:PYLON_TEST_SECRET").unwrap().expose(),
+            "from-env"
+        );
+        assert!(Secret::resolve("env:PYLON_TEST_SECRET_MISSING").is_err());
+        let path = std::env::temp_dir().join(format!("pylon-secret-{}", std::process::id()));
+        std::fs::write(&path, "from-file\n").unwrap();
+        let spec = format!("file:{}", path.display());
+        assert_eq!(Secret::resolve(&spec).unwrap().expose(), "from-file");
+        assert!(!format!("{:?}", Secret::resolve("hidden").unwrap()).contains("hidden"));
+    }
+}

@@ -1,0 +1,252 @@
+//! Prometheus metrics, named as the contract fixes them.
+//!
+//! Labels are bounded: route and upstream names from the config, methods folded to the standard
+//! set, status codes; never raw paths or client addresses. The request path must not take a
+//! shared lock: a route resolves its labelled series once per (method, status) pair and keeps
+//! them in lock-free slots, so a request only bumps atomics.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
+
+/// Buckets from 100 µs to 30 s.
+const BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0, 30.0,
+];
+
+/// Label for requests that matched no route.
+pub const NO_ROUTE: &str = "_none";
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub target_healthy: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub inflight: IntGaugeVec,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    // Names are fixed and distinct: registration cannot collide.
+    let _ = r.register(Box::new(c.clone()));
+    c
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let registry = Registry::new();
+        let hist = |name: &str, help: &str, label: &str| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(BUCKETS.to_vec()),
+                &[label],
+            )
+            .expect("valid histogram")
+        };
+        Metrics {
+            requests: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pylon_requests_total",
+                        "Requests answered, by route, method and status",
+                    ),
+                    &["route", "method", "status"],
+                )
+                .expect("valid counter"),
+            ),
+            request_duration: register(
+                &registry,
+                hist(
+                    "pylon_request_duration_seconds",
+                    "Whole request duration in the gateway",
+                    "route",
+                ),
+            ),
+            upstream_duration: register(
+                &registry,
+                hist(
+                    "pylon_upstream_duration_seconds",
+                    "Time from picking a target to its response header",
+                    "upstream",
+                ),
+            ),
+            target_healthy: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pylon_upstream_target_healthy",
+                        "1 when the target is in rotation",
+                    ),
+                    &["upstream", "target"],
+                )
+                .expect("valid gauge"),
+            ),
+            config_reloads: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pylon_config_reloads_total",
+                        "Configuration reloads by result",
+                    ),
+                    &["result"],
+                )
+                .expect("valid counter"),
+            ),
+            inflight: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new("pylon_inflight_requests", "Requests in progress, by route"),
+                    &["route"],
+                )
+                .expect("valid gauge"),
+            ),
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        out
+    }
+}
+
+/// The process's metrics.
+pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+/// Methods get a bounded label: the standard ones, everything else is `OTHER`.
+const METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE",
+];
+
+fn method_index(m: &http::Method) -> usize {
+    METHODS
+        .iter()
+        .position(|x| *x == m.as_str())
+        .unwrap_or(METHODS.len())
+}
+
+fn method_label(i: usize) -> &'static str {
+    METHODS.get(i).copied().unwrap_or("OTHER")
+}
+
+/// Statuses with a lock-free slot; rarer ones take the labelled lookup.
+const STATUSES: [u16; 30] = [
+    200, 201, 202, 204, 206, 301, 302, 303, 304, 307, 308, 400, 401, 403, 404, 405, 406, 408, 409,
+    410, 413, 415, 422, 429, 431, 500, 501, 502, 503, 504,
+];
+
+/// The series of one route, resolved once and then updated with atomics only.
+pub struct RouteMetrics {
+    name: Arc<str>,
+    duration: Histogram,
+    inflight: IntGauge,
+    /// (method, common status) → counter, filled on first use; allocated on the route's first
+    /// request, so routes without traffic cost nothing.
+    counters: OnceLock<Box<[OnceLock<IntCounter>]>>,
+}
+
+impl RouteMetrics {
+    pub fn new(name: &str) -> RouteMetrics {
+        let m = &*METRICS;
+        RouteMetrics {
+            name: name.into(),
+            duration: m.request_duration.with_label_values(&[name]),
+            inflight: m.inflight.with_label_values(&[name]),
+            counters: OnceLock::new(),
+        }
+    }
+
+    /// Count one finished request.
+    pub fn record(&self, method: &http::Method, status: u16, took: Duration) {
+        self.duration.observe(took.as_secs_f64());
+        let mi = method_index(method);
+        let series = || {
+            METRICS.requests.with_label_values(&[
+                &*self.name,
+                method_label(mi),
+                &status.to_string(),
+            ])
+        };
+        let Some(si) = STATUSES.iter().position(|s| *s == status) else {
+            series().inc();
+            return;
+        };
+        let slots = self.counters.get_or_init(|| {
+            (0..(METHODS.len() + 1) * STATUSES.len())
+                .map(|_| OnceLock::new())
+                .collect()
+        });
+        slots[mi * STATUSES.len() + si].get_or_init(series).inc();
+    }
+
+    /// Count a request in progress until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InflightRoute {
+        self.inflight.inc();
+        InflightRoute(Arc::clone(self))
+    }
+}
+
+pub struct InflightRoute(Arc<RouteMetrics>);
+
+impl Drop for InflightRoute {
+    fn drop(&mut self) {
+        self.0.inflight.dec();
+    }
+}
+
+/// Series of one upstream pool.
+pub struct UpstreamMetrics {
+    pub duration: Histogram,
+}
+
+impl UpstreamMetrics {
+    pub fn new(name: &str) -> UpstreamMetrics {
+        UpstreamMetrics {
+            duration: METRICS.upstream_duration.with_label_values(&[name]),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_series_are_counted() {
+        let r = Arc::new(RouteMetrics::new("unit-test-route"));
+        {
+            let _g = r.enter();
+            assert_eq!(r.inflight.get(), 1);
+        }
+        assert_eq!(r.inflight.get(), 0);
+        r.record(&http::Method::GET, 200, Duration::from_millis(3));
+        r.record(&http::Method::GET, 200, Duration::from_millis(3));
+        r.record(
+            &http::Method::from_bytes(b"PURGE").unwrap(),
+            404,
+            Duration::from_millis(1),
+        );
+        r.record(&http::Method::GET, 418, Duration::from_millis(1));
+        let teapot = METRICS
+            .requests
+            .with_label_values(&["unit-test-route", "GET", "418"]);
+        assert_eq!(teapot.get(), 1);
+        let c = METRICS
+            .requests
+            .with_label_values(&["unit-test-route", "GET", "200"]);
+        assert_eq!(c.get(), 2);
+        let other = METRICS
+            .requests
+            .with_label_values(&["unit-test-route", "OTHER", "404"]);
+        assert_eq!(other.get(), 1);
+        let text = String::from_utf8(METRICS.render()).unwrap();
+        assert!(text.contains("pylon_request_duration_seconds_bucket{route=\"unit-test-route\""));
+    }
+}

@@ -71,6 +71,100 @@ impl RequestId {
     }
 }
 
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
+/// W3C trace context for one hop: the trace this request belongs to and the span id the gateway
+/// gives itself, which becomes the upstream's parent.
+#[derive(Clone, Copy, Debug)]
+pub struct TraceContext {
+    trace_id: [u8; 32],
+    span_id: [u8; 16],
+    flags: [u8; 2],
+}
+
+impl Default for TraceContext {
+    fn default() -> Self {
+        TraceContext {
+            trace_id: [b'0'; 32],
+            span_id: [b'0'; 16],
+            flags: *b"00",
+        }
+    }
+}
+
+fn lower_hex(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+fn random_hex<const N: usize>() -> [u8; N] {
+    let mut out = [0u8; N];
+    let mut bits = rand::random::<u128>();
+    for (i, d) in out.iter_mut().enumerate() {
+        if i == 32 {
+            bits = rand::random::<u128>();
+        }
+        *d = b"0123456789abcdef"[(bits & 0xf) as usize];
+        bits >>= 4;
+    }
+    // All-zero ids are invalid in W3C trace context.
+    if out.iter().all(|&d| d == b'0') {
+        out[N - 1] = b'1';
+    }
+    out
+}
+
+impl TraceContext {
+    /// Continue the client's trace when its `traceparent` is valid (version 00), otherwise start
+    /// a new, sampled one. Either way this hop gets a fresh span id.
+    pub fn of(headers: &HeaderMap) -> TraceContext {
+        let span_id = random_hex::<16>();
+        if let Some(v) = headers.get(&TRACEPARENT) {
+            let b = v.as_bytes();
+            if b.len() == 55
+                && &b[..3] == b"00-"
+                && b[35] == b'-'
+                && b[52] == b'-'
+                && lower_hex(&b[3..35])
+                && lower_hex(&b[36..52])
+                && lower_hex(&b[53..55])
+                && b[3..35].iter().any(|&c| c != b'0')
+                && b[36..52].iter().any(|&c| c != b'0')
+            {
+                let mut trace_id = [0u8; 32];
+                trace_id.copy_from_slice(&b[3..35]);
+                return TraceContext {
+                    trace_id,
+                    span_id,
+                    flags: [b[53], b[54]],
+                };
+            }
+        }
+        TraceContext {
+            trace_id: random_hex::<32>(),
+            span_id,
+            flags: *b"01",
+        }
+    }
+
+    pub fn trace_id(&self) -> &str {
+        std::str::from_utf8(&self.trace_id).unwrap_or_default()
+    }
+
+    /// The `traceparent` to send upstream: this trace, with the gateway's span as parent.
+    pub fn header(&self) -> HeaderValue {
+        let mut v = [0u8; 55];
+        v[..3].copy_from_slice(b"00-");
+        v[3..35].copy_from_slice(&self.trace_id);
+        v[35] = b'-';
+        v[36..52].copy_from_slice(&self.span_id);
+        v[52] = b'-';
+        v[53..].copy_from_slice(&self.flags);
+        HeaderValue::from_bytes(&v).expect("hex digits and dashes")
+    }
+}
+
 fn trusted(ip: IpAddr, proxies: &[IpNet]) -> bool {
     proxies.iter().any(|net| net.contains(&ip))
 }
@@ -230,6 +324,43 @@ mod tests {
         assert_ne!(id(&h), "has space");
         h.insert(X_REQUEST_ID, "x".repeat(200).parse().unwrap());
         assert_eq!(id(&h).len(), 32);
+    }
+
+    #[test]
+    fn trace_context() {
+        let mut h = HeaderMap::new();
+        let fresh = TraceContext::of(&h);
+        let v = fresh.header();
+        let s = v.to_str().unwrap();
+        assert_eq!(s.len(), 55);
+        assert!(s.starts_with("00-") && s.ends_with("-01"));
+        assert_eq!(&s[3..35], fresh.trace_id());
+
+        let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        h.insert(TRACEPARENT, incoming.parse().unwrap());
+        let cont = TraceContext::of(&h);
+        let out = cont.header();
+        let out = out.to_str().unwrap();
+        assert_eq!(cont.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(
+            &out[36..52],
+            "00f067aa0ba902b7",
+            "the gateway is a new span"
+        );
+        assert!(out.ends_with("-01"));
+
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            h.insert(TRACEPARENT, bad.parse().unwrap());
+            assert_ne!(
+                TraceContext::of(&h).trace_id(),
+                bad.get(3..35).unwrap_or("")
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use crate::error::{self, GatewayError};
 use crate::metrics::{self, InflightRoute, RouteMetrics};
-use crate::plumbing::{self, RequestId};
+use crate::plumbing::{self, RequestId, TraceContext};
 use crate::router::{normalize_path, Action, Lookup, Responder, Route};
 use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::upstream::{HashOn, InflightGuard, Upstream};
@@ -39,6 +39,7 @@ pub struct RequestCtx {
     /// Counts the request in `pylon_inflight_requests{route}` until dropped.
     route_inflight: Option<InflightRoute>,
     request_id: RequestId,
+    trace: TraceContext,
     snapshot: Option<Arc<Snapshot>>,
     route: Option<Arc<Route>>,
     /// The routed path when normalization changed it; it is also what goes upstream.
@@ -148,6 +149,7 @@ impl ProxyHttp for Gateway {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = RequestId::of(&session.req_header().headers);
+        ctx.trace = TraceContext::of(&session.req_header().headers);
         let snapshot = self.snapshot.load_full();
         let req = session.req_header();
         let normalized = match normalize_path(req.uri.path()) {
@@ -286,6 +288,7 @@ impl ProxyHttp for Gateway {
             }
         }
         upstream_request.insert_header(plumbing::X_REQUEST_ID, ctx.request_id.header())?;
+        upstream_request.insert_header(plumbing::TRACEPARENT, ctx.trace.header())?;
         plumbing::strip_hop_by_hop_request(upstream_request, session.is_upgrade_req());
         Ok(())
     }

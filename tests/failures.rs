@@ -64,7 +64,12 @@ fn no_healthy_target_is_503_json() {
     let r = get(&gw.url("/x"));
     assert_error(&r, 503, "upstream_unavailable");
     // The gateway closes the connection after a proxy failure and says so.
-    assert_eq!(r.header("connection").map(str::to_ascii_lowercase).as_deref(), Some("close"));
+    assert_eq!(
+        r.header("connection")
+            .map(str::to_ascii_lowercase)
+            .as_deref(),
+        Some("close")
+    );
     assert!(
         !r.body.contains(&dead),
         "internal address leaked: {}",

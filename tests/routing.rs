@@ -192,6 +192,22 @@ upstream = "echo"
     assert_eq!(h["x-request-id"], "client-id-7");
     assert_eq!(r.header("x-request-id"), Some("client-id-7"));
 
+    // W3C trace context: started when absent, continued (with a new parent span) when sent.
+    let tp = r.json()["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(tp.len(), 55, "{tp}");
+    assert!(tp.starts_with("00-"), "{tp}");
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = get_with(&gw.url("/t"), &[("traceparent", incoming)]);
+    let tp = r.json()["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(&tp[..36], &incoming[..36]);
+    assert_ne!(tp, incoming);
+
     let r = get_with(&gw.url("/keep"), &[("host", "api.example.com")]);
     assert_eq!(r.json()["headers"]["host"], "api.example.com");
 

@@ -4,6 +4,7 @@
 //! [`runtime::Snapshot`] (router, upstream pools), and served by a thin Pingora `ProxyHttp`
 //! ([`proxy`]) that hands each hook to the module owning that concern.
 
+pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod error;

@@ -58,5 +58,11 @@ fn main() -> ExitCode {
         upgrade: cli.upgrade,
         daemon: cli.daemon,
     };
-    server::build(&config, snapshot, mode).run_forever()
+    match server::build(&config, snapshot, mode) {
+        Ok(server) => server.run_forever(),
+        Err(e) => {
+            eprintln!("{}: {e}", cli.conf.display());
+            ExitCode::FAILURE
+        }
+    }
 }

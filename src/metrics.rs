@@ -29,6 +29,7 @@ pub struct Metrics {
     pub target_healthy: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub inflight: IntGaugeVec,
+    pub access_log_dropped: IntCounter,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -104,6 +105,14 @@ impl Metrics {
                     &["route"],
                 )
                 .expect("valid gauge"),
+            ),
+            access_log_dropped: register(
+                &registry,
+                IntCounter::new(
+                    "pylon_access_log_dropped_total",
+                    "Access log lines dropped because the writer fell behind",
+                )
+                .expect("valid counter"),
             ),
             registry,
         }

@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` implementation. It stays thin: each hook hands off to the router,
 //! the route's upstream pool, the request plumbing or the error writer.
 
+use crate::access_log::{AccessLog, Entry};
 use crate::error::{self, GatewayError};
 use crate::metrics::{self, InflightRoute, RouteMetrics};
 use crate::plumbing::{self, RequestId, TraceContext};
@@ -22,11 +23,15 @@ static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new(met
 
 pub struct Gateway {
     snapshot: SharedSnapshot,
+    access_log: Option<AccessLog>,
 }
 
 impl Gateway {
-    pub fn new(snapshot: SharedSnapshot) -> Self {
-        Gateway { snapshot }
+    pub fn new(snapshot: SharedSnapshot, access_log: Option<AccessLog>) -> Self {
+        Gateway {
+            snapshot,
+            access_log,
+        }
     }
 }
 
@@ -36,6 +41,8 @@ pub struct RequestCtx {
     started: Option<Instant>,
     /// When the current attempt picked its target.
     upstream_started: Option<Instant>,
+    /// Target picked to response header, for the access log.
+    upstream_took: Option<Duration>,
     /// Counts the request in `pylon_inflight_requests{route}` until dropped.
     route_inflight: Option<InflightRoute>,
     request_id: RequestId,
@@ -300,7 +307,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let (Some(up), Some(t)) = (ctx.upstream(), ctx.upstream_started) {
-            up.metrics.duration.observe(t.elapsed().as_secs_f64());
+            let took = t.elapsed();
+            up.metrics.duration.observe(took.as_secs_f64());
+            ctx.upstream_took = Some(took);
         }
         let status = upstream_response.status.as_u16();
         if matches!(status, 502..=504)
@@ -339,6 +348,32 @@ impl ProxyHttp for Gateway {
         match ctx.route.as_deref() {
             Some(route) => route.metrics.record(method, status, took),
             None => UNROUTED.record(method, status, took),
+        }
+        if let Some(log) = &self.access_log {
+            let req = session.req_header();
+            let client = peer_ip(session).map(|peer| {
+                let snapshot = self.snapshot.load();
+                plumbing::client_ip(peer, &req.headers, &snapshot.trusted_proxies).to_string()
+            });
+            log.log(&Entry {
+                time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                request_id: ctx.request_id.as_str(),
+                trace_id: ctx.trace.trace_id(),
+                client,
+                method: method.as_str(),
+                host: request_host(req),
+                path: req.uri.path(),
+                status,
+                bytes_in: session.body_bytes_read(),
+                bytes_out: session.body_bytes_sent(),
+                duration_ms: took.as_secs_f64() * 1e3,
+                upstream_ms: ctx.upstream_took.map(|d| d.as_secs_f64() * 1e3),
+                route: ctx.route.as_deref().map(|r| &*r.name),
+                upstream: ctx.upstream().map(|u| &*u.name),
+                target: ctx.inflight.as_ref().map(|g| &*g.target().label),
+                consumer: None,
+                decisions: &[],
+            });
         }
     }
 

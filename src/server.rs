@@ -1,5 +1,6 @@
 //! Assemble the Pingora server from our configuration: users never write Pingora's YAML.
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::proxy::Gateway;
@@ -43,8 +44,16 @@ pub fn server_conf(config: &Config, mode: StartMode) -> ServerConf {
     }
 }
 
-/// Build the server: the proxy on every `listen` address and the health-check service.
-pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Server {
+/// Build the server: the proxy on every `listen` address, the admin API and the background
+/// services (health checks, reload, log reopening).
+pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Server, String> {
+    let access_log = match config.log.access_log_destination() {
+        Some(dest) => Some(
+            AccessLog::new(dest)
+                .map_err(|e| format!("access log {:?}: {e}", config.log.access_log))?,
+        ),
+        None => None,
+    };
     let opt = Opt {
         upgrade: mode.upgrade,
         daemon: mode.daemon,
@@ -56,11 +65,12 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Server {
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let mut options = HttpServerOptions::default();
     options.h2c = true;
-    let mut proxy =
-        ProxyServiceBuilder::new(&server.configuration, Gateway::new(Arc::clone(&shared)))
-            .name("pylon")
-            .server_options(options)
-            .build();
+    let reopener = access_log.as_ref().map(AccessLog::reopener);
+    let gateway = Gateway::new(Arc::clone(&shared), access_log);
+    let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
+        .name("pylon")
+        .server_options(options)
+        .build();
     for addr in &config.server.listen {
         // Pingora's default 64 KiB read buffer per connection dominates the memory of idle
         // keep-alive connections; HTTP parsing keeps its own buffer, so reads go unbuffered.
@@ -87,5 +97,8 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Server {
         "config reload",
         Reloader::new(config.source.path.clone(), shared, config.server.clone()),
     ));
-    server
+    if let Some(reopener) = reopener {
+        server.add_service(background_service("access log reopen", reopener));
+    }
+    Ok(server)
 }

@@ -125,14 +125,34 @@ fn default_admin_listen() -> Spanned<String> {
 pub struct LogConfig {
     #[serde(default = "default_level")]
     pub level: LogLevel,
+    /// `"stdout"`, a file path, or `"off"`.
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: default_level(),
+            access_log: default_access_log(),
         }
     }
+}
+
+impl LogConfig {
+    /// Where the access log goes; `None` when it is off.
+    pub fn access_log_destination(&self) -> Option<crate::access_log::Destination> {
+        use crate::access_log::Destination;
+        match self.access_log.as_str() {
+            "off" => None,
+            "stdout" => Some(Destination::Stdout),
+            path => Some(Destination::File(path.into())),
+        }
+    }
+}
+
+fn default_access_log() -> String {
+    "off".into()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -132,11 +132,15 @@ grace_period = "1s"
 shutdown_timeout = "1s"
 {server_keys}
 
-[log]
-level = "info"
-
+{log}
 "#,
-        dir = dir.display()
+        dir = dir.display(),
+        // A test that brings its own [log] section keeps it.
+        log = if rest.contains("[log]") {
+            ""
+        } else {
+            "[log]\nlevel = \"info\"\n"
+        }
     );
     let path = dir.join("pylon.toml");
     std::fs::write(&path, format!("{head}{rest}")).unwrap();

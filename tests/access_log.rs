@@ -1,0 +1,81 @@
+//! The JSON access log: one valid line per request, and reopening for logrotate.
+
+mod common;
+use common::*;
+use std::time::{Duration, Instant};
+
+fn lines(path: &std::path::Path, at_least: usize) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let lines: Vec<_> = text.lines().map(String::from).collect();
+        if lines.len() >= at_least || Instant::now() > deadline {
+            return lines
+                .iter()
+                .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad line ({e}): {l}")))
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn one_json_line_per_request_and_reopen_on_usr1() {
+    let e = echo("e", &[]);
+    let dir = scratch();
+    let log = dir.join("access.log");
+    let gw = gateway(&format!(
+        "[log]\naccess_log = \"{}\"\n\n[upstreams.pool]\ntargets = [\"{}\"]\n\n[[routes]]\nname = \"api\"\npaths = [\"/api\"]\nupstream = \"pool\"\n",
+        log.display(),
+        e.addr
+    ));
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let r = get(&gw.url(&format!("/api/items/{i}?api_key=secret-{i}")));
+        assert_eq!(r.status, 200);
+        ids.push(r.header("x-request-id").unwrap().to_string());
+    }
+    let r = request(
+        "POST",
+        &gw.url("/nowhere"),
+        &[("x-request-id", "miss-1")],
+        Some("abc"),
+    );
+    assert_eq!(r.status, 404);
+
+    let entries = lines(&log, 21);
+    assert_eq!(entries.len(), 21, "one line per request");
+    for (entry, id) in entries.iter().zip(&ids) {
+        assert_eq!(entry["request_id"], id.as_str());
+        assert_eq!(entry["status"], 200);
+        assert_eq!(entry["method"], "GET");
+        assert_eq!(entry["route"], "api");
+        assert_eq!(entry["upstream"], "pool");
+        assert_eq!(entry["target"], e.addr.as_str());
+        assert_eq!(entry["client"], "127.0.0.1");
+        assert_eq!(entry["trace_id"].as_str().unwrap().len(), 32);
+        assert!(entry["path"].as_str().unwrap().starts_with("/api/items/"));
+        assert!(entry["duration_ms"].as_f64().unwrap() >= entry["upstream_ms"].as_f64().unwrap());
+        assert!(entry["bytes_out"].as_u64().unwrap() > 0);
+        assert!(entry["time"].as_str().unwrap().ends_with('Z'));
+    }
+    let miss = &entries[20];
+    assert_eq!(miss["request_id"], "miss-1");
+    assert_eq!(miss["status"], 404);
+    assert_eq!(miss["route"], serde_json::Value::Null);
+    // Query strings (which can carry credentials) stay out of the log.
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("secret-"), "query string logged");
+
+    // logrotate: move the file away, signal, and new lines go to a new file.
+    let rotated = dir.join("access.log.1");
+    std::fs::rename(&log, &rotated).unwrap();
+    gw.signal("USR1");
+    std::thread::sleep(Duration::from_millis(300));
+    let r = get(&gw.url("/api/after-rotation"));
+    assert_eq!(r.status, 200);
+    let fresh = lines(&log, 1);
+    assert_eq!(fresh.len(), 1);
+    assert_eq!(fresh[0]["path"], "/api/after-rotation");
+    assert_eq!(lines(&rotated, 21).len(), 21);
+}

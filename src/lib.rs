@@ -15,4 +15,5 @@ pub mod reload;
 pub mod router;
 pub mod runtime;
 pub mod server;
+pub mod upgrade;
 pub mod upstream;

@@ -46,6 +46,11 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", cli.conf.display());
         return ExitCode::SUCCESS;
     }
+    // Reload and self-upgrade read the file again after `-d` may have changed directory.
+    let mut config = config;
+    if let Ok(absolute) = std::fs::canonicalize(&cli.conf) {
+        config.source.path = absolute;
+    }
     let level = match config.log.level {
         LogLevel::Error => "error",
         LogLevel::Warn => "warn",

@@ -7,6 +7,7 @@ use crate::metrics::{self, InflightRoute, RouteMetrics};
 use crate::plumbing::{self, RequestId, TraceContext};
 use crate::router::{normalize_path, Action, Lookup, Responder, Route};
 use crate::runtime::{SharedSnapshot, Snapshot};
+use crate::upgrade::Lifecycle;
 use crate::upstream::{HashOn, InflightGuard, Upstream};
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -24,13 +25,19 @@ static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new(met
 pub struct Gateway {
     snapshot: SharedSnapshot,
     access_log: Option<AccessLog>,
+    draining: Lifecycle,
 }
 
 impl Gateway {
-    pub fn new(snapshot: SharedSnapshot, access_log: Option<AccessLog>) -> Self {
+    pub fn new(
+        snapshot: SharedSnapshot,
+        access_log: Option<AccessLog>,
+        draining: Lifecycle,
+    ) -> Self {
         Gateway {
             snapshot,
             access_log,
+            draining,
         }
     }
 }
@@ -155,6 +162,10 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if self.draining.is_draining() {
+            // Handing over to a new process: move this client to a fresh connection.
+            session.set_keepalive(None);
+        }
         ctx.request_id = RequestId::of(&session.req_header().headers);
         ctx.trace = TraceContext::of(&session.req_header().headers);
         let snapshot = self.snapshot.load_full();

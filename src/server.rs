@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::{SharedSnapshot, Snapshot};
+use crate::upgrade::{Drain, Lifecycle, SelfUpgrade};
 use crate::upstream::HealthSupervisor;
 use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
@@ -39,6 +40,9 @@ pub fn server_conf(config: &Config, mode: StartMode) -> ServerConf {
             .map_or(1, |n| n.get()),
         work_stealing: s.work_stealing,
         grace_period_seconds: Some(s.grace_period.0.as_secs()),
+        // `pylon -u -d` returns only once the new process serves, so scripts and systemd
+        // never signal the old one before its successor is ready.
+        daemon_wait_for_ready: mode.daemon,
         graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.0.as_secs()),
         ..ServerConf::default()
     }
@@ -60,13 +64,17 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config, mode));
-    server.bootstrap();
+    // Bootstrap (taking over the old process's sockets with `-u`) runs as a service, after
+    // `-d` has forked, so the daemon can tell the waiting parent that it is ready.
+    let bootstrap = server.bootstrap_as_a_service();
 
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     let reopener = access_log.as_ref().map(AccessLog::reopener);
-    let gateway = Gateway::new(Arc::clone(&shared), access_log);
+    let lifecycle = Lifecycle::default();
+    let drain = Drain::new(server.watch_execution_phase(), lifecycle.clone());
+    let gateway = Gateway::new(Arc::clone(&shared), access_log, lifecycle.clone());
     let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
         .name("pylon")
         .server_options(options)
@@ -77,7 +85,7 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
         let buffers = L4BufferSettings::default().read(0);
         proxy.add_listener(ListenerConfig::tcp(addr.get_ref()).l4_buffer(buffers));
     }
-    server.add_service(proxy);
+    server.add_service(proxy).add_dependency(&bootstrap);
     server.add_service(background_service(
         "health checks",
         HealthSupervisor::new(Arc::clone(&shared)),
@@ -91,7 +99,7 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
         );
         let mut service = Service::new("admin".to_string(), HttpServer::new_app(app));
         service.add_tcp(admin.listen.get_ref());
-        server.add_service(service);
+        server.add_service(service).add_dependency(&bootstrap);
     }
     server.add_service(background_service(
         "config reload",
@@ -100,5 +108,14 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
     if let Some(reopener) = reopener {
         server.add_service(background_service("access log reopen", reopener));
     }
+    server.add_service(background_service("drain", drain));
+    let binary = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
+    let upgrade = SelfUpgrade::new(
+        binary,
+        config.source.path.clone(),
+        config.server.upgrade_sock.clone().into(),
+        lifecycle,
+    );
+    server.add_service(background_service("self upgrade", upgrade));
     Ok(server)
 }

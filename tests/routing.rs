@@ -265,7 +265,12 @@ fn h2c_downstream() {
 
 #[test]
 fn websocket_upgrade_is_tunnelled() {
-    let e = echo("e", &[]);
+    // Pingora 0.9.1 tears an upgraded tunnel down when the upstream's 101 is read before the
+    // request's empty body has gone through its pipe (cloudflare/pingora#946, fix proposed in
+    // #947); an upstream that answers at once under CPU load hits it now and then. The short
+    // delay keeps this test about Pylon's handling of upgrades; docs/configuration.md records
+    // the limitation.
+    let e = echo("e", &["--upgrade-delay", "20ms"]);
     let gw = upstream_gateway(&e, "[[routes]]\nname = \"r\"\nupstream = \"echo\"\n");
     let mut s = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -285,7 +290,8 @@ fn websocket_upgrade_is_tunnelled() {
     assert!(head.contains("upgrade: websocket"), "{head}");
     s.write_all(b"hello through pylon").unwrap();
     let mut buf = [0u8; 19];
-    s.read_exact(&mut buf).unwrap();
+    s.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("no echo through the tunnel: {e}"));
     assert_eq!(&buf, b"hello through pylon");
 }
 

@@ -2,7 +2,8 @@
 //! JSON, and `/healthz` with 200. Used by `make run`, the tests and the benchmarks.
 //!
 //! Knobs for tests: `--name` (echoed as `server`), `--delay` (wait before answering),
-//! `--status` (answer with this status). WebSocket upgrades are accepted and echo their bytes.
+//! `--status` (answer with this status), `--upgrade-delay` (wait before a 101). WebSocket
+//! upgrades are accepted and echo their bytes.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -33,6 +34,9 @@ struct Args {
     /// Answer every request (not /healthz) with this status.
     #[arg(long)]
     status: Option<u16>,
+    /// Wait this long before answering a WebSocket upgrade with 101.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    upgrade_delay: Option<Duration>,
 }
 
 async fn handle(
@@ -43,6 +47,9 @@ async fn handle(
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok"))));
     }
     if is_websocket(&req) {
+        if let Some(d) = args.upgrade_delay {
+            tokio::time::sleep(d).await;
+        }
         return Ok(upgrade(req));
     }
     if let Some(d) = args.delay {

@@ -7,12 +7,18 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages the build and the tests need (cmake: Pingora's zlib-ng; curl: h2c tests).
 BUILD_PKGS := cmake pkg-config libssl-dev curl
+# What only the tests need: systemd-analyze for the unit check.
+TEST_PKGS := systemd
+TEST_MARK := target/.apt-test-installed
 # What `make bench` compares against and loads with.
 BENCH_PKGS := nginx haproxy wrk util-linux procps
 APT_MARK := target/.apt-installed
 BENCH_MARK := target/.apt-bench-installed
 
-.PHONY: deps run test bench load-test install lint build clean
+PREFIX ?= /usr/local
+ETC ?= /etc/pylon
+
+.PHONY: deps run test bench load-test install upgrade lint build clean
 
 $(APT_MARK):
 	@missing=""; \
@@ -47,7 +53,16 @@ run: build
 	echo "pylon on :8080 -- try: curl localhost:8080/ping"; \
 	$(RELEASE)/pylon -c $(CONF)
 
-test: deps
+$(TEST_MARK):
+	@missing=""; \
+	for p in $(TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+	@mkdir -p target && touch $@
+
+test: deps $(TEST_MARK)
 	$(CARGO) test --all-targets
 
 # Side by side with nginx and haproxy on pinned cores; prints RESULT lines (docs/performance.md).
@@ -57,6 +72,26 @@ bench: build $(BENCH_MARK)
 # The k6 smoke scenario against the demo (started if not running).
 load-test: build
 	load-tests/k6/run-smoke.sh
+
+# Binary, systemd unit, starting config (kept if present), admin token, logrotate.
+install: build
+	id -u pylon >/dev/null 2>&1 || $(SUDO) useradd --system --no-create-home --shell /usr/sbin/nologin pylon
+	$(SUDO) install -D -m 0755 $(RELEASE)/pylon $(PREFIX)/bin/pylon
+	$(SUDO) install -D -m 0644 conf/systemd/pylon.service /etc/systemd/system/pylon.service
+	$(SUDO) install -D -m 0644 conf/systemd/logrotate /etc/logrotate.d/pylon
+	$(SUDO) install -D -m 0644 docs/operations.md $(PREFIX)/share/doc/pylon/operations.md
+	$(SUDO) install -d -m 0750 -o root -g pylon $(ETC)
+	[ -f $(ETC)/pylon.toml ] || $(SUDO) install -m 0640 -o root -g pylon conf/systemd/pylon.toml $(ETC)/pylon.toml
+	[ -f $(ETC)/admin.token ] || (head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' | $(SUDO) tee $(ETC)/admin.token >/dev/null && $(SUDO) chgrp pylon $(ETC)/admin.token && $(SUDO) chmod 0640 $(ETC)/admin.token)
+	-$(SUDO) systemctl daemon-reload
+
+# New binary without dropping a connection: install it, then the running process starts it
+# as its successor (SIGUSR2) and hands over its sockets.
+upgrade: build
+	$(RELEASE)/pylon -t -c $(ETC)/pylon.toml
+	$(SUDO) install -m 0755 $(RELEASE)/pylon $(PREFIX)/bin/pylon.new
+	$(SUDO) mv -f $(PREFIX)/bin/pylon.new $(PREFIX)/bin/pylon
+	$(SUDO) systemctl kill --signal=USR2 --kill-whom=main pylon.service
 
 lint: deps
 	$(CARGO) fmt --check

@@ -212,6 +212,14 @@ impl ServeHttp for Admin {
             ("GET", ["readyz"]) => self.readyz(),
             ("GET", ["metrics"]) => self.metrics(),
             ("GET", ["upstreams"]) => self.upstreams(),
+            ("GET", ["config"]) => match serde_json::to_value(&self.snapshot.load().config) {
+                Ok(config) => json_response(StatusCode::OK, config),
+                Err(_) => error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal_error",
+                    "cannot render the configuration",
+                ),
+            },
             ("POST", ["reload"]) => self.reload().await,
             ("POST", ["upstreams", name, "targets", target, "drain"]) => {
                 self.set_target(name, target, false)

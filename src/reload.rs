@@ -15,7 +15,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
-/// Background service that reloads the configuration file on `SIGHUP`.
+/// How often `watch = true` looks at the file.
+const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Background service that reloads the configuration file on `SIGHUP`, and on changes of the
+/// file with `server.watch`.
 pub struct Reloader {
     path: PathBuf,
     snapshot: SharedSnapshot,
@@ -67,6 +71,12 @@ fn try_reload(
     Ok(routes)
 }
 
+/// What identifies a version of the file: modification time and size.
+fn stamp(path: &std::path::Path) -> Option<(std::time::SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
 #[async_trait]
 impl BackgroundService for Reloader {
     async fn start(&self, mut shutdown: ShutdownWatch) {
@@ -77,11 +87,20 @@ impl BackgroundService for Reloader {
                 return;
             }
         };
+        let watch = self.running.watch;
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        let mut seen = stamp(&self.path);
         loop {
-            tokio::select! {
-                _ = hangup.recv() => {}
+            let by_signal = tokio::select! {
+                _ = hangup.recv() => true,
+                _ = tick.tick(), if watch => false,
                 _ = shutdown.changed() => return,
+            };
+            let now = stamp(&self.path);
+            if !by_signal && now == seen {
+                continue;
             }
+            seen = now;
             let (path, snapshot, running) = (
                 self.path.clone(),
                 Arc::clone(&self.snapshot),

@@ -17,6 +17,8 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<Upstream>>,
     /// Peers whose `x-forwarded-*` headers are believed.
     pub trusted_proxies: Box<[ipnet::IpNet]>,
+    /// The configuration this was built from, for `GET /config`.
+    pub config: Config,
 }
 
 impl Snapshot {
@@ -48,6 +50,7 @@ impl Snapshot {
             router,
             upstreams,
             trusted_proxies,
+            config: config.clone(),
         })
     }
 }

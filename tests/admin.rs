@@ -175,6 +175,28 @@ fn mutating_calls_need_the_token() {
 }
 
 #[test]
+fn config_is_shown_with_secrets_redacted() {
+    let port = free_port();
+    let _gw = gateway(&format!(
+        "{}[upstreams.pool]\ntargets = [\"127.0.0.1:9\"]\nread_timeout = \"2s\"\n[[routes]]\nname = \"r\"\nupstream = \"pool\"\n",
+        admin(port, "")
+    ));
+    let r = get(&admin_url(port, "/config"));
+    assert_eq!(r.status, 200);
+    assert!(
+        !r.body.contains(TOKEN),
+        "the admin token leaked: {}",
+        r.body
+    );
+    let v = r.json();
+    assert_eq!(v["admin"]["token"], "<redacted>");
+    assert_eq!(v["routes"][0]["name"], "r");
+    assert_eq!(v["upstreams"]["pool"]["targets"][0], "127.0.0.1:9");
+    assert_eq!(v["upstreams"]["pool"]["read_timeout"], "2s");
+    assert_eq!(v["upstreams"]["pool"]["balancer"], "round_robin");
+}
+
+#[test]
 fn without_a_token_changes_are_refused() {
     let port = free_port();
     let _gw = gateway(&format!(

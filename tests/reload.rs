@@ -48,3 +48,17 @@ fn sighup_swaps_routes_and_rejects_bad_files() {
     gw.signal("HUP");
     assert!(wait_for_body(&gw, "three"));
 }
+
+#[test]
+fn watch_reloads_when_the_file_changes() {
+    let gw = gateway_with_server("watch = true", &route("first"));
+    assert_eq!(get(&gw.url("/")).body, "first");
+    gw.rewrite(&route("second"));
+    assert!(wait_for_body(&gw, "second"), "the change was not picked up");
+    // A broken save changes nothing; the fixed one is picked up.
+    gw.rewrite("[[routes]]\nname = ");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(get(&gw.url("/")).body, "second");
+    gw.rewrite(&route("third"));
+    assert!(wait_for_body(&gw, "third"));
+}

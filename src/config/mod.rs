@@ -11,10 +11,10 @@ mod units;
 pub mod validate;
 
 pub use secret::Secret;
-pub use units::{ConfDuration, ConfSize, ConfTimeout};
+pub use units::{ConfDuration, ConfTimeout};
 
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::num::NonZeroUsize;
@@ -24,10 +24,12 @@ use std::time::Duration;
 use toml::de::{DeValue, ValueDeserializer};
 use toml::Spanned;
 
-/// The whole configuration file.
-#[derive(Debug, Clone, Default)]
+/// The whole configuration file. Serializes (for `GET /config`) without its source text,
+/// which may hold inline secrets; secrets themselves serialize redacted.
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Config {
     /// Where it was read from, to place errors found after parsing.
+    #[serde(skip)]
     pub source: Source,
     pub server: ServerConfig,
     /// The admin listener; absent: no admin API.
@@ -38,9 +40,11 @@ pub struct Config {
 }
 
 /// A value together with the byte range of the table it came from, for error messages.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(transparent)]
 pub struct Located<T> {
     pub value: T,
+    #[serde(skip)]
     pub span: Range<usize>,
 }
 
@@ -51,7 +55,7 @@ impl<T> std::ops::Deref for Located<T> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
     #[serde(default = "default_listen")]
@@ -71,6 +75,9 @@ pub struct ServerConfig {
     /// Pingora's work-stealing runtime; off gives each thread its own queue.
     #[serde(default = "yes")]
     pub work_stealing: bool,
+    /// Reload when the config file changes (checked once a second), besides `SIGHUP`.
+    #[serde(default)]
+    pub watch: bool,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +91,7 @@ impl Default for ServerConfig {
             shutdown_timeout: default_shutdown_timeout(),
             trusted_proxies: Vec::new(),
             work_stealing: true,
+            watch: false,
         }
     }
 }
@@ -107,7 +115,7 @@ fn default_shutdown_timeout() -> ConfDuration {
     ConfDuration(Duration::from_secs(5))
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminConfig {
     #[serde(default = "default_admin_listen")]
@@ -120,7 +128,7 @@ fn default_admin_listen() -> Spanned<String> {
     Spanned::new(0..0, "127.0.0.1:9901".to_string())
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     #[serde(default = "default_level")]
@@ -155,7 +163,7 @@ fn default_access_log() -> String {
     "off".into()
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     Error,
@@ -169,7 +177,7 @@ fn default_level() -> LogLevel {
     LogLevel::Info
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub targets: Vec<Spanned<TargetConfig>>,
@@ -209,7 +217,7 @@ fn default_retries() -> usize {
 }
 
 /// One target: `"10.0.0.1:8080"` or `{ addr = "10.0.0.1:8080", weight = 3 }`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(
     untagged,
     expecting = "a target \"host:port\" or { addr = \"host:port\", weight = N }"
@@ -242,7 +250,7 @@ impl TargetConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Balancer {
     #[default]
@@ -252,7 +260,7 @@ pub enum Balancer {
     ConsistentHash,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
     pub kind: HealthCheckKind,
@@ -272,7 +280,7 @@ pub struct HealthCheckConfig {
     pub unhealthy: NonZeroUsize,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum HealthCheckKind {
     Http,
@@ -295,7 +303,7 @@ fn default_hc_unhealthy() -> NonZeroUsize {
     NonZeroUsize::new(3).expect("non-zero")
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: Spanned<String>,
@@ -318,7 +326,7 @@ pub struct RouteConfig {
     pub preserve_host: bool,
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RespondConfig {
     #[serde(default = "default_status")]
@@ -333,7 +341,7 @@ fn default_status() -> Spanned<u16> {
     Spanned::new(0..0, 200)
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RewriteConfig {
     pub pattern: Spanned<String>,

@@ -256,6 +256,17 @@ fn drain_and_enable_a_target() {
     assert!(targets
         .iter()
         .any(|t| t["target"] == b.addr.as_str() && t["healthy"] == false));
+    // A reload that leaves the pool's definition alone keeps the pool itself (health, drain
+    // state, connections): the drained target stays drained.
+    gw.rewrite(&format!(
+        "{}[upstreams.pool]\ntargets = [\"{}\", \"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"pool\"\n[[routes]]\nname = \"new\"\npaths = [\"=/new\"]\nrespond = {{ body = \"new\" }}\n",
+        admin(port, ""),
+        a.addr,
+        b.addr
+    ));
+    assert_eq!(post(&admin_url(port, "/reload"), Some(TOKEN)).status, 200);
+    assert_eq!(get(&gw.url("/new")).body, "new");
+    assert_eq!(spread(&gw.url("/"), 10).get("a"), Some(&10));
     let enable = admin_url(port, &format!("/upstreams/pool/targets/{}/enable", b.addr));
     assert_eq!(post(&enable, Some(TOKEN)).status, 200);
     assert_eq!(spread(&gw.url("/"), 20).get("b"), Some(&10));

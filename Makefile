@@ -88,7 +88,7 @@ install: build
 # New binary without dropping a connection: install it, then the running process starts it
 # as its successor (SIGUSR2) and hands over its sockets.
 upgrade: build
-	$(RELEASE)/pylon -t -c $(ETC)/pylon.toml
+	$(SUDO) $(RELEASE)/pylon -t -c $(ETC)/pylon.toml
 	$(SUDO) install -m 0755 $(RELEASE)/pylon $(PREFIX)/bin/pylon.new
 	$(SUDO) mv -f $(PREFIX)/bin/pylon.new $(PREFIX)/bin/pylon
 	$(SUDO) systemctl kill --signal=USR2 --kill-whom=main pylon.service

@@ -106,11 +106,6 @@ impl AccessLog {
             }
         }
     }
-
-    /// A background service that asks the writer to reopen its file on `SIGUSR1`.
-    pub fn reopener(&self) -> Reopener {
-        Reopener(Arc::clone(&self.reopen))
-    }
 }
 
 enum Sink {
@@ -166,8 +161,15 @@ fn write_loop(
     }
 }
 
-/// Reopens the access log file on `SIGUSR1` (for logrotate).
-pub struct Reopener(Arc<AtomicBool>);
+/// Reopens the access log file on `SIGUSR1` (for logrotate). It listens even without an access
+/// log, so that a stray `SIGUSR1` never takes the default action and ends the process.
+pub struct Reopener(Option<Arc<AtomicBool>>);
+
+impl Reopener {
+    pub fn new(log: Option<&AccessLog>) -> Self {
+        Reopener(log.map(|l| Arc::clone(&l.reopen)))
+    }
+}
 
 #[async_trait]
 impl BackgroundService for Reopener {
@@ -178,7 +180,11 @@ impl BackgroundService for Reopener {
         };
         loop {
             tokio::select! {
-                _ = usr1.recv() => self.0.store(true, Ordering::Relaxed),
+                _ = usr1.recv() => {
+                    if let Some(flag) = &self.0 {
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                }
                 _ = shutdown.changed() => return,
             }
         }

@@ -4,7 +4,7 @@
 //! `Authorization: Bearer <admin.token>`, compared in constant time. Without a configured token,
 //! changes are refused.
 
-use crate::config::{Secret, ServerConfig};
+use crate::config::{Config, Secret};
 use crate::metrics::METRICS;
 use crate::reload;
 use crate::runtime::SharedSnapshot;
@@ -21,7 +21,10 @@ pub struct Admin {
     snapshot: SharedSnapshot,
     token: Option<Secret>,
     config_path: PathBuf,
-    running: Arc<ServerConfig>,
+    running: Arc<Config>,
+    /// Scrapes refresh the target-health gauges in place; one at a time, so none sees them
+    /// half refilled.
+    scrape: std::sync::Mutex<()>,
 }
 
 impl Admin {
@@ -29,13 +32,14 @@ impl Admin {
         snapshot: SharedSnapshot,
         token: Option<Secret>,
         config_path: PathBuf,
-        running: ServerConfig,
+        running: Config,
     ) -> Self {
         Admin {
             snapshot,
             token,
             config_path,
             running: Arc::new(running),
+            scrape: std::sync::Mutex::new(()),
         }
     }
 }
@@ -89,6 +93,7 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<Vec<u8>> {
+        let _one_at_a_time = self.scrape.lock().unwrap_or_else(|p| p.into_inner());
         let snapshot = self.snapshot.load();
         // Health is read from the live pools at scrape time; pools gone after a reload drop out.
         METRICS.target_healthy.reset();
@@ -101,6 +106,7 @@ impl Admin {
             }
         }
         let body = METRICS.render();
+        drop(_one_at_a_time);
         Response::builder()
             .status(StatusCode::OK)
             .header(http::header::CONTENT_TYPE, "text/plain; version=0.0.4")
@@ -227,7 +233,7 @@ impl ServeHttp for Admin {
             ("POST", ["upstreams", name, "targets", target, "enable"]) => {
                 self.set_target(name, target, true)
             }
-            (_, ["healthz" | "readyz" | "metrics" | "upstreams" | "reload"]) => error(
+            (_, ["healthz" | "readyz" | "metrics" | "upstreams" | "reload" | "config"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "method not allowed here",

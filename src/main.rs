@@ -48,7 +48,8 @@ fn main() -> ExitCode {
     }
     // Reload and self-upgrade read the file again after `-d` may have changed directory.
     let mut config = config;
-    if let Ok(absolute) = std::fs::canonicalize(&cli.conf) {
+    // Absolute, not canonical: a symlinked config (e.g. a swapped ConfigMap) must be followed anew.
+    if let Ok(absolute) = std::path::absolute(&cli.conf) {
         config.source.path = absolute;
     }
     let level = match config.log.level {

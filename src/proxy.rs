@@ -355,6 +355,12 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map_or(499, |r| r.status.as_u16());
         let took = ctx.started.map_or(Duration::ZERO, |t| t.elapsed());
+        // An attempt that never got a response header (timeout, reset, refused) still counts
+        // in the upstream latency, or its p99 would hide the worst cases.
+        if let (None, Some(t), Some(up)) = (ctx.upstream_took, ctx.upstream_started, ctx.upstream())
+        {
+            up.metrics.duration.observe(t.elapsed().as_secs_f64());
+        }
         let method = &session.req_header().method;
         match ctx.route.as_deref() {
             Some(route) => route.metrics.record(method, status, took),

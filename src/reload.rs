@@ -5,7 +5,7 @@
 //! its line and column and the running configuration stays. Pools whose definition did not
 //! change are carried over with their health state and connections (see [`Snapshot::build`]).
 
-use crate::config::{self, Diagnostics, ServerConfig};
+use crate::config::{self, Config, Diagnostics};
 use crate::metrics::METRICS;
 use crate::runtime::{SharedSnapshot, Snapshot};
 use async_trait::async_trait;
@@ -23,13 +23,14 @@ const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Reloader {
     path: PathBuf,
     snapshot: SharedSnapshot,
-    /// The `[server]` section the process started with; listeners and threads cannot change
-    /// in place (a binary upgrade, `pylon -u`, applies them).
-    running: Arc<ServerConfig>,
+    /// The configuration the process started with: its `[server]`, `[admin]` and `[log]`
+    /// sections (listeners, threads, admin token, log destinations) apply only at start; a
+    /// restart or binary upgrade applies changes to them.
+    running: Arc<Config>,
 }
 
 impl Reloader {
-    pub fn new(path: PathBuf, snapshot: SharedSnapshot, running: ServerConfig) -> Self {
+    pub fn new(path: PathBuf, snapshot: SharedSnapshot, running: Config) -> Self {
         Reloader {
             path,
             snapshot,
@@ -38,13 +39,18 @@ impl Reloader {
     }
 }
 
+/// One reload at a time: two overlapping ones (signal, file watch, admin API) could otherwise
+/// store an older file's snapshot last.
+static RELOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Load, validate and compile `path`, then swap the result in. Returns the number of routes.
-/// Counted in `pylon_config_reloads_total{result}`.
+/// Counted in `pylon_config_reloads_total{result}`. Blocks: call it off the async runtime.
 pub fn reload(
     path: &std::path::Path,
     snapshot: &SharedSnapshot,
-    running: &ServerConfig,
+    running: &Config,
 ) -> Result<usize, Diagnostics> {
+    let _one_at_a_time = RELOADING.lock().unwrap_or_else(|p| p.into_inner());
     let result = try_reload(path, snapshot, running);
     let label = if result.is_ok() { "success" } else { "error" };
     METRICS.config_reloads.with_label_values(&[label]).inc();
@@ -54,17 +60,23 @@ pub fn reload(
 fn try_reload(
     path: &std::path::Path,
     snapshot: &SharedSnapshot,
-    running: &ServerConfig,
+    running: &Config,
 ) -> Result<usize, Diagnostics> {
     let config = config::load(path)?;
     let current = snapshot.load_full();
     let next = Snapshot::build(&config, Some(&current))
         .map_err(|e| Diagnostics::new(&config.source, vec![e]))?;
-    if &config.server != running {
-        log::warn!(
-            "{}: [server] changed; listeners, threads and process settings apply only after a restart or an upgrade (pylon -u)",
-            path.display()
-        );
+    for (section, changed) in [
+        ("server", config.server != running.server),
+        ("admin", config.admin != running.admin),
+        ("log", config.log != running.log),
+    ] {
+        if changed {
+            log::warn!(
+                "{}: [{section}] changed; it applies only after a restart or a binary upgrade (SIGUSR2)",
+                path.display()
+            );
+        }
     }
     let routes = next.router.len();
     snapshot.store(Arc::new(next));
@@ -87,7 +99,7 @@ impl BackgroundService for Reloader {
                 return;
             }
         };
-        let watch = self.running.watch;
+        let watch = self.running.server.watch;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         let mut seen = stamp(&self.path);
         loop {

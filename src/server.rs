@@ -1,6 +1,6 @@
 //! Assemble the Pingora server from our configuration: users never write Pingora's YAML.
 
-use crate::access_log::AccessLog;
+use crate::access_log::{AccessLog, Reopener};
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::proxy::Gateway;
@@ -40,8 +40,8 @@ pub fn server_conf(config: &Config, mode: StartMode) -> ServerConf {
             .map_or(1, |n| n.get()),
         work_stealing: s.work_stealing,
         grace_period_seconds: Some(s.grace_period.0.as_secs()),
-        // `pylon -u -d` returns only once the new process serves, so scripts and systemd
-        // never signal the old one before its successor is ready.
+        // `pylon -u -d` returns only once the new process is up and ready to take the
+        // sockets, so scripts and systemd never signal the old one before that.
         daemon_wait_for_ready: mode.daemon,
         graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.0.as_secs()),
         ..ServerConf::default()
@@ -71,7 +71,7 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let mut options = HttpServerOptions::default();
     options.h2c = true;
-    let reopener = access_log.as_ref().map(AccessLog::reopener);
+    let reopener = Reopener::new(access_log.as_ref());
     let lifecycle = Lifecycle::default();
     let drain = Drain::new(server.watch_execution_phase(), lifecycle.clone());
     let gateway = Gateway::new(Arc::clone(&shared), access_log, lifecycle.clone());
@@ -95,7 +95,7 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
             Arc::clone(&shared),
             admin.token.clone(),
             config.source.path.clone(),
-            config.server.clone(),
+            config.clone(),
         );
         let mut service = Service::new("admin".to_string(), HttpServer::new_app(app));
         service.add_tcp(admin.listen.get_ref());
@@ -103,17 +103,17 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
     }
     server.add_service(background_service(
         "config reload",
-        Reloader::new(config.source.path.clone(), shared, config.server.clone()),
+        Reloader::new(config.source.path.clone(), shared, config.clone()),
     ));
-    if let Some(reopener) = reopener {
-        server.add_service(background_service("access log reopen", reopener));
-    }
+    // Always listening: SIGUSR1's default action would end the process (logrotate sends it).
+    server.add_service(background_service("access log reopen", reopener));
     server.add_service(background_service("drain", drain));
     let binary = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;
     let upgrade = SelfUpgrade::new(
         binary,
         config.source.path.clone(),
         config.server.upgrade_sock.clone().into(),
+        config.server.pid_file.clone().into(),
         lifecycle,
     );
     server.add_service(background_service("self upgrade", upgrade));

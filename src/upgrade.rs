@@ -90,6 +90,7 @@ pub struct SelfUpgrade {
     binary: PathBuf,
     config: PathBuf,
     upgrade_sock: PathBuf,
+    pid_file: PathBuf,
     lifecycle: Lifecycle,
 }
 
@@ -98,12 +99,14 @@ impl SelfUpgrade {
         binary: PathBuf,
         config: PathBuf,
         upgrade_sock: PathBuf,
+        pid_file: PathBuf,
         lifecycle: Lifecycle,
     ) -> Self {
         SelfUpgrade {
             binary,
             config,
             upgrade_sock,
+            pid_file,
             lifecycle,
         }
     }
@@ -148,23 +151,28 @@ impl BackgroundService for SelfUpgrade {
             }
             // A process still taking over its sockets has nothing to hand on yet, and one
             // already handing over must not start a second successor.
-            if self.lifecycle.has_listeners() && !self.lifecycle.is_draining() {
-                break;
+            if !self.lifecycle.has_listeners() || self.lifecycle.is_draining() {
+                log::warn!("SIGUSR2 ignored: this process is not serving on its own listeners yet, or is draining");
+                continue;
             }
-            log::warn!("SIGUSR2 ignored: this process is not serving on its own listeners yet, or is draining");
-        }
-        log::info!("SIGUSR2: starting {} -u -d", self.binary.display());
-        let this = self.clone();
-        let started = tokio::task::spawn_blocking(move || this.start_successor()).await;
-        match started.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
-            Ok(()) => {
-                // Pingora's own SIGQUIT handling sends the sockets and drains this process.
-                // SAFETY: kill(2) on our own pid with a valid signal number has no memory effects.
-                unsafe {
-                    libc::kill(libc::getpid(), libc::SIGQUIT);
+            log::info!("SIGUSR2: starting {} -u -d", self.binary.display());
+            let this = self.clone();
+            let started = tokio::task::spawn_blocking(move || this.start_successor()).await;
+            match started.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
+                Ok(()) => {
+                    // Pingora's own SIGQUIT handling sends the sockets and drains this process.
+                    // SAFETY: kill(2) on our own pid with a valid signal has no memory effects.
+                    unsafe {
+                        libc::kill(libc::getpid(), libc::SIGQUIT);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    log::error!("upgrade aborted, still serving: {e}");
+                    // The successor may have moved our pid file aside before failing.
+                    let _ = std::fs::write(&self.pid_file, std::process::id().to_string());
                 }
             }
-            Err(e) => log::error!("upgrade aborted, still serving: {e}"),
         }
     }
 }

@@ -79,3 +79,12 @@ fn one_json_line_per_request_and_reopen_on_usr1() {
     assert_eq!(fresh[0]["path"], "/api/after-rotation");
     assert_eq!(lines(&rotated, 21).len(), 21);
 }
+
+#[test]
+fn sigusr1_without_an_access_log_is_harmless() {
+    let mut gw = gateway("[[routes]]\nname = \"r\"\nrespond = { body = \"ok\" }\n");
+    gw.signal("USR1");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(gw.alive(), "SIGUSR1 ended the process");
+    assert_eq!(get(&gw.url("/")).body, "ok");
+}

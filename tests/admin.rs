@@ -40,6 +40,7 @@ fn metrics_match_the_traffic_sent() {
         admin(port, ""),
         e.addr
     ));
+    wait_for_port(port);
     for _ in 0..7 {
         assert_eq!(get(&gw.url("/api/x")).status, 200);
     }
@@ -121,6 +122,7 @@ fn mutating_calls_need_the_token() {
         "{}[[routes]]\nname = \"r\"\nrespond = {{ body = \"one\" }}\n",
         admin(port, "")
     ));
+    wait_for_port(port);
     let r = post(&admin_url(port, "/reload"), None);
     assert_eq!(r.status, 401);
     assert!(r
@@ -181,6 +183,7 @@ fn config_is_shown_with_secrets_redacted() {
         "{}[upstreams.pool]\ntargets = [\"127.0.0.1:9\"]\nread_timeout = \"2s\"\n[[routes]]\nname = \"r\"\nupstream = \"pool\"\n",
         admin(port, "")
     ));
+    wait_for_port(port);
     let r = get(&admin_url(port, "/config"));
     assert_eq!(r.status, 200);
     assert!(
@@ -194,6 +197,8 @@ fn config_is_shown_with_secrets_redacted() {
     assert_eq!(v["upstreams"]["pool"]["targets"][0], "127.0.0.1:9");
     assert_eq!(v["upstreams"]["pool"]["read_timeout"], "2s");
     assert_eq!(v["upstreams"]["pool"]["balancer"], "round_robin");
+    assert_eq!(post(&admin_url(port, "/config"), Some(TOKEN)).status, 405);
+    assert_eq!(get(&admin_url(port, "/nope")).status, 404);
 }
 
 #[test]
@@ -202,6 +207,7 @@ fn without_a_token_changes_are_refused() {
     let _gw = gateway(&format!(
         "[admin]\nlisten = \"127.0.0.1:{port}\"\n[[routes]]\nname = \"r\"\nrespond = {{}}\n"
     ));
+    wait_for_port(port);
     let r = post(&admin_url(port, "/reload"), Some("anything"));
     assert_eq!(r.status, 403);
 }
@@ -217,6 +223,7 @@ fn readyz_waits_for_the_first_health_checks() {
         "{}[upstreams.slow]\ntargets = [\"{addr}\"]\nhealth_check = {{ kind = \"http\", interval = \"5s\", timeout = \"2s\", unhealthy = 1 }}\n[[routes]]\nname = \"r\"\nupstream = \"slow\"\n",
         admin(port, "")
     ));
+    wait_for_port(port);
     let first = get(&admin_url(port, "/readyz"));
     assert_eq!(first.status, 503, "{}", first.body);
     assert_eq!(first.json()["waiting_for_health_checks"][0], "slow");
@@ -246,6 +253,7 @@ fn drain_and_enable_a_target() {
         a.addr,
         b.addr
     ));
+    wait_for_port(port);
     let drain = admin_url(port, &format!("/upstreams/pool/targets/{}/drain", b.addr));
     assert_eq!(post(&drain, None).status, 401);
     assert_eq!(post(&drain, Some(TOKEN)).status, 200);

@@ -75,6 +75,15 @@ pub fn echo_on(listen: &str, name: &str, args: &[&str]) -> Echo {
     }
 }
 
+/// Wait until something accepts connections on a loopback port.
+pub fn wait_for_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A running gateway.
 pub struct Gateway {
     pub proc: Proc,
@@ -153,11 +162,7 @@ shutdown_timeout = "1s"
         .spawn()
         .expect("start pylon");
     let proc = Proc(child);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "pylon did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(port);
     Gateway {
         proc,
         port,

@@ -12,6 +12,7 @@ Scenarios: plain, policies (pylon with 1,000 routes against nginx's plain proxy)
 """
 
 import asyncio
+import hashlib
 import json
 import os
 import re
@@ -43,6 +44,8 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 UPSTREAM = 18000
 PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004}
 POLICY_PATH = "/svc500/items"
+# The `policies` scenario sends this key; Pylon checks it on every route (nginx ignores it).
+API_KEY = "bench-key-0123456789"
 
 
 def raise_fd_limit():
@@ -196,7 +199,14 @@ name = "all"
 upstream = "backend"
 """)
     routes = "".join(f'\n[[routes]]\nname = "svc{i}"\npaths = ["/svc{i}/"]\nupstream = "backend"\n' for i in range(999))
-    write(os.path.join(tmp, "pylon-1000.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon-1000-routes"]}"]\nupgrade_sock = "{tmp}/u2.sock"') + routes + """
+    policies = """
+[consumers.bench]
+api_keys = ["sha256:%s"]
+
+[policies.keys]
+kind = "api_key"
+""" % hashlib.sha256(API_KEY.encode()).hexdigest()
+    write(os.path.join(tmp, "pylon-1000.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon-1000-routes"]}"]\nupgrade_sock = "{tmp}/u2.sock"\nglobal_policies = ["keys"]') + policies + routes + """
 [[routes]]
 name = "catch-all"
 paths = ["/"]
@@ -212,9 +222,10 @@ def parse_ms(text):
     return float(m.group(1)) * UNIT[m.group(2)]
 
 
-def wrk(port, path="/", connections=32):
+def wrk(port, path="/", connections=32, headers=()):
+    extra = [a for h in headers for a in ("-H", h)]
     out = subprocess.run(pinned(LOAD_CPU, ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{DURATION}s", "--latency",
-                                           f"http://127.0.0.1:{port}{path}"]),
+                                           *extra, f"http://127.0.0.1:{port}{path}"]),
                          capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = parse_ms(re.search(r"50%\s+(\S+)", out).group(1))
@@ -337,8 +348,9 @@ def main():
             if "plain" in SCENARIOS:
                 report("plain", plain)
         if "policies" in SCENARIOS:
-            print(f"## policies: pylon with 1,000 routes (path {POLICY_PATH}) against nginx's plain proxy", flush=True)
-            report("policies", alternate(["nginx", "pylon-1000-routes"], lambda p: wrk(PORTS[p], POLICY_PATH)))
+            print(f"## policies: pylon with 1,000 routes and an API-key check (path {POLICY_PATH}) against nginx's plain proxy", flush=True)
+            key = (f"x-api-key: {API_KEY}",)
+            report("policies", alternate(["nginx", "pylon-1000-routes"], lambda p: wrk(PORTS[p], POLICY_PATH, headers=key)))
         if "latency" in SCENARIOS:
             # 50% of nginx's peak, capped: the generator shares its core with the upstream and
             # itself falls behind above ~25k requests/s here, which would measure oha, not the

@@ -24,6 +24,16 @@ pub const METHOD_NOT_ALLOWED: GatewayError = GatewayError {
     code: "method_not_allowed",
     message: "the route does not allow this method",
 };
+pub const UNAUTHORIZED: GatewayError = GatewayError {
+    status: 401,
+    code: "unauthorized",
+    message: "valid credentials are required",
+};
+pub const FORBIDDEN: GatewayError = GatewayError {
+    status: 403,
+    code: "forbidden",
+    message: "this consumer may not use this route",
+};
 pub const BAD_REQUEST: GatewayError = GatewayError {
     status: 400,
     code: "bad_request",
@@ -71,8 +81,21 @@ impl GatewayError {
         session: &mut Session,
         request_id: &crate::plumbing::RequestId,
     ) -> pingora::Result<()> {
+        self.send_with(session, request_id, None).await
+    }
+
+    /// Write this error with a `WWW-Authenticate` challenge (401).
+    pub async fn send_with(
+        &self,
+        session: &mut Session,
+        request_id: &crate::plumbing::RequestId,
+        challenge: Option<http::HeaderValue>,
+    ) -> pingora::Result<()> {
         let body = self.body(request_id.as_str());
-        let mut resp = ResponseHeader::build(self.status, Some(4))?;
+        let mut resp = ResponseHeader::build(self.status, Some(5))?;
+        if let Some(c) = challenge {
+            resp.insert_header(http::header::WWW_AUTHENTICATE, c)?;
+        }
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
         resp.insert_header(crate::plumbing::X_REQUEST_ID, request_id.header())?;

@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod plumbing;
+pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod router;

@@ -30,6 +30,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub inflight: IntGaugeVec,
     pub access_log_dropped: IntCounter,
+    pub auth_failures: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -111,6 +112,17 @@ impl Metrics {
                 IntCounter::new(
                     "pylon_access_log_dropped_total",
                     "Access log lines dropped because the writer fell behind",
+                )
+                .expect("valid counter"),
+            ),
+            auth_failures: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pylon_auth_failures_total",
+                        "Requests refused by an auth policy",
+                    ),
+                    &["route", "policy", "reason"],
                 )
                 .expect("valid counter"),
             ),

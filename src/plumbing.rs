@@ -71,6 +71,7 @@ impl RequestId {
     }
 }
 
+pub const X_CONSUMER: HeaderName = HeaderName::from_static("x-consumer");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// W3C trace context for one hop: the trace this request belongs to and the span id the gateway

@@ -3,8 +3,10 @@
 
 use crate::access_log::{AccessLog, Entry};
 use crate::error::{self, GatewayError};
-use crate::metrics::{self, InflightRoute, RouteMetrics};
+use crate::metrics::{self, InflightRoute, RouteMetrics, METRICS};
 use crate::plumbing::{self, RequestId, TraceContext};
+use crate::policy::api_key::{strip_query_param, Found};
+use crate::policy::Verdict;
 use crate::router::{normalize_path, Action, Lookup, Responder, Route};
 use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::upgrade::Lifecycle;
@@ -50,6 +52,10 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     /// Target picked to response header, for the access log.
     upstream_took: Option<Duration>,
+    /// What the route's policies established: the consumer, the credential to strip.
+    verdict: Verdict,
+    /// Policy outcomes for the access log.
+    decisions: Vec<&'static str>,
     /// Counts the request in `pylon_inflight_requests{route}` until dropped.
     route_inflight: Option<InflightRoute>,
     request_id: RequestId,
@@ -197,6 +203,23 @@ impl ProxyHttp for Gateway {
             }
         };
         ctx.route = Some(Arc::clone(&route));
+        if !route.policies.is_empty() {
+            match route.policies.run(session.req_header()) {
+                Ok(verdict) => ctx.verdict = verdict,
+                Err(rejection) => {
+                    METRICS
+                        .auth_failures
+                        .with_label_values(&[&*route.name, &*rejection.policy, rejection.reason])
+                        .inc();
+                    ctx.decisions.push("auth_failed");
+                    rejection
+                        .error
+                        .send_with(session, &ctx.request_id, rejection.challenge)
+                        .await?;
+                    return Ok(true);
+                }
+            }
+        }
         if let Action::Respond(r) = &route.action {
             respond(session, r, &ctx.request_id).await?;
             return Ok(true);
@@ -262,7 +285,23 @@ impl ProxyHttp for Gateway {
         let (Some(route), Some(snapshot)) = (ctx.route.as_deref(), ctx.snapshot.as_deref()) else {
             return Ok(());
         };
-        if route.strip_prefix || route.rewrite.is_some() || ctx.normalized_path.is_some() {
+        let strip_query = match &ctx.verdict.strip {
+            Some(Found::Query(name)) => Some(name.as_str()),
+            _ => None,
+        };
+        if let Some(Found::Header(name)) = &ctx.verdict.strip {
+            upstream_request.remove_header(name);
+        }
+        // Only the gateway says who the consumer is.
+        upstream_request.remove_header(&plumbing::X_CONSUMER);
+        if let Some(c) = &ctx.verdict.consumer {
+            upstream_request.insert_header(plumbing::X_CONSUMER, c.header.clone())?;
+        }
+        if route.strip_prefix
+            || route.rewrite.is_some()
+            || ctx.normalized_path.is_some()
+            || strip_query.is_some()
+        {
             let uri = &upstream_request.uri;
             let mut path = Cow::Borrowed(ctx.normalized_path.as_deref().unwrap_or(uri.path()));
             if route.strip_prefix {
@@ -276,7 +315,11 @@ impl ProxyHttp for Gateway {
             if let Some(rw) = &route.rewrite {
                 path = Cow::Owned(rw.apply(&path).into_owned());
             }
-            let new = match uri.query() {
+            let query = match (uri.query(), strip_query) {
+                (Some(q), Some(name)) => Some(Cow::Owned(strip_query_param(q, name))),
+                (q, _) => q.map(Cow::Borrowed),
+            };
+            let new = match query.filter(|q| !q.is_empty()) {
                 Some(q) => format!("{path}?{q}"),
                 None => path.into_owned(),
             };
@@ -388,8 +431,8 @@ impl ProxyHttp for Gateway {
                 route: ctx.route.as_deref().map(|r| &*r.name),
                 upstream: ctx.upstream().map(|u| &*u.name),
                 target: ctx.inflight.as_ref().map(|g| &*g.target().label),
-                consumer: None,
-                decisions: &[],
+                consumer: ctx.verdict.consumer.as_deref().map(|c| &*c.name),
+                decisions: &ctx.decisions,
             });
         }
     }

@@ -39,7 +39,17 @@ impl Snapshot {
             };
             upstreams.insert(name.clone(), upstream);
         }
-        let router = Router::compile(&config.routes, &upstreams)?;
+        let policies = crate::policy::compile(config).map_err(|e| ConfigError {
+            span: None,
+            message: e,
+        })?;
+        let global: Vec<_> = config
+            .server
+            .global_policies
+            .iter()
+            .filter_map(|n| policies.get(n.get_ref()).cloned())
+            .collect();
+        let router = Router::compile(&config.routes, &upstreams, &policies, &global)?;
         let trusted_proxies = config
             .server
             .trusted_proxies

@@ -90,6 +90,18 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nretries = 50\n".into(), 1, "at most 10"),
         // 32: zero threads
         ("[server]\nthreads = 0\n".into(), 2, "nonzero"),
+        // 33: a route naming an unknown policy
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\npolicies = [\"ghost\"]\n"), 6, "unknown policy `ghost`"),
+        // 34: an unknown policy kind
+        ("[policies.p]\nkind = \"teleport\"\n".into(), 2, "teleport"),
+        // 35: an acl with both lists
+        ("[policies.p]\nkind = \"acl\"\nallow = [\"a\"]\ndeny = [\"b\"]\n".into(), 1, "exactly one of `allow` or `deny`"),
+        // 36: a malformed hashed key
+        ("[consumers.c]\napi_keys = [\"sha256:xyz\"]\n".into(), 2, "64 hex digits"),
+        // 37: one key for two consumers
+        ("[consumers.a]\napi_keys = [\"same\"]\n[consumers.b]\napi_keys = [\"same\"]\n".into(), 4, "two consumers"),
+        // 38: an unknown global policy
+        ("[server]\nglobal_policies = [\"ghost\"]\n".into(), 2, "unknown policy"),
     ]
 }
 

@@ -37,6 +37,8 @@ pub struct Config {
     pub log: LogConfig,
     pub upstreams: BTreeMap<String, Located<UpstreamConfig>>,
     pub routes: Vec<Located<RouteConfig>>,
+    pub policies: BTreeMap<String, Located<PolicyConfig>>,
+    pub consumers: BTreeMap<String, Located<ConsumerConfig>>,
 }
 
 /// A value together with the byte range of the table it came from, for error messages.
@@ -78,6 +80,9 @@ pub struct ServerConfig {
     /// Reload when the config file changes (checked once a second), besides `SIGHUP`.
     #[serde(default)]
     pub watch: bool,
+    /// Policies run on every route, before the route's own.
+    #[serde(default)]
+    pub global_policies: Vec<Spanned<String>>,
 }
 
 impl Default for ServerConfig {
@@ -92,6 +97,7 @@ impl Default for ServerConfig {
             trusted_proxies: Vec::new(),
             work_stealing: true,
             watch: false,
+            global_policies: Vec::new(),
         }
     }
 }
@@ -324,6 +330,9 @@ pub struct RouteConfig {
     pub rewrite: Option<RewriteConfig>,
     #[serde(default)]
     pub preserve_host: bool,
+    /// Names of `[policies.NAME]`, run in order after the global ones.
+    #[serde(default)]
+    pub policies: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -346,6 +355,53 @@ fn default_status() -> Spanned<u16> {
 pub struct RewriteConfig {
     pub pattern: Spanned<String>,
     pub to: Spanned<String>,
+}
+
+/// `[policies.NAME]`: a policy of one kind; routes name policies.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum PolicyConfig {
+    ApiKey(ApiKeyConfig),
+    Acl(AclConfig),
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Header the key is read from.
+    #[serde(default = "default_api_key_header")]
+    pub header: String,
+    /// Query parameter the key may be read from instead.
+    pub query: Option<String>,
+    /// Send the key upstream too (it is stripped by default).
+    #[serde(default)]
+    pub forward_credentials: bool,
+}
+
+fn default_api_key_header() -> String {
+    "x-api-key".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclConfig {
+    /// Consumer groups allowed; everyone else is forbidden.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Consumer groups forbidden; everyone else is allowed.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
+
+/// `[consumers.NAME]`: a known client of the API.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerConfig {
+    /// `"sha256:<hex>"` (preferred) or the key itself (warned about at load).
+    #[serde(default)]
+    pub api_keys: Vec<Spanned<Secret>>,
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// A configuration file's path and text.
@@ -474,7 +530,7 @@ fn section<T: DeserializeOwned>(
     }
 }
 
-/// `unparsed` receives the names of upstreams that exist but failed to deserialize.
+/// `unparsed` receives the names of upstreams and policies that exist but failed to deserialize.
 fn parse_sections(
     source: &str,
     errors: &mut Vec<ConfigError>,
@@ -514,6 +570,23 @@ fn parse_sections(
                     }
                 });
             }
+            "policies" => {
+                for_each_entry(value, errors, "policies", |name, v, errors| {
+                    match section(v, errors) {
+                        Some(p) => {
+                            config.policies.insert(name, p);
+                        }
+                        None => unparsed.push(name),
+                    }
+                });
+            }
+            "consumers" => {
+                for_each_entry(value, errors, "consumers", |name, v, errors| {
+                    if let Some(c) = section(v, errors) {
+                        config.consumers.insert(name, c);
+                    }
+                });
+            }
             "routes" => {
                 let span = value.span();
                 match value.into_inner() {
@@ -533,7 +606,7 @@ fn parse_sections(
             other => errors.push(ConfigError::at(
                 key_span,
                 format!(
-                    "unknown section `{other}`; expected one of `server`, `admin`, `log`, `upstreams`, `routes`"
+                    "unknown section `{other}`; expected one of `server`, `admin`, `log`, `upstreams`, `routes`, `policies`, `consumers`"
                 ),
             )),
         }

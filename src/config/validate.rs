@@ -2,7 +2,10 @@
 //!
 //! Every check pushes an error and goes on, so one run reports everything wrong with a file.
 
-use super::{Balancer, Config, ConfigError, HealthCheckKind, Located, RouteConfig, UpstreamConfig};
+use super::{
+    Balancer, Config, ConfigError, HealthCheckKind, Located, PolicyConfig, RouteConfig,
+    UpstreamConfig,
+};
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use toml::Spanned;
@@ -18,6 +21,46 @@ pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>
     check_server(config, errors);
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
+    }
+    for name in &config.server.global_policies {
+        check_policy_name(config, unparsed, name, errors);
+    }
+    for (name, policy) in &config.policies {
+        if let PolicyConfig::Acl(acl) = &policy.value {
+            if acl.allow.is_empty() == acl.deny.is_empty() {
+                errors.push(ConfigError::at(
+                    policy.span.clone(),
+                    format!("acl policy `{name}` needs exactly one of `allow` or `deny`"),
+                ));
+            }
+        }
+        if let PolicyConfig::ApiKey(k) = &policy.value {
+            if http::HeaderName::from_bytes(k.header.as_bytes()).is_err() {
+                errors.push(ConfigError::at(
+                    policy.span.clone(),
+                    format!(
+                        "api_key policy `{name}`: invalid header name {:?}",
+                        k.header
+                    ),
+                ));
+            }
+        }
+    }
+    let mut keys = HashSet::new();
+    for consumer in config.consumers.values() {
+        for key in &consumer.api_keys {
+            match crate::policy::api_key::key_digest(key.get_ref().expose()) {
+                Ok(digest) => {
+                    if !keys.insert(digest) {
+                        errors.push(ConfigError::at(
+                            key.span(),
+                            "this API key belongs to two consumers",
+                        ));
+                    }
+                }
+                Err(e) => errors.push(ConfigError::at(key.span(), e)),
+            }
+        }
     }
     let mut names = HashSet::new();
     for route in &config.routes {
@@ -158,6 +201,21 @@ fn check_upstream(name: &str, upstream: &Located<UpstreamConfig>, errors: &mut V
     }
 }
 
+fn check_policy_name(
+    config: &Config,
+    unparsed: &[String],
+    name: &Spanned<String>,
+    errors: &mut Vec<ConfigError>,
+) {
+    let n = name.get_ref();
+    if !config.policies.contains_key(n) && !unparsed.contains(n) {
+        errors.push(ConfigError::at(
+            name.span(),
+            format!("unknown policy `{n}`"),
+        ));
+    }
+}
+
 /// Resolve a target address once, at load; names are not re-resolved (use discovery for that).
 pub fn resolve(addr: &str) -> Option<SocketAddr> {
     addr.parse()
@@ -186,6 +244,9 @@ fn check_route(
                 format!("route `{name}` names unknown upstream `{}`", up.get_ref()),
             ));
         }
+    }
+    for policy in &route.policies {
+        check_policy_name(config, unparsed, policy, errors);
     }
     for host in &route.hosts {
         if !valid_host(host.get_ref()) {

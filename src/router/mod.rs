@@ -18,6 +18,7 @@ pub use normalize::normalize_path;
 pub use route::{Action, Responder, Rewrite, Route};
 
 use crate::config::{ConfigError, Located, RouteConfig};
+use crate::policy::Policy;
 use crate::upstream::Upstream;
 use radix::RadixTree;
 use std::borrow::Cow;
@@ -76,10 +77,12 @@ impl Router {
     pub fn compile(
         configs: &[Located<RouteConfig>],
         upstreams: &HashMap<String, Arc<Upstream>>,
+        policies: &HashMap<String, Arc<Policy>>,
+        global: &[Arc<Policy>],
     ) -> Result<Router, ConfigError> {
         let mut router = Router::default();
         for (order, config) in configs.iter().enumerate() {
-            let route = Route::compile(config, upstreams)
+            let route = Route::compile(config, upstreams, policies, global)
                 .map_err(|e| ConfigError::at(config.span.clone(), e))?;
             let base = (
                 route.priority,
@@ -294,7 +297,7 @@ mod tests {
             .into_iter()
             .map(|value| Located { value, span: 0..0 })
             .collect();
-        Router::compile(&located, &HashMap::new()).unwrap()
+        Router::compile(&located, &HashMap::new(), &HashMap::new(), &[]).unwrap()
     }
 
     fn name(r: &Router, host: &str, path: &str) -> String {

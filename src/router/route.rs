@@ -2,6 +2,7 @@
 
 use crate::config::RouteConfig;
 use crate::metrics::RouteMetrics;
+use crate::policy::{Chain, Policy};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
@@ -11,6 +12,8 @@ use std::sync::Arc;
 pub struct Route {
     pub name: Arc<str>,
     pub metrics: Arc<RouteMetrics>,
+    /// Global policies, then the route's own.
+    pub policies: Chain,
     pub action: Action,
     pub strip_prefix: bool,
     pub rewrite: Option<Rewrite>,
@@ -49,6 +52,8 @@ impl Route {
     pub fn compile(
         config: &RouteConfig,
         upstreams: &HashMap<String, Arc<Upstream>>,
+        policies: &HashMap<String, Arc<Policy>>,
+        global: &[Arc<Policy>],
     ) -> Result<Route, String> {
         let name = config.name.get_ref();
         let action = match (&config.upstream, &config.respond) {
@@ -77,9 +82,17 @@ impl Route {
             .iter()
             .map(|m| Method::from_bytes(m.get_ref().as_bytes()).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
+        let mut chain = global.to_vec();
+        for p in &config.policies {
+            let policy = policies
+                .get(p.get_ref())
+                .ok_or_else(|| format!("route `{name}`: unknown policy `{}`", p.get_ref()))?;
+            chain.push(Arc::clone(policy));
+        }
         Ok(Route {
             name: name.as_str().into(),
             metrics: Arc::new(RouteMetrics::new(name)),
+            policies: Chain::new(chain),
             action,
             strip_prefix: config.strip_prefix,
             rewrite,

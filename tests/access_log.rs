@@ -8,7 +8,9 @@ fn lines(path: &std::path::Path, at_least: usize) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        let lines: Vec<_> = text.lines().map(String::from).collect();
+        // Only whole lines: the writer may be in the middle of one.
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        let lines: Vec<_> = complete.lines().map(String::from).collect();
         if lines.len() >= at_least || Instant::now() > deadline {
             return lines
                 .iter()

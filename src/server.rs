@@ -40,9 +40,6 @@ pub fn server_conf(config: &Config, mode: StartMode) -> ServerConf {
             .map_or(1, |n| n.get()),
         work_stealing: s.work_stealing,
         grace_period_seconds: Some(s.grace_period.0.as_secs()),
-        // `pylon -u -d` returns only once the new process is up and ready to take the
-        // sockets, so scripts and systemd never signal the old one before that.
-        daemon_wait_for_ready: mode.daemon,
         graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.0.as_secs()),
         ..ServerConf::default()
     }
@@ -65,7 +62,10 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config, mode));
     // Bootstrap (taking over the old process's sockets with `-u`) runs as a service, after
-    // `-d` has forked, so the daemon can tell the waiting parent that it is ready.
+    // `-d` has forked, and the listeners wait for it. Pingora's `daemon_wait_for_ready` is left
+    // off: its parent installs the SIGUSR1 handler after forking, so a quick daemon can signal
+    // first and kill it (seen in CI). Self-upgrade waits for the successor's upgrade socket
+    // instead.
     let bootstrap = server.bootstrap_as_a_service();
 
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));

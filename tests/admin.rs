@@ -220,14 +220,14 @@ fn readyz_waits_for_the_first_health_checks() {
     let addr = blackhole.local_addr().unwrap();
     let port = free_port();
     let gw = gateway(&format!(
-        "{}[upstreams.slow]\ntargets = [\"{addr}\"]\nhealth_check = {{ kind = \"http\", interval = \"5s\", timeout = \"2s\", unhealthy = 1 }}\n[[routes]]\nname = \"r\"\nupstream = \"slow\"\n",
+        "{}[upstreams.slow]\ntargets = [\"{addr}\"]\nhealth_check = {{ kind = \"http\", interval = \"10s\", timeout = \"4s\", unhealthy = 1 }}\n[[routes]]\nname = \"r\"\nupstream = \"slow\"\n",
         admin(port, "")
     ));
     wait_for_port(port);
     let first = get(&admin_url(port, "/readyz"));
     assert_eq!(first.status, 503, "{}", first.body);
     assert_eq!(first.json()["waiting_for_health_checks"][0], "slow");
-    let deadline = Instant::now() + Duration::from_secs(8);
+    let deadline = Instant::now() + Duration::from_secs(12);
     loop {
         let r = get(&admin_url(port, "/readyz"));
         if r.status == 200 {

@@ -83,7 +83,16 @@ fn reloads_and_upgrades_under_load_lose_nothing() {
         .status()
         .unwrap();
     assert!(out.success(), "pylon -d failed");
-    let first = pid_of(&pid_file).expect("pid file");
+    // The daemon writes its pid file and binds after the foreground process returns.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let first = loop {
+        if let Some(pid) = pid_of(&pid_file) {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "no pid file");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    wait_for_port(port);
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));

@@ -206,17 +206,17 @@ pub fn agent() -> ureq::Agent {
 }
 
 pub fn request(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> Resp {
-    thread_local! {
-        static AGENT: ureq::Agent = agent();
-    }
+    // A fresh agent per request: a pooled connection could outlive the gateway it went to, and a
+    // later test's gateway may get the same port. (tests/upgrade.rs exercises keep-alive.)
+    let agent = agent();
     let mut builder = http::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         builder = builder.header(*k, *v);
     }
-    let result = AGENT.with(|a| match body {
-        Some(b) => a.run(builder.body(b.to_string()).unwrap()),
-        None => a.run(builder.body(()).unwrap()),
-    });
+    let result = match body {
+        Some(b) => agent.run(builder.body(b.to_string()).unwrap()),
+        None => agent.run(builder.body(()).unwrap()),
+    };
     let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
     Resp {
         status: resp.status().as_u16(),

@@ -21,23 +21,13 @@ ETC ?= /etc/pylon
 .PHONY: deps run test bench load-test install upgrade lint build clean
 
 $(APT_MARK):
-	@missing=""; \
-	for p in $(BUILD_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
-	fi
+	@.ci/apt-ensure $(BUILD_PKGS)
 	@mkdir -p target && touch $@
 
 deps: $(APT_MARK)
 
 $(BENCH_MARK):
-	@missing=""; \
-	for p in $(BENCH_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
-	fi
+	@.ci/apt-ensure $(BENCH_PKGS)
 	@command -v oha >/dev/null || [ -x $$HOME/.cargo/bin/oha ] || $(CARGO) install oha --locked
 	@mkdir -p target && touch $@
 
@@ -54,12 +44,7 @@ run: build
 	$(RELEASE)/pylon -c $(CONF)
 
 $(TEST_MARK):
-	@missing=""; \
-	for p in $(TEST_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-		echo "installing:$$missing"; \
-		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
-	fi
+	@.ci/apt-ensure $(TEST_PKGS)
 	@mkdir -p target && touch $@
 
 test: deps $(TEST_MARK)

@@ -34,6 +34,12 @@ pub const FORBIDDEN: GatewayError = GatewayError {
     code: "forbidden",
     message: "this consumer may not use this route",
 };
+pub const TOO_MANY_REQUESTS: GatewayError = GatewayError {
+    status: 429,
+    code: "rate_limited",
+    message: "too many requests; retry later",
+};
+
 pub const BAD_REQUEST: GatewayError = GatewayError {
     status: 400,
     code: "bad_request",
@@ -81,20 +87,20 @@ impl GatewayError {
         session: &mut Session,
         request_id: &crate::plumbing::RequestId,
     ) -> pingora::Result<()> {
-        self.send_with(session, request_id, None).await
+        self.send_with(session, request_id, &[]).await
     }
 
-    /// Write this error with a `WWW-Authenticate` challenge (401).
+    /// Write this error with extra headers: a `WWW-Authenticate` challenge, `Retry-After`.
     pub async fn send_with(
         &self,
         session: &mut Session,
         request_id: &crate::plumbing::RequestId,
-        challenge: Option<http::HeaderValue>,
+        headers: &[(http::HeaderName, http::HeaderValue)],
     ) -> pingora::Result<()> {
         let body = self.body(request_id.as_str());
-        let mut resp = ResponseHeader::build(self.status, Some(5))?;
-        if let Some(c) = challenge {
-            resp.insert_header(http::header::WWW_AUTHENTICATE, c)?;
+        let mut resp = ResponseHeader::build(self.status, Some(5 + headers.len()))?;
+        for (name, value) in headers {
+            resp.insert_header(name.clone(), value.clone())?;
         }
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;

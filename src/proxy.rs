@@ -5,7 +5,8 @@ use crate::access_log::{AccessLog, Entry};
 use crate::error::{self, GatewayError};
 use crate::metrics::{self, InflightRoute, RouteMetrics, METRICS};
 use crate::plumbing::{self, RequestId, TraceContext};
-use crate::policy::api_key::{strip_query_param, Found};
+use crate::policy::api_key::strip_query_param;
+use crate::policy::Found;
 use crate::policy::Verdict;
 use crate::router::{normalize_path, Action, Lookup, Responder, Route};
 use crate::runtime::{SharedSnapshot, Snapshot};
@@ -204,7 +205,7 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(Arc::clone(&route));
         if !route.policies.is_empty() {
-            match route.policies.run(session.req_header()) {
+            match route.policies.run(session.req_header()).await {
                 Ok(verdict) => ctx.verdict = verdict,
                 Err(rejection) => {
                     METRICS
@@ -214,7 +215,7 @@ impl ProxyHttp for Gateway {
                     ctx.decisions.push("auth_failed");
                     rejection
                         .error
-                        .send_with(session, &ctx.request_id, rejection.challenge)
+                        .send_with(session, &ctx.request_id, &rejection.headers)
                         .await?;
                     return Ok(true);
                 }
@@ -294,8 +295,16 @@ impl ProxyHttp for Gateway {
         }
         // Only the gateway says who the consumer is.
         upstream_request.remove_header(&plumbing::X_CONSUMER);
-        if let Some(c) = &ctx.verdict.consumer {
+        if let Some(c) = &ctx.verdict.identity.consumer {
             upstream_request.insert_header(plumbing::X_CONSUMER, c.header.clone())?;
+        }
+        for name in route.policies.claim_headers.iter() {
+            upstream_request.remove_header(name);
+        }
+        if let Some(claims) = &ctx.verdict.identity.claims {
+            for (name, value) in claims.iter() {
+                upstream_request.insert_header(name.clone(), value.clone())?;
+            }
         }
         if route.strip_prefix
             || route.rewrite.is_some()
@@ -431,7 +440,7 @@ impl ProxyHttp for Gateway {
                 route: ctx.route.as_deref().map(|r| &*r.name),
                 upstream: ctx.upstream().map(|u| &*u.name),
                 target: ctx.inflight.as_ref().map(|g| &*g.target().label),
-                consumer: ctx.verdict.consumer.as_deref().map(|c| &*c.name),
+                consumer: ctx.verdict.identity.consumer.as_deref().map(|c| &*c.name),
                 decisions: &ctx.decisions,
             });
         }

@@ -4,6 +4,7 @@
 //! the `Arc` of the route it matched, so it finishes on the configuration it started with.
 
 use crate::config::{validate::parse_cidr, Config, ConfigError};
+use crate::policy::jwks::Jwks;
 use crate::router::Router;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
@@ -15,6 +16,8 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 pub struct Snapshot {
     pub router: Router,
     pub upstreams: HashMap<String, Arc<Upstream>>,
+    /// JWKS documents the policies use, kept fresh in the background.
+    pub jwks: Vec<Arc<Jwks>>,
     /// Peers whose `x-forwarded-*` headers are believed.
     pub trusted_proxies: Box<[ipnet::IpNet]>,
     /// The configuration this was built from, for `GET /config`.
@@ -39,10 +42,8 @@ impl Snapshot {
             };
             upstreams.insert(name.clone(), upstream);
         }
-        let policies = crate::policy::compile(config).map_err(|e| ConfigError {
-            span: None,
-            message: e,
-        })?;
+        let compiled = crate::policy::compile(config, previous.map_or(&[], |p| &p.jwks))?;
+        let policies = compiled.policies;
         let global: Vec<_> = config
             .server
             .global_policies
@@ -59,6 +60,7 @@ impl Snapshot {
         Ok(Snapshot {
             router,
             upstreams,
+            jwks: compiled.jwks,
             trusted_proxies,
             config: config.clone(),
         })

@@ -3,6 +3,7 @@
 use crate::access_log::{AccessLog, Reopener};
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::policy::jwks::JwksRefresher;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::{SharedSnapshot, Snapshot};
@@ -89,6 +90,12 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
     server.add_service(background_service(
         "health checks",
         HealthSupervisor::new(Arc::clone(&shared)),
+    ));
+    server.add_service(background_service(
+        "jwks refresh",
+        JwksRefresher {
+            snapshot: Arc::clone(&shared),
+        },
     ));
     if let Some(admin) = &config.admin {
         let app = Admin::new(

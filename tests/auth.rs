@@ -162,3 +162,234 @@ fn global_policies_cover_every_route() {
         200
     );
 }
+
+fn basic(user: &str, password: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+/// Consumers with bcrypt passwords, an htpasswd file, an API key, and an anonymous fallback.
+fn basic_config(e: &Echo, htpasswd: &std::path::Path) -> String {
+    format!(
+        r#"[upstreams.echo]
+targets = ["{addr}"]
+
+[consumers.alice]
+basic_auth = {{ user = "alice", password_hash = "{alice}" }}
+groups = ["gold"]
+
+[consumers.carol]
+api_keys = ["carol-key"]
+groups = ["gold"]
+
+[consumers.guest]
+groups = ["public"]
+
+[policies.login]
+kind = "basic_auth"
+realm = "staff"
+
+[policies.file-login]
+kind = "basic_auth"
+htpasswd = "{htpasswd}"
+
+[policies.login-or-guest]
+kind = "basic_auth"
+anonymous = "guest"
+
+[policies.keys]
+kind = "api_key"
+
+[policies.gold-only]
+kind = "acl"
+allow = ["gold"]
+
+[[routes]]
+name = "basic"
+paths = ["/basic"]
+upstream = "echo"
+policies = ["login"]
+
+[[routes]]
+name = "file"
+paths = ["/file"]
+upstream = "echo"
+policies = ["file-login"]
+
+[[routes]]
+name = "either"
+paths = ["/either"]
+upstream = "echo"
+policies = ["keys", "login", "gold-only"]
+
+[[routes]]
+name = "guest"
+paths = ["/guest"]
+upstream = "echo"
+policies = ["login-or-guest"]
+
+[[routes]]
+name = "guest-gold"
+paths = ["/guest-gold"]
+upstream = "echo"
+policies = ["login-or-guest", "gold-only"]
+"#,
+        addr = e.addr,
+        alice = bcrypt::hash("wonderland", 10).unwrap(),
+        htpasswd = htpasswd.display(),
+    )
+}
+
+fn htpasswd_file(lines: &str) -> std::path::PathBuf {
+    let path = scratch().join("htpasswd");
+    std::fs::write(&path, lines).unwrap();
+    path
+}
+
+#[test]
+fn basic_auth_checks_bcrypt_passwords() {
+    let e = echo("e", &[]);
+    let file = htpasswd_file(&format!(
+        "# staff\nbob:{}\nalice:{}\n",
+        bcrypt::hash("builder", 4).unwrap(),
+        bcrypt::hash("from-file", 4)
+            .unwrap()
+            .replacen("$2b$", "$2y$", 1),
+    ));
+    let gw = gateway(&basic_config(&e, &file));
+
+    let r = get_with(
+        &gw.url("/basic"),
+        &[("authorization", &basic("alice", "wonderland"))],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-consumer"], "alice");
+    assert!(
+        h.get("authorization").is_none(),
+        "credentials forwarded: {h}"
+    );
+
+    for auth in [
+        basic("alice", "looking-glass"),
+        basic("mallory", "wonderland"),
+        "Basic !!!".to_string(),
+        "Basic bm8tY29sb24=".to_string(),
+    ] {
+        let r = get_with(&gw.url("/basic"), &[("authorization", &auth)]);
+        assert_error(&r, 401, "unauthorized");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Basic realm=\"staff\", charset=\"UTF-8\"")
+        );
+    }
+    assert_error(&get(&gw.url("/basic")), 401, "unauthorized");
+
+    // From the htpasswd file ($2y$ as Apache writes it); alice's file entry is her consumer.
+    let r = get_with(
+        &gw.url("/file"),
+        &[("authorization", &basic("bob", "builder"))],
+    );
+    assert_eq!(r.json()["headers"]["x-consumer"], "bob");
+    let r = get_with(
+        &gw.url("/file"),
+        &[("authorization", &basic("alice", "from-file"))],
+    );
+    assert_eq!(r.json()["headers"]["x-consumer"], "alice");
+    let r = get_with(
+        &gw.url("/file"),
+        &[("authorization", &basic("alice", "wonderland"))],
+    );
+    assert_error(&r, 401, "unauthorized");
+}
+
+#[test]
+fn first_credential_decides_and_anonymous_falls_back() {
+    let e = echo("e", &[]);
+    let gw = gateway(&basic_config(&e, &htpasswd_file("")));
+    // Either an API key or a password, then the ACL.
+    let r = get_with(&gw.url("/either"), &[("x-api-key", "carol-key")]);
+    assert_eq!(r.json()["headers"]["x-consumer"], "carol");
+    let r = get_with(
+        &gw.url("/either"),
+        &[("authorization", &basic("alice", "wonderland"))],
+    );
+    assert_eq!(r.json()["headers"]["x-consumer"], "alice");
+    // A bad API key is refused even though a good password is there too: the key decided.
+    let r = get_with(
+        &gw.url("/either"),
+        &[
+            ("x-api-key", "nope"),
+            ("authorization", &basic("alice", "wonderland")),
+        ],
+    );
+    assert_error(&r, 401, "unauthorized");
+    assert!(r.header("www-authenticate").unwrap().starts_with("ApiKey"));
+    assert_error(&get(&gw.url("/either")), 401, "unauthorized");
+
+    // No credential: the anonymous consumer, who is not gold.
+    let r = get(&gw.url("/guest"));
+    assert_eq!(r.json()["headers"]["x-consumer"], "guest");
+    assert_error(&get(&gw.url("/guest-gold")), 403, "forbidden");
+    // A bad credential is still refused, not downgraded to anonymous.
+    let r = get_with(
+        &gw.url("/guest"),
+        &[("authorization", &basic("alice", "nope"))],
+    );
+    assert_error(&r, 401, "unauthorized");
+    let r = get_with(
+        &gw.url("/guest-gold"),
+        &[("authorization", &basic("alice", "wonderland"))],
+    );
+    assert_eq!(r.json()["headers"]["x-consumer"], "alice");
+}
+
+#[test]
+fn verified_passwords_skip_bcrypt() {
+    let e = echo("e", &[]);
+    let gw = gateway(&basic_config(&e, &htpasswd_file("")));
+    let auth = [("authorization", basic("alice", "wonderland"))];
+    let auth: Vec<(&str, &str)> = auth.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let started = std::time::Instant::now();
+    assert_eq!(get_with(&gw.url("/basic"), &auth).status, 200);
+    let first = started.elapsed();
+    let started = std::time::Instant::now();
+    for _ in 0..20 {
+        assert_eq!(get_with(&gw.url("/basic"), &auth).status, 200);
+    }
+    let repeats = started.elapsed();
+    // Cost 10 takes tens of milliseconds; twenty remembered checks take less than a few.
+    assert!(
+        repeats < first * 4,
+        "20 repeats took {repeats:?}, the first {first:?}"
+    );
+
+    // A flood of wrong passwords queues behind the hashing slots; the remembered client does
+    // not wait for it.
+    let flood: Vec<_> = (0..16)
+        .map(|i| {
+            let url = gw.url("/basic");
+            std::thread::spawn(move || {
+                get_with(
+                    &url,
+                    &[("authorization", &basic("alice", &format!("guess-{i}")))],
+                )
+                .status
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    assert_eq!(get_with(&gw.url("/basic"), &auth).status, 200);
+    let during = started.elapsed();
+    for t in flood {
+        assert!(matches!(t.join().unwrap(), 401 | 429));
+    }
+    assert!(
+        during < first,
+        "a remembered client waited {during:?} during a flood"
+    );
+}

@@ -2,12 +2,16 @@
 //!
 //! Every check pushes an error and goes on, so one run reports everything wrong with a file.
 
+use super::JwtConfig;
 use super::{
     Balancer, Config, ConfigError, HealthCheckKind, Located, PolicyConfig, RouteConfig,
     UpstreamConfig,
 };
+use crate::policy::basic_auth::is_bcrypt;
+use crate::policy::jwt::{pem_key, Family};
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::ops::Range;
 use toml::Spanned;
 
 /// Weighted selection expands each target `weight` times; this bounds its memory.
@@ -31,6 +35,28 @@ pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>
                 errors.push(ConfigError::at(
                     policy.span.clone(),
                     format!("acl policy `{name}` needs exactly one of `allow` or `deny`"),
+                ));
+            }
+        }
+        if let Some(anonymous) = policy.value.anonymous() {
+            if !config.consumers.contains_key(anonymous) {
+                errors.push(ConfigError::at(
+                    policy.span.clone(),
+                    format!("policy `{name}`: anonymous consumer `{anonymous}` is not defined"),
+                ));
+            }
+        }
+        if let PolicyConfig::Jwt(j) = &policy.value {
+            check_jwt(name, j, policy.span.clone(), errors);
+        }
+        if let PolicyConfig::BasicAuth(b) = &policy.value {
+            let any_user = config.consumers.values().any(|c| c.basic_auth.is_some());
+            if b.htpasswd.is_none() && !any_user {
+                errors.push(ConfigError::at(
+                    policy.span.clone(),
+                    format!(
+                        "basic_auth policy `{name}` has no users: name an `htpasswd` file or give consumers `basic_auth`"
+                    ),
                 ));
             }
         }
@@ -62,6 +88,7 @@ pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>
             }
         }
     }
+    check_consumer_credentials(config, errors);
     let mut names = HashSet::new();
     for route in &config.routes {
         let name = &route.name;
@@ -72,6 +99,94 @@ pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>
             ));
         }
         check_route(config, unparsed, route, errors);
+    }
+}
+
+fn check_jwt(name: &str, j: &JwtConfig, span: Range<usize>, errors: &mut Vec<ConfigError>) {
+    let mut err = |m: String| {
+        errors.push(ConfigError::at(
+            span.clone(),
+            format!("jwt policy `{name}`: {m}"),
+        ))
+    };
+    if j.algorithms.is_empty() {
+        err("`algorithms` must name at least one algorithm".into());
+    }
+    let mut hmac = false;
+    let mut public = false;
+    for alg in &j.algorithms {
+        match alg.parse::<jsonwebtoken::Algorithm>() {
+            Ok(a) if Family::of(a) == Family::Hmac => hmac = true,
+            Ok(_) => public = true,
+            Err(_) => err(format!(
+                "unknown algorithm {alg:?}; expected HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA"
+            )),
+        }
+    }
+    if hmac && j.secret.is_none() {
+        err("HS* algorithms need a `secret`".into());
+    }
+    if !hmac && j.secret.is_some() {
+        err("`secret` is set but no HS* algorithm is accepted".into());
+    }
+    if public && j.keys.is_empty() && j.jwks_url.is_none() {
+        err("RS/PS/ES/EdDSA algorithms need `keys` or a `jwks_url`".into());
+    }
+    for key in &j.keys {
+        if let Err(e) = pem_key(key.expose()) {
+            err(format!("a key in `keys` is {e}"));
+        }
+    }
+    if let Some(url) = &j.jwks_url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            err(format!(
+                "`jwks_url` {url:?} must be an http:// or https:// URL"
+            ));
+        }
+    }
+    if j.max_token_bytes == 0 {
+        err("`max_token_bytes` must be above zero".into());
+    }
+    for header in j.claims_to_headers.values() {
+        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            err(format!(
+                "invalid header name {header:?} in `claims_to_headers`"
+            ));
+        }
+    }
+}
+
+/// Basic-auth users and JWT subjects each identify one consumer.
+fn check_consumer_credentials(config: &Config, errors: &mut Vec<ConfigError>) {
+    let mut users = HashSet::new();
+    let mut subjects = HashSet::new();
+    for consumer in config.consumers.values() {
+        if let Some(cred) = &consumer.basic_auth {
+            let c = cred.get_ref();
+            if !is_bcrypt(c.password_hash.expose()) {
+                errors.push(ConfigError::at(
+                    cred.span(),
+                    "`password_hash` must be a bcrypt hash ($2a$, $2b$ or $2y$, as made by `htpasswd -B`)",
+                ));
+            }
+            if !users.insert(c.user.as_str()) {
+                errors.push(ConfigError::at(
+                    cred.span(),
+                    format!("basic-auth user `{}` belongs to two consumers", c.user),
+                ));
+            }
+        }
+        if let Some(subject) = &consumer.jwt_subject {
+            if !subjects.insert(subject.get_ref().as_str()) {
+                errors.push(ConfigError::at(
+                    subject.span(),
+                    format!(
+                        "jwt_subject `{}` belongs to two consumers",
+                        subject.get_ref()
+                    ),
+                ));
+            }
+        }
     }
 }
 

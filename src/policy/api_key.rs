@@ -4,9 +4,9 @@
 //! load), and a presented key is hashed and looked up in one hash map: O(1), and no comparison
 //! ever runs over the secret itself, so its timing tells nothing about stored keys.
 
-use super::Consumer;
+use super::{Consumer, Found};
 use crate::config::ApiKeyConfig;
-use http::HeaderName;
+use http::{HeaderName, HeaderValue};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -43,22 +43,18 @@ impl KeyIndex {
 }
 
 pub struct ApiKey {
+    pub challenge: HeaderValue,
     pub header: HeaderName,
     pub query: Option<String>,
     pub forward_credentials: bool,
     pub keys: Arc<KeyIndex>,
 }
 
-/// Where a key was found, so it can be stripped before proxying.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Found {
-    Header(HeaderName),
-    Query(String),
-}
-
 impl ApiKey {
     pub fn new(config: &ApiKeyConfig, keys: Arc<KeyIndex>) -> Result<ApiKey, String> {
+        let challenge = format!("ApiKey realm=\"pylon\", header=\"{}\"", config.header);
         Ok(ApiKey {
+            challenge: HeaderValue::from_str(&challenge).map_err(|e| e.to_string())?,
             header: HeaderName::from_bytes(config.header.as_bytes()).map_err(|e| e.to_string())?,
             query: config.query.clone(),
             forward_credentials: config.forward_credentials,

@@ -7,10 +7,15 @@
 
 pub mod acl;
 pub mod api_key;
+pub mod basic_auth;
+pub mod jwks;
+pub mod jwt;
+pub mod verified;
 
-use crate::config::{Config, PolicyConfig};
+use crate::config::{Config, ConfigError, PolicyConfig};
 use crate::error::{self, GatewayError};
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
+use jwks::Jwks;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -32,150 +37,355 @@ impl Consumer {
     }
 }
 
+/// Who a credential proved the client to be.
+#[derive(Clone, Default)]
+pub struct Identity {
+    /// The consumer, when the credential maps to one (a JWT may authenticate without).
+    pub consumer: Option<Arc<Consumer>>,
+    /// Headers to send upstream, from JWT claims.
+    pub claims: Option<Arc<[(HeaderName, HeaderValue)]>>,
+}
+
+/// An auth policy's answer about a credential it found.
+pub enum Auth {
+    Granted(Identity),
+    /// Bad credentials: 401.
+    Refused(&'static str),
+    /// Good credentials that do not grant this route: 403.
+    Forbidden(&'static str),
+    /// The check could not run in time (bcrypt saturated): 429.
+    Busy,
+}
+
+impl Auth {
+    fn consumer(consumer: Arc<Consumer>) -> Auth {
+        Auth::Granted(Identity {
+            consumer: Some(consumer),
+            claims: None,
+        })
+    }
+}
+
 pub enum Kind {
     ApiKey(api_key::ApiKey),
+    BasicAuth(Box<basic_auth::BasicAuth>),
+    Jwt(Box<jwt::Jwt>),
     Acl(acl::Acl),
 }
 
 pub struct Policy {
     pub name: Arc<str>,
     pub kind: Kind,
+    /// For auth policies: the consumer of requests that carry no credential at all.
+    pub anonymous: Option<Arc<Consumer>>,
+}
+
+/// Where a credential was found, so it can be stripped before proxying.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Found {
+    Header(HeaderName),
+    Query(String),
 }
 
 impl Policy {
     fn is_auth(&self) -> bool {
-        matches!(self.kind, Kind::ApiKey(_))
+        !matches!(self.kind, Kind::Acl(_))
     }
 
     /// `WWW-Authenticate` for a 401 from this policy.
-    fn challenge(&self) -> HeaderValue {
+    fn challenge(&self, reason: &str) -> HeaderValue {
+        match &self.kind {
+            Kind::ApiKey(k) => k.challenge.clone(),
+            Kind::BasicAuth(b) => b.challenge.clone(),
+            Kind::Jwt(j) if reason == "missing_credentials" => j.challenge.clone(),
+            Kind::Jwt(j) => j.invalid_challenge.clone(),
+            Kind::Acl(_) => HeaderValue::from_static("Bearer realm=\"pylon\""),
+        }
+    }
+
+    /// Run an auth policy: `None` when the request carries no credential of its kind.
+    async fn authenticate(
+        &self,
+        req: &pingora::http::RequestHeader,
+    ) -> Option<(Auth, Option<Found>)> {
+        let authorization =
+            |forward: bool| (!forward).then_some(Found::Header(http::header::AUTHORIZATION));
         match &self.kind {
             Kind::ApiKey(k) => {
-                HeaderValue::from_str(&format!("ApiKey realm=\"pylon\", header=\"{}\"", k.header))
-                    .unwrap_or_else(|_| HeaderValue::from_static("ApiKey realm=\"pylon\""))
+                let (presented, found) = k.credential(req)?;
+                let auth = match k.keys.lookup(presented) {
+                    Some(c) => Auth::consumer(Arc::clone(c)),
+                    None => Auth::Refused("invalid_credentials"),
+                };
+                Some((auth, (!k.forward_credentials).then_some(found)))
             }
-            Kind::Acl(_) => HeaderValue::from_static("ApiKey realm=\"pylon\""),
+            Kind::BasicAuth(b) => {
+                let encoded = basic_auth::BasicAuth::credential(req)?;
+                let auth = b.authenticate(encoded).await;
+                Some((auth, authorization(b.forward_credentials)))
+            }
+            Kind::Jwt(j) => {
+                let token = jwt::Jwt::credential(req)?;
+                let auth = j.authenticate(token).await;
+                Some((auth, authorization(j.forward_credentials)))
+            }
+            Kind::Acl(_) => None,
         }
     }
 }
 
-/// Every policy of a configuration, by name.
-pub fn compile(config: &Config) -> Result<HashMap<String, Arc<Policy>>, String> {
-    let mut keys = api_key::KeyIndex::default();
-    for (name, consumer) in &config.consumers {
-        let c = Arc::new(Consumer::new(name, consumer.groups.clone()));
-        for key in &consumer.api_keys {
-            let secret = key.get_ref().expose();
-            if !secret.starts_with("sha256:") {
-                log::warn!(
-                    "consumer `{name}` has a plain API key in the config; store it as sha256:<hex>"
+/// Consumers of a configuration, indexed by each kind of credential.
+struct Consumers {
+    by_name: HashMap<String, Arc<Consumer>>,
+    keys: Arc<api_key::KeyIndex>,
+    basic: Arc<basic_auth::Users>,
+    subjects: Arc<HashMap<String, Arc<Consumer>>>,
+}
+
+impl Consumers {
+    fn compile(config: &Config) -> Result<Consumers, ConfigError> {
+        let mut by_name = HashMap::new();
+        let mut keys = api_key::KeyIndex::default();
+        let mut basic = basic_auth::Users::new();
+        let mut subjects = HashMap::new();
+        for (name, consumer) in &config.consumers {
+            let c = Arc::new(Consumer::new(name, consumer.groups.clone()));
+            for key in &consumer.api_keys {
+                let secret = key.get_ref().expose();
+                if !secret.starts_with("sha256:") {
+                    log::warn!(
+                        "consumer `{name}` has a plain API key in the config; store it as sha256:<hex>"
+                    );
+                }
+                let digest =
+                    api_key::key_digest(secret).map_err(|e| ConfigError::at(key.span(), e))?;
+                keys.insert(digest, Arc::clone(&c));
+            }
+            if let Some(cred) = &consumer.basic_auth {
+                let cred = cred.get_ref();
+                basic.insert(
+                    cred.user.clone(),
+                    basic_auth::User {
+                        hash: cred.password_hash.expose().into(),
+                        consumer: Arc::clone(&c),
+                    },
                 );
             }
-            keys.insert(api_key::key_digest(secret)?, Arc::clone(&c));
+            if let Some(subject) = &consumer.jwt_subject {
+                subjects.insert(subject.get_ref().clone(), Arc::clone(&c));
+            }
+            by_name.insert(name.clone(), c);
         }
-    }
-    let keys = Arc::new(keys);
-    config
-        .policies
-        .iter()
-        .map(|(name, p)| {
-            let kind = match &p.value {
-                PolicyConfig::ApiKey(k) => {
-                    Kind::ApiKey(api_key::ApiKey::new(k, Arc::clone(&keys))?)
-                }
-                PolicyConfig::Acl(a) => Kind::Acl(acl::Acl::new(a)),
-            };
-            Ok((
-                name.clone(),
-                Arc::new(Policy {
-                    name: name.as_str().into(),
-                    kind,
-                }),
-            ))
+        Ok(Consumers {
+            by_name,
+            keys: Arc::new(keys),
+            basic: Arc::new(basic),
+            subjects: Arc::new(subjects),
         })
-        .collect()
+    }
+}
+
+/// The compiled policies of a configuration.
+pub struct Compiled {
+    pub policies: HashMap<String, Arc<Policy>>,
+    /// Every JWKS the policies use, for the background refresher.
+    pub jwks: Vec<Arc<Jwks>>,
+}
+
+/// Compile every policy. A JWKS whose URL `previous` already fetches is kept, with its keys.
+pub fn compile(config: &Config, previous: &[Arc<Jwks>]) -> Result<Compiled, ConfigError> {
+    let consumers = Consumers::compile(config)?;
+    let mut jwks: Vec<Arc<Jwks>> = Vec::new();
+    let mut policies = HashMap::new();
+    for (name, p) in &config.policies {
+        let at = |e: String| ConfigError::at(p.span.clone(), format!("policy `{name}`: {e}"));
+        let kind = match &p.value {
+            PolicyConfig::ApiKey(k) => {
+                Kind::ApiKey(api_key::ApiKey::new(k, Arc::clone(&consumers.keys)).map_err(at)?)
+            }
+            PolicyConfig::BasicAuth(b) => {
+                let users = match &b.htpasswd {
+                    Some(path) => {
+                        Arc::new(basic_auth::read_htpasswd(path, &consumers.by_name).map_err(at)?)
+                    }
+                    None => Arc::clone(&consumers.basic),
+                };
+                Kind::BasicAuth(Box::new(basic_auth::BasicAuth::new(b, users)))
+            }
+            PolicyConfig::Jwt(j) => {
+                let set = match &j.jwks_url {
+                    None => None,
+                    Some(url) => {
+                        let known = jwks.iter().chain(previous).find(|s| &s.url == url);
+                        let set = match known {
+                            Some(s) => Arc::clone(s),
+                            None => Arc::new(
+                                Jwks::new(url, j.jwks_refresh.0, j.jwks_min_refresh.0)
+                                    .map_err(at)?,
+                            ),
+                        };
+                        if !jwks.iter().any(|s| Arc::ptr_eq(s, &set)) {
+                            jwks.push(Arc::clone(&set));
+                        }
+                        Some(set)
+                    }
+                };
+                Kind::Jwt(Box::new(
+                    jwt::Jwt::new(j, Arc::clone(&consumers.subjects), set).map_err(at)?,
+                ))
+            }
+            PolicyConfig::Acl(a) => Kind::Acl(acl::Acl::new(a)),
+        };
+        let anonymous = match p.value.anonymous() {
+            None => None,
+            Some(a) => Some(Arc::clone(consumers.by_name.get(a).ok_or_else(|| {
+                at(format!("anonymous consumer `{a}` is not defined"))
+            })?)),
+        };
+        policies.insert(
+            name.clone(),
+            Arc::new(Policy {
+                name: name.as_str().into(),
+                kind,
+                anonymous,
+            }),
+        );
+    }
+    Ok(Compiled { policies, jwks })
 }
 
 /// What the chain found out about a request.
 #[derive(Default)]
 pub struct Verdict {
-    pub consumer: Option<Arc<Consumer>>,
+    /// Some auth policy accepted the request (possibly as its anonymous consumer).
+    pub authenticated: bool,
+    pub identity: Identity,
     /// The credential to strip before proxying, unless the policy forwards it.
-    pub strip: Option<api_key::Found>,
+    pub strip: Option<Found>,
 }
 
-/// A refusal: the error to send, the policy and reason for metrics and logs.
+/// A refusal: the error to send with its headers, the policy and reason for metrics and logs.
 pub struct Rejection {
     pub error: GatewayError,
-    pub challenge: Option<HeaderValue>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
     pub policy: Arc<str>,
     pub reason: &'static str,
 }
 
+impl Rejection {
+    fn new(error: GatewayError, policy: &Policy, reason: &'static str) -> Rejection {
+        Rejection {
+            error,
+            headers: Vec::new(),
+            policy: Arc::clone(&policy.name),
+            reason,
+        }
+    }
+
+    fn unauthorized(policy: &Policy, reason: &'static str) -> Rejection {
+        let mut r = Rejection::new(error::UNAUTHORIZED, policy, reason);
+        r.headers
+            .push((http::header::WWW_AUTHENTICATE, policy.challenge(reason)));
+        r
+    }
+}
+
 /// A route's policies, in order.
 #[derive(Default)]
-pub struct Chain(Box<[Arc<Policy>]>);
+pub struct Chain {
+    policies: Box<[Arc<Policy>]>,
+    /// Headers the chain's JWT policies set from claims: never taken from the client.
+    pub claim_headers: Box<[HeaderName]>,
+}
 
 impl Chain {
     pub fn new(policies: Vec<Arc<Policy>>) -> Chain {
-        Chain(policies.into())
+        let mut claim_headers: Vec<HeaderName> = Vec::new();
+        for p in &policies {
+            if let Kind::Jwt(j) = &p.kind {
+                claim_headers.extend(j.claim_headers.iter().map(|(_, h)| h.clone()));
+            }
+        }
+        claim_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        claim_headers.dedup();
+        Chain {
+            policies: policies.into(),
+            claim_headers: claim_headers.into(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.policies.is_empty()
     }
 
-    pub fn run(&self, req: &pingora::http::RequestHeader) -> Result<Verdict, Rejection> {
+    pub async fn run(&self, req: &pingora::http::RequestHeader) -> Result<Verdict, Rejection> {
         let mut verdict = Verdict::default();
+        // The first auth policy that found no credential, for the 401 or its anonymous consumer.
         let mut missing: Option<&Arc<Policy>> = None;
-        let unauthorized = |p: &Arc<Policy>, reason| Rejection {
-            error: error::UNAUTHORIZED,
-            challenge: Some(p.challenge()),
-            policy: Arc::clone(&p.name),
-            reason,
-        };
-        for policy in self.0.iter() {
-            if !policy.is_auth() && verdict.consumer.is_none() {
+        for policy in self.policies.iter() {
+            if policy.is_auth() {
+                if verdict.authenticated {
+                    continue;
+                }
+                let Some((auth, found)) = policy.authenticate(req).await else {
+                    if missing.is_none_or(|m| m.anonymous.is_none() && policy.anonymous.is_some()) {
+                        missing = Some(policy);
+                    }
+                    continue;
+                };
+                match auth {
+                    Auth::Granted(identity) => {
+                        verdict.authenticated = true;
+                        verdict.identity = identity;
+                        verdict.strip = found;
+                    }
+                    Auth::Refused(reason) => return Err(Rejection::unauthorized(policy, reason)),
+                    Auth::Forbidden(reason) => {
+                        return Err(Rejection::new(error::FORBIDDEN, policy, reason))
+                    }
+                    Auth::Busy => {
+                        let mut r = Rejection::new(error::TOO_MANY_REQUESTS, policy, "busy");
+                        r.headers
+                            .push((http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+                        return Err(r);
+                    }
+                }
+                continue;
+            }
+            if !verdict.authenticated {
                 if let Some(p) = missing {
-                    return Err(unauthorized(p, "missing_credentials"));
+                    settle_missing(p, &mut verdict)?;
                 }
             }
             match &policy.kind {
-                Kind::ApiKey(k) => {
-                    if verdict.consumer.is_some() {
-                        continue;
+                Kind::Acl(acl) => match &verdict.identity.consumer {
+                    Some(c) if acl.permits(c) => {}
+                    Some(_) => return Err(Rejection::new(error::FORBIDDEN, policy, "acl_denied")),
+                    None if verdict.authenticated => {
+                        return Err(Rejection::new(error::FORBIDDEN, policy, "no_consumer"))
                     }
-                    let Some((presented, found)) = k.credential(req) else {
-                        missing.get_or_insert(policy);
-                        continue;
-                    };
-                    match k.keys.lookup(presented) {
-                        Some(c) => {
-                            verdict.consumer = Some(Arc::clone(c));
-                            verdict.strip = (!k.forward_credentials).then_some(found);
-                        }
-                        None => return Err(unauthorized(policy, "invalid_credentials")),
-                    }
-                }
-                Kind::Acl(acl) => match &verdict.consumer {
-                    None => return Err(unauthorized(policy, "no_consumer")),
-                    Some(c) if !acl.permits(c) => {
-                        return Err(Rejection {
-                            error: error::FORBIDDEN,
-                            challenge: None,
-                            policy: Arc::clone(&policy.name),
-                            reason: "acl_denied",
-                        })
-                    }
-                    Some(_) => {}
+                    None => return Err(Rejection::unauthorized(policy, "no_consumer")),
                 },
+                Kind::ApiKey(_) | Kind::BasicAuth(_) | Kind::Jwt(_) => {}
             }
         }
-        if verdict.consumer.is_none() {
+        if !verdict.authenticated {
             if let Some(p) = missing {
-                return Err(unauthorized(p, "missing_credentials"));
+                settle_missing(p, &mut verdict)?;
             }
         }
         Ok(verdict)
+    }
+}
+
+/// No auth policy found a credential: the anonymous consumer if one is set, else 401.
+fn settle_missing(policy: &Policy, verdict: &mut Verdict) -> Result<(), Rejection> {
+    match &policy.anonymous {
+        Some(c) => {
+            verdict.authenticated = true;
+            verdict.identity.consumer = Some(Arc::clone(c));
+            Ok(())
+        }
+        None => Err(Rejection::unauthorized(policy, "missing_credentials")),
     }
 }

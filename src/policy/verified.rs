@@ -1,0 +1,79 @@
+//! A bounded memory of credentials already checked.
+//!
+//! bcrypt and signature checks are slow on purpose or by nature; a client presents the same
+//! credential on every request. Remembering the outcome for a while turns the check into one
+//! hash lookup. Entries are keyed by a keyed SHA-256 digest of the credential, never the
+//! credential itself, and the digest is compared on a hit: the cache indexes by a 64-bit hash,
+//! and a collision there must not let one credential pass as another.
+
+use pingora_memory_cache::MemoryCache;
+use sha2::{Digest, Sha256};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+pub type CredentialDigest = [u8; 32];
+
+/// A per-process key, so digests in memory cannot be matched against a precomputed table.
+static KEY: LazyLock<[u8; 16]> = LazyLock::new(rand::random);
+
+/// The digest a credential is remembered by.
+pub fn digest(parts: &[&[u8]]) -> CredentialDigest {
+    let mut h = Sha256::new();
+    h.update(*KEY);
+    for part in parts {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.finalize().into()
+}
+
+#[derive(Clone)]
+struct Entry<T> {
+    digest: CredentialDigest,
+    value: T,
+}
+
+/// Outcomes of checks, by credential digest, each for its own time to live.
+pub struct Verified<T: Clone + Send + Sync + 'static> {
+    cache: MemoryCache<CredentialDigest, Entry<T>>,
+}
+
+impl<T: Clone + Send + Sync + 'static> Verified<T> {
+    /// Remember at most about `size` outcomes (S3-FIFO eviction keeps the busy ones).
+    pub fn new(size: usize) -> Self {
+        Verified {
+            cache: MemoryCache::new(size.max(1)),
+        }
+    }
+
+    pub fn get(&self, digest: &CredentialDigest) -> Option<T> {
+        let (entry, _) = self.cache.get(digest);
+        entry.filter(|e| e.digest == *digest).map(|e| e.value)
+    }
+
+    pub fn put(&self, digest: CredentialDigest, value: T, ttl: Duration) {
+        self.cache.put(&digest, Entry { digest, value }, Some(ttl));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remembers_until_expiry() {
+        let v = Verified::new(10);
+        let d = digest(&[b"alice", b"secret"]);
+        assert_eq!(v.get(&d), None);
+        v.put(d, 7, Duration::from_millis(50));
+        assert_eq!(v.get(&d), Some(7));
+        assert_eq!(v.get(&digest(&[b"alice", b"other"])), None);
+        std::thread::sleep(Duration::from_millis(80));
+        assert_eq!(v.get(&d), None);
+    }
+
+    #[test]
+    fn parts_are_delimited() {
+        assert_ne!(digest(&[b"ab", b"c"]), digest(&[b"a", b"bc"]));
+    }
+}

@@ -12,7 +12,9 @@ Scenarios: plain, policies (pylon with 1,000 routes against nginx's plain proxy)
 """
 
 import asyncio
+import base64
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -44,8 +46,23 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 UPSTREAM = 18000
 PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004}
 POLICY_PATH = "/svc500/items"
-# The `policies` scenario sends this key; Pylon checks it on every route (nginx ignores it).
-API_KEY = "bench-key-0123456789"
+# The `policies` scenario sends a JWT; Pylon verifies it on every route (nginx ignores it).
+JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
+
+
+def b64url(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256(claims, secret):
+    """A signed HS256 token, as an identity provider would issue it."""
+    head = b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64url(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64url(sig)}"
+
+
+TOKEN = hs256({"sub": "bench@example.com", "exp": int(time.time()) + 86400, "tenant": "acme"}, JWT_SECRET)
 
 
 def raise_fd_limit():
@@ -201,12 +218,21 @@ upstream = "backend"
     routes = "".join(f'\n[[routes]]\nname = "svc{i}"\npaths = ["/svc{i}/"]\nupstream = "backend"\n' for i in range(999))
     policies = """
 [consumers.bench]
-api_keys = ["sha256:%s"]
+jwt_subject = "bench@example.com"
+groups = ["gold"]
 
-[policies.keys]
-kind = "api_key"
-""" % hashlib.sha256(API_KEY.encode()).hexdigest()
-    write(os.path.join(tmp, "pylon-1000.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon-1000-routes"]}"]\nupgrade_sock = "{tmp}/u2.sock"\nglobal_policies = ["keys"]') + policies + routes + """
+[policies.jwt]
+kind = "jwt"
+algorithms = ["HS256"]
+secret = "%s"
+consumer_claim = "sub"
+claims_to_headers = { tenant = "x-tenant" }
+
+[policies.gold-only]
+kind = "acl"
+allow = ["gold"]
+""" % JWT_SECRET
+    write(os.path.join(tmp, "pylon-1000.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon-1000-routes"]}"]\nupgrade_sock = "{tmp}/u2.sock"\nglobal_policies = ["jwt", "gold-only"]') + policies + routes + """
 [[routes]]
 name = "catch-all"
 paths = ["/"]
@@ -348,8 +374,8 @@ def main():
             if "plain" in SCENARIOS:
                 report("plain", plain)
         if "policies" in SCENARIOS:
-            print(f"## policies: pylon with 1,000 routes and an API-key check (path {POLICY_PATH}) against nginx's plain proxy", flush=True)
-            key = (f"x-api-key: {API_KEY}",)
+            print(f"## policies: pylon with 1,000 routes and an JWT check and an ACL (path {POLICY_PATH}) against nginx's plain proxy", flush=True)
+            key = (f"authorization: Bearer {TOKEN}",)
             report("policies", alternate(["nginx", "pylon-1000-routes"], lambda p: wrk(PORTS[p], POLICY_PATH, headers=key)))
         if "latency" in SCENARIOS:
             # 50% of nginx's peak, capped: the generator shares its core with the upstream and

@@ -102,6 +102,24 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[consumers.a]\napi_keys = [\"same\"]\n[consumers.b]\napi_keys = [\"same\"]\n".into(), 4, "two consumers"),
         // 38: an unknown global policy
         ("[server]\nglobal_policies = [\"ghost\"]\n".into(), 2, "unknown policy"),
+        // 39: an algorithm that does not exist
+        ("[policies.p]\nkind = \"jwt\"\nalgorithms = [\"HS257\"]\nsecret = \"s\"\n".into(), 1, "unknown algorithm \"HS257\""),
+        // 40: HS* without a secret
+        ("[policies.p]\nkind = \"jwt\"\nalgorithms = [\"HS256\"]\n".into(), 1, "need a `secret`"),
+        // 41: RS* without any key source
+        ("[policies.p]\nkind = \"jwt\"\nalgorithms = [\"RS256\"]\n".into(), 1, "`keys` or a `jwks_url`"),
+        // 42: a key that is not PEM
+        ("[policies.p]\nkind = \"jwt\"\nalgorithms = [\"RS256\"]\nkeys = [\"hello\"]\n".into(), 1, "not a PEM public key"),
+        // 43: an anonymous consumer that does not exist
+        ("[policies.p]\nkind = \"api_key\"\nanonymous = \"ghost\"\n".into(), 1, "anonymous consumer `ghost`"),
+        // 44: a password hash that is not bcrypt
+        ("[consumers.c]\nbasic_auth = { user = \"c\", password_hash = \"$apr1$x$y\" }\n".into(), 2, "bcrypt"),
+        // 45: one JWT subject for two consumers
+        ("[consumers.a]\njwt_subject = \"s\"\n[consumers.b]\njwt_subject = \"s\"\n".into(), 4, "two consumers"),
+        // 46: basic_auth with nobody to check against
+        ("[policies.p]\nkind = \"basic_auth\"\n".into(), 1, "has no users"),
+        // 47: a JWKS URL that is not http(s)
+        ("[policies.p]\nkind = \"jwt\"\nalgorithms = [\"RS256\"]\njwks_url = \"ftp://x/\"\n".into(), 1, "http:// or https://"),
     ]
 }
 
@@ -119,6 +137,24 @@ fn invalid_configs_are_rejected_with_their_line() {
             i + 1
         );
     }
+}
+
+#[test]
+fn htpasswd_lines_are_checked() {
+    let dir = scratch();
+    let file = dir.join("htpasswd");
+    let good = bcrypt::hash("pw", 4).unwrap();
+    std::fs::write(&file, format!("a:{good}\n\nb:$apr1$salt$hash\n")).unwrap();
+    let (code, stderr, path) = check(&format!(
+        "[policies.p]\nkind = \"basic_auth\"\nhtpasswd = \"{}\"\n",
+        file.display()
+    ));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(&format!("{path}:1:"))
+            && stderr.contains(&format!("{}:3: user `b`", file.display())),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -240,11 +240,13 @@ upstream = "backend"
 """)
 
 
-UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
 
 
 def parse_ms(text):
-    m = re.match(r"([\d.]+)(us|ms|s)", text)
+    m = re.match(r"([\d.]+)(us|ms|s|m|h)$", text)
+    if not m:
+        raise ValueError(f"unparsable wrk latency {text!r}")
     return float(m.group(1)) * UNIT[m.group(2)]
 
 
@@ -253,6 +255,8 @@ def wrk(port, path="/", connections=32, headers=()):
     out = subprocess.run(pinned(LOAD_CPU, ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{DURATION}s", "--latency",
                                            *extra, f"http://127.0.0.1:{port}{path}"]),
                          capture_output=True, text=True).stdout
+    if "Requests/sec" not in out or "99%" not in out:
+        raise RuntimeError(f"wrk against port {port} failed:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = parse_ms(re.search(r"50%\s+(\S+)", out).group(1))
     p99 = parse_ms(re.search(r"99%\s+(\S+)", out).group(1))

@@ -69,6 +69,11 @@ impl Jwks {
         })
     }
 
+    /// Whether this is the JWKS `url` refreshed on these intervals (kept across reloads).
+    pub fn is(&self, url: &str, refresh: Duration, min_refresh: Duration) -> bool {
+        self.url == url && self.refresh == refresh && self.min_refresh == min_refresh
+    }
+
     pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
         self.keys.load()
     }

@@ -216,13 +216,14 @@ pub fn compile(config: &Config, previous: &[Arc<Jwks>]) -> Result<Compiled, Conf
                 let set = match &j.jwks_url {
                     None => None,
                     Some(url) => {
-                        let known = jwks.iter().chain(previous).find(|s| &s.url == url);
+                        let (refresh, min_refresh) = (j.jwks_refresh.0, j.jwks_min_refresh.0);
+                        let known = jwks
+                            .iter()
+                            .chain(previous)
+                            .find(|s| s.is(url, refresh, min_refresh));
                         let set = match known {
                             Some(s) => Arc::clone(s),
-                            None => Arc::new(
-                                Jwks::new(url, j.jwks_refresh.0, j.jwks_min_refresh.0)
-                                    .map_err(at)?,
-                            ),
+                            None => Arc::new(Jwks::new(url, refresh, min_refresh).map_err(at)?),
                         };
                         if !jwks.iter().any(|s| Arc::ptr_eq(s, &set)) {
                             jwks.push(Arc::clone(&set));

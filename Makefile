@@ -7,8 +7,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 # System packages the build and the tests need (cmake: Pingora's zlib-ng; curl: h2c tests).
 BUILD_PKGS := cmake pkg-config libssl-dev curl
-# What only the tests need: systemd-analyze for the unit check.
-TEST_PKGS := systemd
+# What only the tests need: systemd-analyze for the unit check, redis-server for cluster rate
+# limits (each test starts its own on a free loopback port).
+TEST_PKGS := systemd redis-server
 TEST_MARK := target/.apt-test-installed
 # What `make bench` compares against and loads with.
 BENCH_PKGS := nginx haproxy wrk util-linux procps
@@ -20,13 +21,14 @@ ETC ?= /etc/pylon
 
 .PHONY: deps run test bench load-test install upgrade lint build clean
 
-$(APT_MARK):
+# The marks are remade when this file (and so a package list) changes.
+$(APT_MARK): Makefile
 	@.ci/apt-ensure $(BUILD_PKGS)
 	@mkdir -p target && touch $@
 
 deps: $(APT_MARK)
 
-$(BENCH_MARK):
+$(BENCH_MARK): Makefile
 	@.ci/apt-ensure $(BENCH_PKGS)
 	@command -v oha >/dev/null || [ -x $$HOME/.cargo/bin/oha ] || $(CARGO) install oha --locked
 	@mkdir -p target && touch $@
@@ -43,7 +45,7 @@ run: build
 	echo "pylon on :8080 -- try: curl localhost:8080/ping"; \
 	$(RELEASE)/pylon -c $(CONF)
 
-$(TEST_MARK):
+$(TEST_MARK): Makefile
 	@.ci/apt-ensure $(TEST_PKGS)
 	@mkdir -p target && touch $@
 

@@ -31,6 +31,8 @@ pub struct Metrics {
     pub inflight: IntGaugeVec,
     pub access_log_dropped: IntCounter,
     pub auth_failures: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_store_errors: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -123,6 +125,28 @@ impl Metrics {
                         "Requests refused by an auth policy",
                     ),
                     &["route", "policy", "reason"],
+                )
+                .expect("valid counter"),
+            ),
+            rate_limited: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pylon_rate_limited_total",
+                        "Requests refused by a rate or concurrency limit",
+                    ),
+                    &["route", "policy"],
+                )
+                .expect("valid counter"),
+            ),
+            rate_limit_store_errors: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pylon_rate_limit_store_errors_total",
+                        "Rate-limit checks the shared store (Redis) failed to answer in time",
+                    ),
+                    &["policy"],
                 )
                 .expect("valid counter"),
             ),

@@ -6,8 +6,9 @@ use crate::error::{self, GatewayError};
 use crate::metrics::{self, InflightRoute, RouteMetrics, METRICS};
 use crate::plumbing::{self, RequestId, TraceContext};
 use crate::policy::api_key::strip_query_param;
-use crate::policy::Found;
+use crate::policy::limit_key::Facts;
 use crate::policy::Verdict;
+use crate::policy::{Counter, Found};
 use crate::router::{normalize_path, Action, Lookup, Responder, Route};
 use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::upgrade::Lifecycle;
@@ -205,14 +206,31 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(Arc::clone(&route));
         if !route.policies.is_empty() {
-            match route.policies.run(session.req_header()).await {
-                Ok(verdict) => ctx.verdict = verdict,
+            let peer = peer_ip(session).unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
+            let req = session.req_header();
+            let facts = Facts {
+                client_ip: plumbing::client_ip(peer, &req.headers, &snapshot.trusted_proxies),
+                route: &route.name,
+            };
+            match route.policies.run(req, &facts).await {
+                Ok(verdict) => {
+                    if verdict.throttled {
+                        ctx.decisions.push("throttled");
+                    }
+                    ctx.verdict = verdict;
+                }
                 Err(rejection) => {
-                    METRICS
-                        .auth_failures
-                        .with_label_values(&[&*route.name, &*rejection.policy, rejection.reason])
-                        .inc();
-                    ctx.decisions.push("auth_failed");
+                    let labels = [&*route.name, &*rejection.policy, rejection.reason];
+                    match rejection.counter {
+                        Counter::Auth => {
+                            METRICS.auth_failures.with_label_values(&labels).inc();
+                            ctx.decisions.push("auth_failed");
+                        }
+                        Counter::RateLimited => {
+                            METRICS.rate_limited.with_label_values(&labels[..2]).inc();
+                            ctx.decisions.push("rate_limited");
+                        }
+                    }
                     rejection
                         .error
                         .send_with(session, &ctx.request_id, &rejection.headers)
@@ -398,6 +416,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         plumbing::strip_hop_by_hop_response(upstream_response);
         upstream_response.insert_header(plumbing::X_REQUEST_ID, ctx.request_id.header())?;
+        if let (Some(route), Some(limit)) = (ctx.route.as_deref(), &ctx.verdict.limit) {
+            for (name, value) in route.policies.limit_headers(limit, None) {
+                upstream_response.insert_header(name, value)?;
+            }
+        }
         Ok(())
     }
 

@@ -4,7 +4,6 @@
 //! the `Arc` of the route it matched, so it finishes on the configuration it started with.
 
 use crate::config::{validate::parse_cidr, Config, ConfigError};
-use crate::policy::jwks::Jwks;
 use crate::router::Router;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
@@ -16,8 +15,8 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 pub struct Snapshot {
     pub router: Router,
     pub upstreams: HashMap<String, Arc<Upstream>>,
-    /// JWKS documents the policies use, kept fresh in the background.
-    pub jwks: Vec<Arc<Jwks>>,
+    /// Policy state that outlives a reload: JWKS sets, rate-limit counters, Redis connections.
+    pub policy_state: crate::policy::State,
     /// Peers whose `x-forwarded-*` headers are believed.
     pub trusted_proxies: Box<[ipnet::IpNet]>,
     /// The configuration this was built from, for `GET /config`.
@@ -42,7 +41,8 @@ impl Snapshot {
             };
             upstreams.insert(name.clone(), upstream);
         }
-        let compiled = crate::policy::compile(config, previous.map_or(&[], |p| &p.jwks))?;
+        let none = crate::policy::State::default();
+        let compiled = crate::policy::compile(config, previous.map_or(&none, |p| &p.policy_state))?;
         let policies = compiled.policies;
         let global: Vec<_> = config
             .server
@@ -60,7 +60,7 @@ impl Snapshot {
         Ok(Snapshot {
             router,
             upstreams,
-            jwks: compiled.jwks,
+            policy_state: compiled.state,
             trusted_proxies,
             config: config.clone(),
         })

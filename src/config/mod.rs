@@ -365,6 +365,8 @@ pub enum PolicyConfig {
     BasicAuth(BasicAuthConfig),
     Jwt(Box<JwtConfig>),
     Acl(AclConfig),
+    RateLimit(RateLimitConfig),
+    ConcurrencyLimit(ConcurrencyLimitConfig),
 }
 
 impl PolicyConfig {
@@ -374,7 +376,9 @@ impl PolicyConfig {
             PolicyConfig::ApiKey(c) => c.anonymous.as_deref(),
             PolicyConfig::BasicAuth(c) => c.anonymous.as_deref(),
             PolicyConfig::Jwt(c) => c.anonymous.as_deref(),
-            PolicyConfig::Acl(_) => None,
+            PolicyConfig::Acl(_)
+            | PolicyConfig::RateLimit(_)
+            | PolicyConfig::ConcurrencyLimit(_) => None,
         }
     }
 }
@@ -467,6 +471,77 @@ pub struct JwtConfig {
     #[serde(default)]
     pub forward_credentials: bool,
     pub anonymous: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests allowed per `window`.
+    pub limit: u64,
+    pub window: ConfTimeout,
+    /// Requests allowed on top of `limit` in a window.
+    #[serde(default)]
+    pub burst: u64,
+    /// What is limited: `consumer`, `client_ip`, `route`, `header:NAME`, combined in order.
+    #[serde(default = "default_limit_key")]
+    pub key: Vec<String>,
+    #[serde(default)]
+    pub scope: LimitScope,
+    /// The Redis shared by the gateways of a cluster (`scope = "cluster"`).
+    pub redis_url: Option<String>,
+    /// How long a request waits for Redis before `on_store_error` decides.
+    #[serde(default = "default_store_timeout")]
+    pub store_timeout: ConfTimeout,
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+    /// Delay a request over the limit, up to `max_delay`, instead of refusing it at once.
+    pub throttle: Option<ThrottleConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    #[default]
+    Local,
+    Cluster,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    pub max_delay: ConfTimeout,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConcurrencyLimitConfig {
+    /// Requests in flight allowed per key.
+    pub max: u64,
+    #[serde(default = "default_limit_key")]
+    pub key: Vec<String>,
+    /// `429` (the client should slow down) or `503` (the service is saturated).
+    #[serde(default = "default_concurrency_status")]
+    pub status: u16,
+}
+
+fn default_limit_key() -> Vec<String> {
+    vec!["client_ip".into()]
+}
+
+fn default_store_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_millis(20))
+}
+
+fn default_concurrency_status() -> u16 {
+    429
 }
 
 fn default_jwks_refresh() -> ConfTimeout {

@@ -2,13 +2,14 @@
 //!
 //! Every check pushes an error and goes on, so one run reports everything wrong with a file.
 
-use super::JwtConfig;
 use super::{
     Balancer, Config, ConfigError, HealthCheckKind, Located, PolicyConfig, RouteConfig,
     UpstreamConfig,
 };
+use super::{JwtConfig, LimitScope};
 use crate::policy::basic_auth::is_bcrypt;
 use crate::policy::jwt::{pem_key, Family};
+use crate::policy::limit_key::KeySpec;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
@@ -49,6 +50,7 @@ pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>
         if let PolicyConfig::Jwt(j) = &policy.value {
             check_jwt(name, j, policy.span.clone(), errors);
         }
+        check_limits(name, &policy.value, policy.span.clone(), errors);
         if let PolicyConfig::BasicAuth(b) = &policy.value {
             let any_user = config.consumers.values().any(|c| c.basic_auth.is_some());
             if b.htpasswd.is_none() && !any_user {
@@ -153,6 +155,47 @@ fn check_jwt(name: &str, j: &JwtConfig, span: Range<usize>, errors: &mut Vec<Con
                 "invalid header name {header:?} in `claims_to_headers`"
             ));
         }
+    }
+}
+
+fn check_limits(name: &str, p: &PolicyConfig, span: Range<usize>, errors: &mut Vec<ConfigError>) {
+    let mut err = |m: String| {
+        errors.push(ConfigError::at(
+            span.clone(),
+            format!("policy `{name}`: {m}"),
+        ))
+    };
+    let key = match p {
+        PolicyConfig::RateLimit(r) => {
+            if r.limit == 0 {
+                err("`limit` must be above zero".into());
+            }
+            match (r.scope, &r.redis_url) {
+                (LimitScope::Cluster, None) => {
+                    err("`scope = \"cluster\"` needs a `redis_url`".into())
+                }
+                (_, Some(url)) => {
+                    if let Err(e) = redis::Client::open(url.as_str()) {
+                        err(format!("invalid redis_url {url:?}: {e}"));
+                    }
+                }
+                (LimitScope::Local, None) => {}
+            }
+            &r.key
+        }
+        PolicyConfig::ConcurrencyLimit(c) => {
+            if c.max == 0 {
+                err("`max` must be above zero".into());
+            }
+            if c.status != 429 && c.status != 503 {
+                err(format!("`status` must be 429 or 503, not {}", c.status));
+            }
+            &c.key
+        }
+        _ => return,
+    };
+    if let Err(e) = KeySpec::parse(key) {
+        err(e);
     }
 }
 

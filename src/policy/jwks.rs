@@ -200,7 +200,7 @@ impl BackgroundService for JwksRefresher {
                 _ = tick.tick() => {}
             }
             let snapshot = self.snapshot.load_full();
-            let due = snapshot.jwks.iter().map(|j| {
+            let due = snapshot.policy_state.jwks.iter().map(|j| {
                 // Never fetched yet: retry at the unknown-kid pace, not the slow one.
                 let interval = if j.keys().all.is_empty() {
                     j.min_refresh

@@ -8,14 +8,21 @@
 pub mod acl;
 pub mod api_key;
 pub mod basic_auth;
+pub mod concurrency;
 pub mod jwks;
 pub mod jwt;
+pub mod limit_key;
+pub mod rate_limit;
 pub mod verified;
 
 use crate::config::{Config, ConfigError, PolicyConfig};
 use crate::error::{self, GatewayError};
 use http::{HeaderName, HeaderValue};
 use jwks::Jwks;
+use limit_key::Facts;
+use rate_limit::cluster::ClusterWindows;
+use rate_limit::local::LocalWindows;
+use rate_limit::{Checked, LimitStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -71,6 +78,8 @@ pub enum Kind {
     BasicAuth(Box<basic_auth::BasicAuth>),
     Jwt(Box<jwt::Jwt>),
     Acl(acl::Acl),
+    RateLimit(Box<rate_limit::RateLimit>),
+    ConcurrencyLimit(Box<concurrency::ConcurrencyLimit>),
 }
 
 pub struct Policy {
@@ -89,7 +98,10 @@ pub enum Found {
 
 impl Policy {
     fn is_auth(&self) -> bool {
-        !matches!(self.kind, Kind::Acl(_))
+        matches!(
+            self.kind,
+            Kind::ApiKey(_) | Kind::BasicAuth(_) | Kind::Jwt(_)
+        )
     }
 
     /// `WWW-Authenticate` for a 401 from this policy.
@@ -99,7 +111,9 @@ impl Policy {
             Kind::BasicAuth(b) => b.challenge.clone(),
             Kind::Jwt(j) if reason == "missing_credentials" => j.challenge.clone(),
             Kind::Jwt(j) => j.invalid_challenge.clone(),
-            Kind::Acl(_) => HeaderValue::from_static("Bearer realm=\"pylon\""),
+            Kind::Acl(_) | Kind::RateLimit(_) | Kind::ConcurrencyLimit(_) => {
+                HeaderValue::from_static("Bearer realm=\"pylon\"")
+            }
         }
     }
 
@@ -129,7 +143,7 @@ impl Policy {
                 let auth = j.authenticate(token).await;
                 Some((auth, authorization(j.forward_credentials)))
             }
-            Kind::Acl(_) => None,
+            Kind::Acl(_) | Kind::RateLimit(_) | Kind::ConcurrencyLimit(_) => None,
         }
     }
 }
@@ -185,17 +199,28 @@ impl Consumers {
     }
 }
 
+/// State that outlives one configuration: kept across reloads while its settings stay the
+/// same, so a reload neither refetches keys nor forgets counts.
+#[derive(Default)]
+pub struct State {
+    /// Every JWKS the policies use, for the background refresher.
+    pub jwks: Vec<Arc<Jwks>>,
+    redis: Vec<Arc<ClusterWindows>>,
+    /// Local rate-limit windows by policy name, with the settings they count for.
+    local: HashMap<String, (crate::config::RateLimitConfig, Arc<LocalWindows>)>,
+}
+
 /// The compiled policies of a configuration.
 pub struct Compiled {
     pub policies: HashMap<String, Arc<Policy>>,
-    /// Every JWKS the policies use, for the background refresher.
-    pub jwks: Vec<Arc<Jwks>>,
+    pub state: State,
 }
 
-/// Compile every policy. A JWKS whose URL `previous` already fetches is kept, with its keys.
-pub fn compile(config: &Config, previous: &[Arc<Jwks>]) -> Result<Compiled, ConfigError> {
+/// Compile every policy, reusing what `previous` holds where its settings are unchanged.
+pub fn compile(config: &Config, previous: &State) -> Result<Compiled, ConfigError> {
     let consumers = Consumers::compile(config)?;
-    let mut jwks: Vec<Arc<Jwks>> = Vec::new();
+    let mut state = State::default();
+    let jwks = &mut state.jwks;
     let mut policies = HashMap::new();
     for (name, p) in &config.policies {
         let at = |e: String| ConfigError::at(p.span.clone(), format!("policy `{name}`: {e}"));
@@ -219,7 +244,7 @@ pub fn compile(config: &Config, previous: &[Arc<Jwks>]) -> Result<Compiled, Conf
                         let (refresh, min_refresh) = (j.jwks_refresh.0, j.jwks_min_refresh.0);
                         let known = jwks
                             .iter()
-                            .chain(previous)
+                            .chain(&previous.jwks)
                             .find(|s| s.is(url, refresh, min_refresh));
                         let set = match known {
                             Some(s) => Arc::clone(s),
@@ -236,6 +261,46 @@ pub fn compile(config: &Config, previous: &[Arc<Jwks>]) -> Result<Compiled, Conf
                 ))
             }
             PolicyConfig::Acl(a) => Kind::Acl(acl::Acl::new(a)),
+            PolicyConfig::RateLimit(r) => {
+                let store = match (&r.scope, &r.redis_url) {
+                    (crate::config::LimitScope::Cluster, Some(url)) => {
+                        let timeout = r.store_timeout.0;
+                        let known = state
+                            .redis
+                            .iter()
+                            .chain(&previous.redis)
+                            .find(|s| &s.url == url && s.timeout == timeout);
+                        let store = match known {
+                            Some(s) => Arc::clone(s),
+                            None => Arc::new(ClusterWindows::new(url, timeout).map_err(at)?),
+                        };
+                        if !state.redis.iter().any(|s| Arc::ptr_eq(s, &store)) {
+                            state.redis.push(Arc::clone(&store));
+                        }
+                        rate_limit::Store::Cluster(store)
+                    }
+                    (crate::config::LimitScope::Cluster, None) => {
+                        return Err(at("`scope = \"cluster\"` needs a `redis_url`".into()))
+                    }
+                    (crate::config::LimitScope::Local, _) => {
+                        let windows = previous
+                            .local
+                            .get(name)
+                            .filter(|(c, _)| c == r)
+                            .map_or_else(Arc::default, |(_, w)| Arc::clone(w));
+                        state
+                            .local
+                            .insert(name.clone(), (r.clone(), Arc::clone(&windows)));
+                        rate_limit::Store::Local(windows)
+                    }
+                };
+                Kind::RateLimit(Box::new(
+                    rate_limit::RateLimit::new(name, r, store).map_err(at)?,
+                ))
+            }
+            PolicyConfig::ConcurrencyLimit(c) => {
+                Kind::ConcurrencyLimit(Box::new(concurrency::ConcurrencyLimit::new(c).map_err(at)?))
+            }
         };
         let anonymous = match p.value.anonymous() {
             None => None,
@@ -252,7 +317,7 @@ pub fn compile(config: &Config, previous: &[Arc<Jwks>]) -> Result<Compiled, Conf
             }),
         );
     }
-    Ok(Compiled { policies, jwks })
+    Ok(Compiled { policies, state })
 }
 
 /// What the chain found out about a request.
@@ -263,6 +328,21 @@ pub struct Verdict {
     pub identity: Identity,
     /// The credential to strip before proxying, unless the policy forwards it.
     pub strip: Option<Found>,
+    /// The tightest rate limit the request passed, for its response headers.
+    pub limit: Option<LimitStatus>,
+    /// A rate limit delayed the request before admitting it.
+    pub throttled: bool,
+    /// Concurrency slots held until the request ends.
+    pub slots: Vec<concurrency::Slot>,
+}
+
+/// Which metric a refusal counts in.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Counter {
+    /// `pylon_auth_failures_total{route,policy,reason}`
+    Auth,
+    /// `pylon_rate_limited_total{route,policy}`
+    RateLimited,
 }
 
 /// A refusal: the error to send with its headers, the policy and reason for metrics and logs.
@@ -271,6 +351,7 @@ pub struct Rejection {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub policy: Arc<str>,
     pub reason: &'static str,
+    pub counter: Counter,
 }
 
 impl Rejection {
@@ -280,6 +361,21 @@ impl Rejection {
             headers: Vec::new(),
             policy: Arc::clone(&policy.name),
             reason,
+            counter: Counter::Auth,
+        }
+    }
+
+    fn rate_limited(
+        error: GatewayError,
+        policy: &Policy,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    ) -> Rejection {
+        Rejection {
+            error,
+            headers,
+            policy: Arc::clone(&policy.name),
+            reason: "rate_limited",
+            counter: Counter::RateLimited,
         }
     }
 
@@ -297,6 +393,8 @@ pub struct Chain {
     policies: Box<[Arc<Policy>]>,
     /// Headers the chain's JWT policies set from claims: never taken from the client.
     pub claim_headers: Box<[HeaderName]>,
+    /// `RateLimit-Policy`: every rate limit of the chain, built once.
+    pub rate_limit_policy: Option<HeaderValue>,
 }
 
 impl Chain {
@@ -309,9 +407,31 @@ impl Chain {
         }
         claim_headers.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         claim_headers.dedup();
+        let items: Vec<String> = policies
+            .iter()
+            .filter_map(|p| match &p.kind {
+                Kind::RateLimit(r) => Some(r.policy_item()),
+                _ => None,
+            })
+            .collect();
         Chain {
             policies: policies.into(),
             claim_headers: claim_headers.into(),
+            rate_limit_policy: (!items.is_empty())
+                .then(|| HeaderValue::from_str(&items.join(", ")).ok())
+                .flatten(),
+        }
+    }
+
+    /// Rate-limit headers for a response, when the route has rate limits.
+    pub fn limit_headers(
+        &self,
+        status: &LimitStatus,
+        retry_after: Option<std::time::Duration>,
+    ) -> Vec<(HeaderName, HeaderValue)> {
+        match &self.rate_limit_policy {
+            Some(policy) => status.headers(policy, retry_after),
+            None => Vec::new(),
         }
     }
 
@@ -319,7 +439,11 @@ impl Chain {
         self.policies.is_empty()
     }
 
-    pub async fn run(&self, req: &pingora::http::RequestHeader) -> Result<Verdict, Rejection> {
+    pub async fn run(
+        &self,
+        req: &pingora::http::RequestHeader,
+        facts: &Facts<'_>,
+    ) -> Result<Verdict, Rejection> {
         let mut verdict = Verdict::default();
         // The first auth policy that found no credential, for the 401 or its anonymous consumer.
         let mut missing: Option<&Arc<Policy>> = None;
@@ -367,6 +491,54 @@ impl Chain {
                     }
                     None => return Err(Rejection::unauthorized(policy, "no_consumer")),
                 },
+                Kind::RateLimit(limit) => {
+                    let consumer = verdict.identity.consumer.as_deref();
+                    let outcome = match limit.check(req, facts, consumer).await {
+                        Checked::Admitted(o) => Some(o),
+                        Checked::Throttled(o) => {
+                            verdict.throttled = true;
+                            Some(o)
+                        }
+                        Checked::Refused(o) => {
+                            let status = LimitStatus::new(limit, &o);
+                            let headers = self.limit_headers(&status, Some(o.retry_after));
+                            return Err(Rejection::rate_limited(
+                                error::TOO_MANY_REQUESTS,
+                                policy,
+                                headers,
+                            ));
+                        }
+                        Checked::StoreFailed { admit: true } => None,
+                        Checked::StoreFailed { admit: false } => {
+                            let mut r =
+                                Rejection::rate_limited(error::TOO_MANY_REQUESTS, policy, vec![]);
+                            r.headers
+                                .push((http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+                            return Err(r);
+                        }
+                    };
+                    if let Some(o) = outcome {
+                        if verdict
+                            .limit
+                            .as_ref()
+                            .is_none_or(|l| o.remaining < l.remaining)
+                        {
+                            verdict.limit = Some(LimitStatus::new(limit, &o));
+                        }
+                    }
+                }
+                Kind::ConcurrencyLimit(limit) => {
+                    let consumer = verdict.identity.consumer.as_deref();
+                    match limit.acquire(req, facts, consumer) {
+                        Some(slot) => verdict.slots.push(slot),
+                        None => {
+                            let mut r = Rejection::rate_limited(limit.error, policy, vec![]);
+                            r.headers
+                                .push((http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+                            return Err(r);
+                        }
+                    }
+                }
                 Kind::ApiKey(_) | Kind::BasicAuth(_) | Kind::Jwt(_) => {}
             }
         }

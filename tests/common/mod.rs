@@ -258,3 +258,32 @@ pub fn spread(url: &str, n: usize) -> std::collections::HashMap<String, usize> {
     }
     counts
 }
+
+/// A private redis-server on a loopback port, without persistence.
+pub struct Redis {
+    pub proc: Proc,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        Redis::on(free_port())
+    }
+
+    /// Start (or restart) on a given port.
+    pub fn on(port: u16) -> Redis {
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start redis-server (make test installs it)");
+        let proc = Proc(child);
+        wait_for_port(port);
+        Redis { proc, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}

@@ -1,8 +1,9 @@
 //! In-process windows: exact counts per key, in sharded maps.
 //!
 //! `pingora-limits`' `Rate` was measured for this and not used: its count-min sketch adds the
-//! counts of colliding keys (with its default 4x1024 table and 10,000 active clients, most
-//! clients read more than their own count and innocent ones are refused), it counts refused
+//! counts of colliding keys. With its default 4x1024 table and one request from each of 1,000
+//! keys, 15.6% of keys read more than their own count (up to 4); with 10,000 keys every key
+//! does (up to 16), so innocent clients would be refused. It also counts refused
 //! requests too (so a client over the limit stays locked out through the next window), and its
 //! windows start at the first request rather than on a shared clock. A sharded map is exact;
 //! a shard's lock is held for a few arithmetic operations, and stale keys are swept as a shard

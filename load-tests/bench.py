@@ -6,7 +6,8 @@ Every proxy is pinned to CPU 0 and proxies to the same upstream, an nginx that a
 CPU 1. Each scenario runs the proxies in turn, A B C A B C, for ROUNDS rounds and reports the
 median. One `RESULT` line is printed per scenario and proxy.
 
-Scenarios: plain, policies (pylon with 1,000 routes against nginx's plain proxy), latency
+Scenarios: plain, policies (pylon with 1,000 routes against nginx's plain proxy), limits
+(pylon with a local and a Redis rate limit against pylon without), latency
 (fixed arrival rate at 50% of nginx's peak, corrected for coordinated omission), connections
 (idle keep-alive connections: memory per connection), large (1 MiB responses).
 """
@@ -36,7 +37,7 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 if FD_LIMIT == resource.RLIM_INFINITY:
     FD_LIMIT = 1 << 20
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,latency,connections,large").split(",")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,latency,connections,large").split(",")
 # CPU lists for taskset; on a bigger machine give the proxies more cores and threads, e.g.
 # BENCH_PROXY_CPUS=0-3 BENCH_LOAD_CPUS=4-7 BENCH_THREADS=4.
 PROXY_CPU = os.environ.get("BENCH_PROXY_CPUS", "0")
@@ -44,6 +45,7 @@ LOAD_CPU = os.environ.get("BENCH_LOAD_CPUS", "1")
 THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
 UPSTREAM = 18000
+REDIS = 18010
 PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004}
 POLICY_PATH = "/svc500/items"
 # The `policies` scenario sends a JWT; Pylon verifies it on every route (nginx ignores it).
@@ -214,7 +216,34 @@ targets = ["127.0.0.1:{UPSTREAM}"]
 [[routes]]
 name = "all"
 upstream = "backend"
-""")
+
+[policies.local-limit]
+kind = "rate_limit"
+limit = 1000000000
+window = "1s"
+key = ["client_ip"]
+
+[policies.cluster-limit]
+kind = "rate_limit"
+limit = 1000000000
+window = "1s"
+key = ["client_ip"]
+scope = "cluster"
+redis_url = "redis://127.0.0.1:%d/0"
+store_timeout = "50ms"
+
+[[routes]]
+name = "local-limit"
+paths = ["/local/"]
+upstream = "backend"
+policies = ["local-limit"]
+
+[[routes]]
+name = "cluster-limit"
+paths = ["/cluster/"]
+upstream = "backend"
+policies = ["cluster-limit"]
+""" % REDIS)
     routes = "".join(f'\n[[routes]]\nname = "svc{i}"\npaths = ["/svc{i}/"]\nupstream = "backend"\n' for i in range(999))
     policies = """
 [consumers.bench]
@@ -258,8 +287,8 @@ def wrk(port, path="/", connections=32, headers=()):
     if "Requests/sec" not in out or "99%" not in out:
         raise RuntimeError(f"wrk against port {port} failed:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = parse_ms(re.search(r"50%\s+(\S+)", out).group(1))
-    p99 = parse_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    p50 = parse_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
+    p99 = parse_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: (.*)", out)
     if errors or sock:
@@ -322,7 +351,7 @@ def report(scenario, results, reference="nginx", key="rps"):
     ref = results.get(reference, {}).get(key)
     for proxy, r in results.items():
         fields = " ".join(f"{k}={fmt(v)}" for k, v in r.items())
-        ratio = f" ratio_vs_nginx={r[key] / ref:.2f}" if ref else ""
+        ratio = f" ratio_vs_{reference}={r[key] / ref:.2f}" if ref else ""
         print(f"RESULT scenario={scenario} proxy={proxy} {fields}{ratio}", flush=True)
 
 
@@ -346,7 +375,7 @@ PIDS = {}
 
 
 def main():
-    for tool in ["nginx", "haproxy", "wrk", "taskset"]:
+    for tool in ["nginx", "haproxy", "wrk", "taskset", "redis-server"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing (make bench installs it)")
     if not os.path.exists(PYLON):
@@ -358,11 +387,13 @@ def main():
     procs = Procs()
     try:
         procs.start("upstream", ["nginx", "-c", f"{tmp}/upstream.conf", "-p", tmp], LOAD_CPU)
+        procs.start("redis", ["redis-server", "--port", str(REDIS), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], LOAD_CPU)
         PIDS["nginx"] = procs.start("nginx", ["nginx", "-c", f"{tmp}/nginx.conf", "-p", tmp], PROXY_CPU).pid
         PIDS["haproxy"] = procs.start("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], PROXY_CPU).pid
         PIDS["pylon"] = procs.start("pylon", [PYLON, "-c", f"{tmp}/pylon.toml"], PROXY_CPU).pid
+        PIDS["pylon-local-limit"] = PIDS["pylon-cluster-limit"] = PIDS["pylon"]
         PIDS["pylon-1000-routes"] = procs.start("pylon-1000-routes", [PYLON, "-c", f"{tmp}/pylon-1000.toml"], PROXY_CPU).pid
-        for port in [UPSTREAM, *PORTS.values()]:
+        for port in [UPSTREAM, REDIS, *PORTS.values()]:
             wait_port(port)
         # Warm up connection pools.
         for port in PORTS.values():
@@ -381,6 +412,10 @@ def main():
             print(f"## policies: pylon with 1,000 routes and an JWT check and an ACL (path {POLICY_PATH}) against nginx's plain proxy", flush=True)
             key = (f"authorization: Bearer {TOKEN}",)
             report("policies", alternate(["nginx", "pylon-1000-routes"], lambda p: wrk(PORTS[p], POLICY_PATH, headers=key)))
+        if "limits" in SCENARIOS:
+            print("## limits: pylon's plain route against the same with a local and with a Redis rate limit (never reached)", flush=True)
+            paths = {"pylon": "/", "pylon-local-limit": "/local/x", "pylon-cluster-limit": "/cluster/x"}
+            report("limits", alternate(list(paths), lambda p: wrk(PORTS["pylon"], paths[p])), reference="pylon")
         if "latency" in SCENARIOS:
             # 50% of nginx's peak, capped: the generator shares its core with the upstream and
             # itself falls behind above ~25k requests/s here, which would measure oha, not the

@@ -120,6 +120,18 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[policies.p]\nkind = \"basic_auth\"\n".into(), 1, "has no users"),
         // 47: a JWKS URL that is not http(s)
         ("[policies.p]\nkind = \"jwt\"\nalgorithms = [\"RS256\"]\njwks_url = \"ftp://x/\"\n".into(), 1, "http:// or https://"),
+        // 48: a rate limit of zero
+        ("[policies.p]\nkind = \"rate_limit\"\nlimit = 0\nwindow = \"1s\"\n".into(), 1, "`limit` must be above zero"),
+        // 49: a key part that does not exist
+        ("[policies.p]\nkind = \"rate_limit\"\nlimit = 5\nwindow = \"1s\"\nkey = [\"moon\"]\n".into(), 1, "unknown key part \"moon\""),
+        // 50: a cluster limit without Redis
+        ("[policies.p]\nkind = \"rate_limit\"\nlimit = 5\nwindow = \"1s\"\nscope = \"cluster\"\n".into(), 1, "needs a `redis_url`"),
+        // 51: a Redis URL that is not one
+        ("[policies.p]\nkind = \"rate_limit\"\nlimit = 5\nwindow = \"1s\"\nscope = \"cluster\"\nredis_url = \"http://x\"\n".into(), 1, "invalid redis_url"),
+        // 52: a concurrency status other than 429 or 503
+        ("[policies.p]\nkind = \"concurrency_limit\"\nmax = 1\nstatus = 418\n".into(), 1, "429 or 503"),
+        // 53: a zero window
+        ("[policies.p]\nkind = \"rate_limit\"\nlimit = 5\nwindow = \"0s\"\n".into(), 1, "above zero"),
     ]
 }
 

@@ -141,9 +141,14 @@ fn hash_key<'a>(hash_on: &HashOn, session: &'a Session, snapshot: &Snapshot) -> 
     }
 }
 
-async fn respond(session: &mut Session, r: &Responder, request_id: &RequestId) -> Result<()> {
-    let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + 2))?;
-    for (name, value) in r.headers.iter() {
+async fn respond(
+    session: &mut Session,
+    r: &Responder,
+    request_id: &RequestId,
+    extra: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(r.status, Some(r.headers.len() + extra.len() + 2))?;
+    for (name, value) in r.headers.iter().chain(extra) {
         resp.append_header(name.clone(), value.clone())?;
     }
     resp.insert_header(http::header::CONTENT_LENGTH, r.body.len())?;
@@ -240,7 +245,11 @@ impl ProxyHttp for Gateway {
             }
         }
         if let Action::Respond(r) = &route.action {
-            respond(session, r, &ctx.request_id).await?;
+            let limits = match &ctx.verdict.limit {
+                Some(limit) => route.policies.limit_headers(limit, None),
+                None => Vec::new(),
+            };
+            respond(session, r, &ctx.request_id, &limits).await?;
             return Ok(true);
         }
         ctx.normalized_path = normalized;

@@ -314,3 +314,18 @@ fn redis_outage_fails_open_or_closed_and_recovers() {
         .collect();
     assert_eq!(ok(&statuses), 3, "{statuses:?}");
 }
+
+#[test]
+fn fixed_responses_are_limited_too() {
+    let gw = gateway(
+        "[policies.one]\nkind = \"rate_limit\"\nlimit = 1\nwindow = \"1h\"\n[[routes]]\nname = \"r\"\nrespond = { status = 200, body = \"ok\" }\npolicies = [\"one\"]\n",
+    );
+    let r = get(&gw.url("/"));
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert_eq!(r.header("x-ratelimit-remaining"), Some("0"));
+    assert_eq!(r.header("ratelimit-policy"), Some("\"one\";q=1;w=3600"));
+    let r = get(&gw.url("/"));
+    assert_error(&r, 429, "rate_limited");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!(retry > 60 && retry <= 7200, "{retry}");
+}

@@ -260,8 +260,14 @@ claims_to_headers = { tenant = "x-tenant" }
 [policies.gold-only]
 kind = "acl"
 allow = ["gold"]
+
+[policies.never-hit]
+kind = "rate_limit"
+limit = 1000000000
+window = "1s"
+key = ["consumer"]
 """ % JWT_SECRET
-    write(os.path.join(tmp, "pylon-1000.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon-1000-routes"]}"]\nupgrade_sock = "{tmp}/u2.sock"\nglobal_policies = ["jwt", "gold-only"]') + policies + routes + """
+    write(os.path.join(tmp, "pylon-1000.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon-1000-routes"]}"]\nupgrade_sock = "{tmp}/u2.sock"\nglobal_policies = ["jwt", "gold-only", "never-hit"]').replace('level = "error"', f'level = "error"\naccess_log = "{tmp}/access.log"') + policies + routes + """
 [[routes]]
 name = "catch-all"
 paths = ["/"]
@@ -409,7 +415,7 @@ def main():
             if "plain" in SCENARIOS:
                 report("plain", plain)
         if "policies" in SCENARIOS:
-            print(f"## policies: pylon with 1,000 routes and an JWT check and an ACL (path {POLICY_PATH}) against nginx's plain proxy", flush=True)
+            print(f"## policies: pylon with 1,000 routes, a JWT check, an ACL, a rate limit and a JSON access log to a file (path {POLICY_PATH}) against nginx's plain proxy", flush=True)
             key = (f"authorization: Bearer {TOKEN}",)
             report("policies", alternate(["nginx", "pylon-1000-routes"], lambda p: wrk(PORTS[p], POLICY_PATH, headers=key)))
         if "limits" in SCENARIOS:

@@ -9,6 +9,7 @@ pub mod admin;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod otlp;
 pub mod plumbing;
 pub mod policy;
 pub mod proxy;

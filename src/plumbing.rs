@@ -80,6 +80,8 @@ pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 pub struct TraceContext {
     trace_id: [u8; 32],
     span_id: [u8; 16],
+    /// The client's span, when it sent a `traceparent`.
+    parent_id: Option<[u8; 16]>,
     flags: [u8; 2],
 }
 
@@ -88,6 +90,7 @@ impl Default for TraceContext {
         TraceContext {
             trace_id: [b'0'; 32],
             span_id: [b'0'; 16],
+            parent_id: None,
             flags: *b"00",
         }
     }
@@ -97,6 +100,13 @@ fn lower_hex(bytes: &[u8]) -> bool {
     bytes
         .iter()
         .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+}
+
+/// Bytes of hex digits already checked (twice as many digits as bytes).
+fn from_hex<const N: usize>(digits: &[u8]) -> [u8; N] {
+    let mut out = [0u8; N];
+    let _ = hex::decode_to_slice(digits, &mut out);
+    out
 }
 
 fn random_hex<const N: usize>() -> [u8; N] {
@@ -117,9 +127,10 @@ fn random_hex<const N: usize>() -> [u8; N] {
 }
 
 impl TraceContext {
-    /// Continue the client's trace when its `traceparent` is valid (version 00), otherwise start
-    /// a new, sampled one. Either way this hop gets a fresh span id.
-    pub fn of(headers: &HeaderMap) -> TraceContext {
+    /// Continue the client's trace when its `traceparent` is valid (version 00), with its
+    /// sampling decision; otherwise start a new one, sampled with probability `sample_ratio`.
+    /// Either way this hop gets a fresh span id.
+    pub fn of(headers: &HeaderMap, sample_ratio: f64) -> TraceContext {
         let span_id = random_hex::<16>();
         if let Some(v) = headers.get(&TRACEPARENT) {
             let b = v.as_bytes();
@@ -135,18 +146,40 @@ impl TraceContext {
             {
                 let mut trace_id = [0u8; 32];
                 trace_id.copy_from_slice(&b[3..35]);
+                let mut parent_id = [0u8; 16];
+                parent_id.copy_from_slice(&b[36..52]);
                 return TraceContext {
                     trace_id,
                     span_id,
+                    parent_id: Some(parent_id),
                     flags: [b[53], b[54]],
                 };
             }
         }
+        let sampled = sample_ratio >= 1.0 || rand::random::<f64>() < sample_ratio;
         TraceContext {
             trace_id: random_hex::<32>(),
             span_id,
-            flags: *b"01",
+            parent_id: None,
+            flags: if sampled { *b"01" } else { *b"00" },
         }
+    }
+
+    /// Whether this trace is recorded (the `sampled` flag).
+    pub fn sampled(&self) -> bool {
+        from_hex::<1>(&self.flags)[0] & 1 == 1
+    }
+
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        from_hex(&self.trace_id)
+    }
+
+    pub fn span_id_bytes(&self) -> [u8; 8] {
+        from_hex(&self.span_id)
+    }
+
+    pub fn parent_id_bytes(&self) -> Option<[u8; 8]> {
+        self.parent_id.as_ref().map(|p| from_hex(p))
     }
 
     pub fn trace_id(&self) -> &str {
@@ -330,7 +363,7 @@ mod tests {
     #[test]
     fn trace_context() {
         let mut h = HeaderMap::new();
-        let fresh = TraceContext::of(&h);
+        let fresh = TraceContext::of(&h, 1.0);
         let v = fresh.header();
         let s = v.to_str().unwrap();
         assert_eq!(s.len(), 55);
@@ -339,7 +372,7 @@ mod tests {
 
         let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
         h.insert(TRACEPARENT, incoming.parse().unwrap());
-        let cont = TraceContext::of(&h);
+        let cont = TraceContext::of(&h, 1.0);
         let out = cont.header();
         let out = out.to_str().unwrap();
         assert_eq!(cont.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
@@ -358,10 +391,41 @@ mod tests {
         ] {
             h.insert(TRACEPARENT, bad.parse().unwrap());
             assert_ne!(
-                TraceContext::of(&h).trace_id(),
+                TraceContext::of(&h, 1.0).trace_id(),
                 bad.get(3..35).unwrap_or("")
             );
         }
+    }
+
+    #[test]
+    fn sampling_and_ids() {
+        let mut h = HeaderMap::new();
+        assert!(TraceContext::of(&h, 1.0).sampled());
+        let never = TraceContext::of(&h, 0.0);
+        assert!(!never.sampled());
+        assert!(never.header().to_str().unwrap().ends_with("-00"));
+        assert_eq!(never.parent_id_bytes(), None);
+        // The client's decision stands, whatever the ratio.
+        h.insert(
+            TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+                .parse()
+                .unwrap(),
+        );
+        let t = TraceContext::of(&h, 0.0);
+        assert!(t.sampled());
+        assert_eq!(t.trace_id_bytes()[..3], [0x4b, 0xf9, 0x2f]);
+        assert_eq!(
+            t.parent_id_bytes(),
+            Some([0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7])
+        );
+        h.insert(
+            TRACEPARENT,
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+                .parse()
+                .unwrap(),
+        );
+        assert!(!TraceContext::of(&h, 1.0).sampled());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use crate::access_log::{AccessLog, Entry};
 use crate::error::{self, GatewayError};
 use crate::metrics::{self, InflightRoute, RouteMetrics, METRICS};
+use crate::otlp::{Exporter, Finished};
 use crate::plumbing::{self, RequestId, TraceContext};
 use crate::policy::api_key::strip_query_param;
 use crate::policy::limit_key::Facts;
@@ -29,6 +30,7 @@ static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new(met
 pub struct Gateway {
     snapshot: SharedSnapshot,
     access_log: Option<AccessLog>,
+    tracer: Option<Exporter>,
     draining: Lifecycle,
 }
 
@@ -36,11 +38,13 @@ impl Gateway {
     pub fn new(
         snapshot: SharedSnapshot,
         access_log: Option<AccessLog>,
+        tracer: Option<Exporter>,
         draining: Lifecycle,
     ) -> Self {
         Gateway {
             snapshot,
             access_log,
+            tracer,
             draining,
         }
     }
@@ -180,7 +184,8 @@ impl ProxyHttp for Gateway {
             session.set_keepalive(None);
         }
         ctx.request_id = RequestId::of(&session.req_header().headers);
-        ctx.trace = TraceContext::of(&session.req_header().headers);
+        let sample_ratio = self.tracer.as_ref().map_or(1.0, |t| t.sample_ratio);
+        ctx.trace = TraceContext::of(&session.req_header().headers, sample_ratio);
         let snapshot = self.snapshot.load_full();
         let req = session.req_header();
         let normalized = match normalize_path(req.uri.path()) {
@@ -450,12 +455,32 @@ impl ProxyHttp for Gateway {
             Some(route) => route.metrics.record(method, status, took),
             None => UNROUTED.record(method, status, took),
         }
-        if let Some(log) = &self.access_log {
-            let req = session.req_header();
-            let client = peer_ip(session).map(|peer| {
-                let snapshot = self.snapshot.load();
-                plumbing::client_ip(peer, &req.headers, &snapshot.trusted_proxies).to_string()
+        if self.access_log.is_none() && self.tracer.is_none() {
+            return;
+        }
+        let req = session.req_header();
+        let client = peer_ip(session).map(|peer| {
+            let snapshot = self.snapshot.load();
+            plumbing::client_ip(peer, &req.headers, &snapshot.trusted_proxies).to_string()
+        });
+        if let Some(tracer) = &self.tracer {
+            let end = std::time::SystemTime::now();
+            tracer.export(&Finished {
+                trace: &ctx.trace,
+                start: end - took,
+                end,
+                method: method.as_str(),
+                path: req.uri.path(),
+                host: request_host(req),
+                route: ctx.route.as_deref().map(|r| &*r.name),
+                status,
+                client: client.clone(),
+                upstream: ctx.upstream().map(|u| &*u.name),
+                target: ctx.inflight.as_ref().map(|g| &*g.target().label),
+                request_id: ctx.request_id.as_str(),
             });
+        }
+        if let Some(log) = &self.access_log {
             log.log(&Entry {
                 time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
                 request_id: ctx.request_id.as_str(),

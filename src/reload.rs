@@ -23,7 +23,7 @@ const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Reloader {
     path: PathBuf,
     snapshot: SharedSnapshot,
-    /// The configuration the process started with: its `[server]`, `[admin]` and `[log]`
+    /// The configuration the process started with: its `[server]`, `[admin]`, `[log]` and `[tracing]`
     /// sections (listeners, threads, admin token, log destinations) apply only at start; a
     /// restart or binary upgrade applies changes to them.
     running: Arc<Config>,
@@ -70,6 +70,7 @@ fn try_reload(
         ("server", config.server != running.server),
         ("admin", config.admin != running.admin),
         ("log", config.log != running.log),
+        ("tracing", config.tracing != running.tracing),
     ] {
         if changed {
             log::warn!(

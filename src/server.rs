@@ -75,7 +75,8 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
     let reopener = Reopener::new(access_log.as_ref());
     let lifecycle = Lifecycle::default();
     let drain = Drain::new(server.watch_execution_phase(), lifecycle.clone());
-    let gateway = Gateway::new(Arc::clone(&shared), access_log, lifecycle.clone());
+    let tracer = crate::otlp::Exporter::new(&config.tracing);
+    let gateway = Gateway::new(Arc::clone(&shared), access_log, tracer, lifecycle.clone());
     let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
         .name("pylon")
         .server_options(options)

@@ -35,6 +35,7 @@ pub struct Config {
     /// The admin listener; absent: no admin API.
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
+    pub tracing: TracingConfig,
     pub upstreams: BTreeMap<String, Located<UpstreamConfig>>,
     pub routes: Vec<Located<RouteConfig>>,
     pub policies: BTreeMap<String, Located<PolicyConfig>>,
@@ -142,6 +143,45 @@ pub struct LogConfig {
     /// `"stdout"`, a file path, or `"off"`.
     #[serde(default = "default_access_log")]
     pub access_log: String,
+}
+
+/// `[tracing]`: OpenTelemetry export of one span per request. Off without an endpoint.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/HTTP (protobuf) traces URL, e.g. `http://127.0.0.1:4318/v1/traces`.
+    pub otlp_endpoint: Option<Spanned<String>>,
+    /// Share of new traces recorded; a client's `traceparent` sampled flag decides for its own.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: Spanned<f64>,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Longest wait for the collector per batch.
+    #[serde(default = "default_export_timeout")]
+    pub export_timeout: ConfTimeout,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: None,
+            sample_ratio: default_sample_ratio(),
+            service_name: default_service_name(),
+            export_timeout: default_export_timeout(),
+        }
+    }
+}
+
+fn default_sample_ratio() -> Spanned<f64> {
+    Spanned::new(0..0, 1.0)
+}
+
+fn default_service_name() -> String {
+    "pylon".into()
+}
+
+fn default_export_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(10))
 }
 
 impl Default for LogConfig {
@@ -757,6 +797,11 @@ fn parse_sections(
                     config.log = s.value;
                 }
             }
+            "tracing" => {
+                if let Some(s) = section(value, errors) {
+                    config.tracing = s.value;
+                }
+            }
             "upstreams" => {
                 for_each_entry(value, errors, "upstreams", |name, v, errors| {
                     match section(v, errors) {
@@ -803,7 +848,7 @@ fn parse_sections(
             other => errors.push(ConfigError::at(
                 key_span,
                 format!(
-                    "unknown section `{other}`; expected one of `server`, `admin`, `log`, `upstreams`, `routes`, `policies`, `consumers`"
+                    "unknown section `{other}`; expected one of `server`, `admin`, `log`, `tracing`, `upstreams`, `routes`, `policies`, `consumers`"
                 ),
             )),
         }

@@ -24,6 +24,7 @@ pub const MAX_RETRIES: usize = 10;
 /// `unparsed` names upstreams that exist but failed to parse (already reported).
 pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>) {
     check_server(config, errors);
+    check_tracing(config, errors);
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
     }
@@ -229,6 +230,28 @@ fn check_consumer_credentials(config: &Config, errors: &mut Vec<ConfigError>) {
                     ),
                 ));
             }
+        }
+    }
+}
+
+fn check_tracing(config: &Config, errors: &mut Vec<ConfigError>) {
+    let t = &config.tracing;
+    let ratio = *t.sample_ratio.get_ref();
+    if !(0.0..=1.0).contains(&ratio) {
+        errors.push(ConfigError::at(
+            t.sample_ratio.span(),
+            format!("`sample_ratio` must be from 0 to 1, not {ratio}"),
+        ));
+    }
+    if let Some(url) = &t.otlp_endpoint {
+        let u = url.get_ref();
+        if u.parse::<http::Uri>().is_err()
+            || !(u.starts_with("http://") || u.starts_with("https://"))
+        {
+            errors.push(ConfigError::at(
+                url.span(),
+                format!("`otlp_endpoint` {u:?} must be an http:// or https:// URL"),
+            ));
         }
     }
 }

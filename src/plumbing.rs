@@ -301,7 +301,8 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 pub fn strip_hop_by_hop_request(req: &mut RequestHeader, upgrade: bool) {
     if req.headers.contains_key(CONNECTION) {
         for name in connection_listed(&req.headers) {
-            if !(upgrade && name == UPGRADE) {
+            // `Host` is end to end whatever a client says: without it the request is invalid.
+            if !(upgrade && name == UPGRADE) && name != http::header::HOST {
                 req.remove_header(&name);
             }
         }

@@ -318,6 +318,9 @@ impl ProxyHttp for Gateway {
         let (Some(route), Some(snapshot)) = (ctx.route.as_deref(), ctx.snapshot.as_deref()) else {
             return Ok(());
         };
+        // First: the headers a client names in `Connection` go, before the gateway sets its own
+        // (`Connection: x-consumer, x-forwarded-for` must not remove what the gateway adds).
+        plumbing::strip_hop_by_hop_request(upstream_request, session.is_upgrade_req());
         let strip_query = match &ctx.verdict.strip {
             Some(Found::Query(name)) => Some(name.as_str()),
             _ => None,
@@ -391,7 +394,6 @@ impl ProxyHttp for Gateway {
         }
         upstream_request.insert_header(plumbing::X_REQUEST_ID, ctx.request_id.header())?;
         upstream_request.insert_header(plumbing::TRACEPARENT, ctx.trace.header())?;
-        plumbing::strip_hop_by_hop_request(upstream_request, session.is_upgrade_req());
         Ok(())
     }
 

@@ -105,6 +105,30 @@ fn api_keys_identify_consumers_and_are_stripped() {
     let r = get_with(&gw.url("/open"), &[("x-consumer", "alice")]);
     assert!(r.json()["headers"].get("x-consumer").is_none());
 
+    // Naming gateway-set headers in `Connection` does not remove them upstream.
+    let r = get_with(
+        &gw.url("/keyed"),
+        &[
+            ("x-api-key", "alice-key-123"),
+            (
+                "connection",
+                "keep-alive, x-consumer, x-request-id, traceparent",
+            ),
+        ],
+    );
+    let h = &r.json()["headers"];
+    assert_eq!(h["x-consumer"], "alice");
+    assert!(h.get("x-request-id").is_some() && h.get("traceparent").is_some());
+    // Nominating `Host` or `X-Forwarded-*` is refused outright (by Pingora).
+    let r = get_with(
+        &gw.url("/keyed"),
+        &[
+            ("x-api-key", "alice-key-123"),
+            ("connection", "x-forwarded-for"),
+        ],
+    );
+    assert_error(&r, 400, "bad_request");
+
     // forward_credentials keeps the key.
     let r = get_with(&gw.url("/forwarded"), &[("x-api-key", "alice-key-123")]);
     assert_eq!(r.json()["headers"]["x-api-key"], "alice-key-123");
@@ -226,6 +250,12 @@ upstream = "echo"
 policies = ["keys", "login", "gold-only"]
 
 [[routes]]
+name = "acl-listed-first"
+paths = ["/acl-first"]
+upstream = "echo"
+policies = ["gold-only", "login"]
+
+[[routes]]
 name = "guest"
 paths = ["/guest"]
 upstream = "echo"
@@ -329,6 +359,14 @@ fn first_credential_decides_and_anonymous_falls_back() {
     assert_error(&r, 401, "unauthorized");
     assert!(r.header("www-authenticate").unwrap().starts_with("ApiKey"));
     assert_error(&get(&gw.url("/either")), 401, "unauthorized");
+
+    // An ACL listed before the auth policy still sees the consumer it identifies.
+    let r = get_with(
+        &gw.url("/acl-first"),
+        &[("authorization", &basic("alice", "wonderland"))],
+    );
+    assert_eq!(r.json()["headers"]["x-consumer"], "alice");
+    assert_error(&get(&gw.url("/acl-first")), 401, "unauthorized");
 
     // No credential: the anonymous consumer, who is not gold.
     let r = get(&gw.url("/guest"));

@@ -136,6 +136,10 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\nsample_ratio = 2.0\n".into(), 3, "from 0 to 1"),
         // 55: an OTLP endpoint that is not a URL
         ("[tracing]\notlp_endpoint = \"collector:4318\"\n".into(), 2, "http:// or https://"),
+        // 56: a policy name that cannot go into a header
+        ("[policies.\"a b\"]\nkind = \"acl\"\nallow = [\"x\"]\n".into(), 1, "may only use letters"),
+        // 57: a bcrypt cost that would hold a hashing slot for minutes
+        ("[consumers.c]\nbasic_auth = { user = \"c\", password_hash = \"$2b$20$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy\" }\n".into(), 2, "above the maximum"),
     ]
 }
 

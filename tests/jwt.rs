@@ -524,6 +524,12 @@ fn jwks_rotation_and_outage() {
     }
     let fetched = jwks.hits.load(Ordering::SeqCst) - before;
     assert!(fetched <= 15, "30 unknown kids caused {fetched} fetches");
+
+    // An empty set withdraws every key.
+    jwks.serve(vec![]);
+    wait_until(Duration::from_secs(5), || {
+        status(&gw, "/jwks", &new).status == 401
+    });
 }
 
 fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {

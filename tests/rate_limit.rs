@@ -329,3 +329,60 @@ fn fixed_responses_are_limited_too() {
     let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
     assert!(retry > 60 && retry <= 7200, "{retry}");
 }
+
+#[test]
+fn counts_survive_a_reload_that_keeps_the_policy() {
+    let e = echo("e", &[]);
+    let config = |extra: &str| {
+        format!(
+            "{}[policies.three]\nkind = \"rate_limit\"\nlimit = 3\nwindow = \"1h\"\n{}{extra}",
+            upstream(&e),
+            route("r", "\"three\"")
+        )
+    };
+    let gw = gateway(&config(""));
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/r")).status, 200);
+    }
+    gw.rewrite(&config(&route("other", "")));
+    gw.signal("HUP");
+    let start = Instant::now();
+    while get(&gw.url("/other")).status != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "reload not applied"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_error(&get(&gw.url("/r")), 429, "rate_limited");
+}
+
+#[test]
+fn anonymous_clients_are_counted_by_address() {
+    let e = echo("e", &[]);
+    let gw = gateway_with_server(
+        "trusted_proxies = [\"127.0.0.1/32\"]",
+        &format!(
+            "{}[consumers.guest]\n[consumers.alice]\napi_keys = [\"alice-key\"]\n[policies.keys]\nkind = \"api_key\"\nanonymous = \"guest\"\n[policies.two]\nkind = \"rate_limit\"\nlimit = 2\nwindow = \"1h\"\nkey = [\"consumer\"]\n{}",
+            upstream(&e),
+            // Listed before the auth policy: it still runs after it.
+            route("r", "\"two\", \"keys\"")
+        ),
+    );
+    let from = |ip: &'static str| get_with(&gw.url("/r"), &[("x-forwarded-for", ip)]);
+    assert_eq!(from("192.0.2.1").json()["headers"]["x-consumer"], "guest");
+    assert_eq!(from("192.0.2.1").status, 200);
+    assert_error(&from("192.0.2.1"), 429, "rate_limited");
+    // Another anonymous client has its own count; a known consumer counts by name.
+    assert_eq!(from("192.0.2.2").status, 200);
+    let alice = |ip: &str| {
+        get_with(
+            &gw.url("/r"),
+            &[("x-forwarded-for", ip), ("x-api-key", "alice-key")],
+        )
+        .status
+    };
+    assert_eq!(alice("192.0.2.1"), 200);
+    assert_eq!(alice("192.0.2.9"), 200);
+    assert_eq!(alice("192.0.2.7"), 429);
+}

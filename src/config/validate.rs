@@ -7,7 +7,7 @@ use super::{
     UpstreamConfig,
 };
 use super::{JwtConfig, LimitScope};
-use crate::policy::basic_auth::is_bcrypt;
+use crate::policy::basic_auth::bcrypt_cost;
 use crate::policy::jwt::{pem_key, Family};
 use crate::policy::limit_key::KeySpec;
 use std::collections::HashSet;
@@ -32,6 +32,17 @@ pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>
         check_policy_name(config, unparsed, name, errors);
     }
     for (name, policy) in &config.policies {
+        // Names go into metric labels and `RateLimit` structured-field strings.
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+        {
+            errors.push(ConfigError::at(
+                policy.span.clone(),
+                format!("policy name {name:?} may only use letters, digits, `_`, `.` and `-`"),
+            ));
+        }
         if let PolicyConfig::Acl(acl) = &policy.value {
             if acl.allow.is_empty() == acl.deny.is_empty() {
                 errors.push(ConfigError::at(
@@ -204,13 +215,20 @@ fn check_limits(name: &str, p: &PolicyConfig, span: Range<usize>, errors: &mut V
 fn check_consumer_credentials(config: &Config, errors: &mut Vec<ConfigError>) {
     let mut users = HashSet::new();
     let mut subjects = HashSet::new();
-    for consumer in config.consumers.values() {
+    for (name, consumer) in &config.consumers {
+        // The name goes upstream as `x-consumer`.
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+            errors.push(ConfigError::at(
+                consumer.span.clone(),
+                format!("consumer name {name:?} must be printable ASCII without spaces"),
+            ));
+        }
         if let Some(cred) = &consumer.basic_auth {
             let c = cred.get_ref();
-            if !is_bcrypt(c.password_hash.expose()) {
+            if let Err(e) = bcrypt_cost(c.password_hash.expose()) {
                 errors.push(ConfigError::at(
                     cred.span(),
-                    "`password_hash` must be a bcrypt hash ($2a$, $2b$ or $2y$, as made by `htpasswd -B`)",
+                    format!("`password_hash`: {e}"),
                 ));
             }
             if !users.insert(c.user.as_str()) {

@@ -28,11 +28,9 @@ static HASHING: LazyLock<Semaphore> = LazyLock::new(|| {
     Semaphore::new((cores / 2).max(1))
 });
 
-/// What an unknown user's password is checked against, so that costs the same as a known one.
-static DUMMY_HASH: LazyLock<Arc<str>> = LazyLock::new(|| {
-    bcrypt::hash("pylon: no such user", bcrypt::DEFAULT_COST)
-        .map_or_else(|_| Arc::from(""), Arc::from)
-});
+/// The highest bcrypt cost accepted: 2^15 rounds take about 2 s of a core; a higher cost in a
+/// config is a mistake that would let each login hold a hashing slot for minutes.
+pub const MAX_COST: u32 = 15;
 
 /// One user: the bcrypt hash and the consumer it identifies.
 pub struct User {
@@ -42,9 +40,20 @@ pub struct User {
 
 pub type Users = HashMap<String, User>;
 
-/// Whether `hash` is a bcrypt hash this policy can check.
-pub fn is_bcrypt(hash: &str) -> bool {
-    ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p)) && hash.len() == 60
+/// The cost of a bcrypt hash this policy can check (`$2a$`, `$2b$`, `$2y$`, cost at most
+/// [`MAX_COST`]), or why it cannot.
+pub fn bcrypt_cost(hash: &str) -> Result<u32, String> {
+    let versioned = ["$2a$", "$2b$", "$2y$"].iter().any(|p| hash.starts_with(p));
+    let cost = match hash.parse::<bcrypt::HashParts>() {
+        Ok(parts) if versioned => parts.get_cost(),
+        _ => return Err("not a bcrypt hash ($2a$, $2b$ or $2y$, as made by `htpasswd -B`)".into()),
+    };
+    if cost > MAX_COST {
+        return Err(format!(
+            "bcrypt cost {cost} is above the maximum of {MAX_COST}"
+        ));
+    }
+    Ok(cost)
 }
 
 /// Users of an htpasswd file. A user that is also a `[consumers.NAME]` gets its groups.
@@ -64,11 +73,8 @@ pub fn read_htpasswd(
         let (user, hash) = line
             .split_once(':')
             .ok_or_else(|| format!("{}: expected `user:hash`", at()))?;
-        if !is_bcrypt(hash) {
-            return Err(format!(
-                "{}: user `{user}` does not have a bcrypt hash; only bcrypt is accepted (`htpasswd -B`)",
-                at()
-            ));
+        if let Err(e) = bcrypt_cost(hash) {
+            return Err(format!("{}: user `{user}`: {e}", at()));
         }
         let consumer = consumers
             .get(user)
@@ -85,26 +91,65 @@ pub fn read_htpasswd(
     Ok(users)
 }
 
+/// A digest of a policy's settings and its users (names, hashes, consumers and their groups):
+/// equal fingerprints mean remembered outcomes still hold.
+pub fn fingerprint(config: &BasicAuthConfig, users: &Users) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("{config:?}"));
+    let mut names: Vec<&String> = users.keys().collect();
+    names.sort();
+    for name in names {
+        let u = &users[name];
+        h.update(format!(
+            "\0{name}\0{}\0{}\0{:?}",
+            u.hash, u.consumer.name, u.consumer.groups
+        ));
+    }
+    h.finalize().into()
+}
+
+/// Outcomes by credential digest: `Some` consumer when the password was right.
+pub type Outcomes = Verified<Option<Arc<Consumer>>>;
+
+pub fn outcomes() -> Arc<Outcomes> {
+    Arc::new(Verified::new(CACHE_SIZE))
+}
+
 pub struct BasicAuth {
     pub challenge: HeaderValue,
     pub forward_credentials: bool,
     users: Arc<Users>,
-    /// Outcomes by credential digest: `Some` consumer when the password was right.
-    verified: Verified<Option<Arc<Consumer>>>,
+    verified: Arc<Outcomes>,
+    /// What an unknown user's password is checked against: a hash of the users' own cost, so
+    /// a refusal takes as long whether or not the user exists.
+    dummy: Arc<str>,
     ttl: Duration,
 }
 
 impl BasicAuth {
-    pub fn new(config: &BasicAuthConfig, users: Arc<Users>) -> BasicAuth {
+    /// `verified` may be kept from the previous configuration when the users are the same.
+    pub fn new(
+        config: &BasicAuthConfig,
+        users: Arc<Users>,
+        verified: Arc<Outcomes>,
+    ) -> Result<BasicAuth, String> {
         let challenge = format!("Basic realm=\"{}\", charset=\"UTF-8\"", config.realm);
-        BasicAuth {
+        let cost = users
+            .values()
+            .filter_map(|u| bcrypt_cost(&u.hash).ok())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy = bcrypt::hash("pylon: no such user", cost).map_err(|e| e.to_string())?;
+        Ok(BasicAuth {
             challenge: HeaderValue::from_str(&challenge)
                 .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"pylon\"")),
             forward_credentials: config.forward_credentials,
             users,
-            verified: Verified::new(CACHE_SIZE),
+            verified,
+            dummy: dummy.into(),
             ttl: config.cache_ttl.0,
-        }
+        })
     }
 
     /// The base64 part of `Authorization: Basic ...`, if the request carries one.
@@ -131,7 +176,7 @@ impl BasicAuth {
         let user = std::str::from_utf8(user)
             .ok()
             .and_then(|u| self.users.get(u));
-        let hash = user.map_or_else(|| Arc::clone(&DUMMY_HASH), |u| Arc::clone(&u.hash));
+        let hash = user.map_or_else(|| Arc::clone(&self.dummy), |u| Arc::clone(&u.hash));
         let Some(matches) = check(password.to_vec(), hash).await else {
             return Auth::Busy;
         };
@@ -172,7 +217,7 @@ mod tests {
             },
         )]);
         let config: BasicAuthConfig = toml::from_str("").unwrap();
-        BasicAuth::new(&config, Arc::new(users))
+        BasicAuth::new(&config, Arc::new(users), outcomes()).unwrap()
     }
 
     fn encode(s: &str) -> Vec<u8> {
@@ -219,9 +264,10 @@ mod tests {
     #[test]
     fn recognizes_bcrypt() {
         let h = bcrypt::hash("x", 4).unwrap();
-        assert!(is_bcrypt(&h));
-        assert!(is_bcrypt(&h.replacen("$2b$", "$2y$", 1)));
-        assert!(!is_bcrypt("$apr1$abc$def"));
-        assert!(!is_bcrypt("{SHA}abc"));
+        assert_eq!(bcrypt_cost(&h), Ok(4));
+        assert_eq!(bcrypt_cost(&h.replacen("$2b$", "$2y$", 1)), Ok(4));
+        assert!(bcrypt_cost(&h.replacen("$2b$04$", "$2b$31$", 1)).is_err());
+        assert!(bcrypt_cost("$apr1$abc$def").is_err());
+        assert!(bcrypt_cost("{SHA}abc").is_err());
     }
 }

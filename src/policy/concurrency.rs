@@ -4,19 +4,27 @@
 //! lives in the request's context), however it ends. Counts are exact, in sharded maps, and a
 //! key's entry goes away when its last request does, so idle keys cost nothing.
 
-use super::limit_key::{Facts, KeySpec};
+use super::limit_key::{Facts, KeySpec, KEY_HASHER};
 use super::Consumer;
 use crate::config::ConcurrencyLimitConfig;
 use crate::error::{self, GatewayError};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Mutex};
 
 const SHARDS: usize = 64;
 
-#[derive(Default)]
-struct Counts {
+/// Requests in flight per key hash.
+pub struct Counts {
     shards: Vec<Mutex<HashMap<u64, u64>>>,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+        }
+    }
 }
 
 impl Counts {
@@ -50,12 +58,14 @@ pub struct ConcurrencyLimit {
     /// The error over the cap: 429 or 503, as configured.
     pub error: GatewayError,
     keys: KeySpec,
-    hasher: RandomState,
     counts: Arc<Counts>,
 }
 
 impl ConcurrencyLimit {
-    pub fn new(config: &ConcurrencyLimitConfig) -> Result<ConcurrencyLimit, String> {
+    pub fn new(
+        config: &ConcurrencyLimitConfig,
+        counts: Arc<Counts>,
+    ) -> Result<ConcurrencyLimit, String> {
         let error = match config.status {
             429 => error::TOO_MANY_REQUESTS,
             503 => error::UPSTREAM_UNAVAILABLE,
@@ -68,10 +78,7 @@ impl ConcurrencyLimit {
             max: config.max,
             error,
             keys: KeySpec::parse(&config.key)?,
-            hasher: RandomState::new(),
-            counts: Arc::new(Counts {
-                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            }),
+            counts,
         })
     }
 
@@ -82,7 +89,7 @@ impl ConcurrencyLimit {
         facts: &Facts,
         consumer: Option<&Consumer>,
     ) -> Option<Slot> {
-        let mut h = self.hasher.build_hasher();
+        let mut h = KEY_HASHER.build_hasher();
         self.keys.feed(req, facts, consumer, &mut |b| h.write(b));
         let key = h.finish();
         let mut shard = self.counts.shard(key);
@@ -105,7 +112,7 @@ mod tests {
     #[test]
     fn caps_and_releases() {
         let config: ConcurrencyLimitConfig = toml::from_str("max = 2").unwrap();
-        let limit = ConcurrencyLimit::new(&config).unwrap();
+        let limit = ConcurrencyLimit::new(&config, Arc::default()).unwrap();
         let req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
         let facts = |ip: &str| Facts {
             client_ip: ip.parse().unwrap(),

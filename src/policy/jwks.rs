@@ -78,13 +78,15 @@ impl Jwks {
         self.keys.load()
     }
 
-    /// The key `kid` names, refetching the set first (rate limited) when it names none.
-    pub async fn key(&self, kid: &str) -> Option<Arc<Key>> {
-        if let Some(k) = self.keys.load().by_kid.get(kid) {
-            return Some(Arc::clone(k));
+    /// The key `kid` names and the generation of the set it is in, refetching the set first
+    /// (rate limited) when it names none.
+    pub async fn key(&self, kid: &str) -> Option<(Arc<Key>, u64)> {
+        let find = |set: &KeySet| set.by_kid.get(kid).map(|k| (Arc::clone(k), set.generation));
+        if let Some(found) = find(&self.keys.load()) {
+            return Some(found);
         }
         self.refetch(self.min_refresh).await;
-        self.keys.load().by_kid.get(kid).cloned()
+        find(&self.keys.load())
     }
 
     /// Fetch unless a fetch started less than `interval` ago.
@@ -179,9 +181,7 @@ fn parse(document: &[u8]) -> Result<KeySet, String> {
         }
         set.all.push(key);
     }
-    if set.all.is_empty() {
-        return Err("the document has no usable signature keys".into());
-    }
+    // An empty set is the provider withdrawing every key: it is installed like any other.
     Ok(set)
 }
 
@@ -202,7 +202,7 @@ impl BackgroundService for JwksRefresher {
             let snapshot = self.snapshot.load_full();
             let due = snapshot.policy_state.jwks.iter().map(|j| {
                 // Never fetched yet: retry at the unknown-kid pace, not the slow one.
-                let interval = if j.keys().all.is_empty() {
+                let interval = if j.keys().generation == 0 {
                     j.min_refresh
                 } else {
                     j.refresh
@@ -230,7 +230,7 @@ mod tests {
         assert_eq!(set.all.len(), 1);
         assert!(set.by_kid.contains_key("r1"));
         assert_eq!(set.by_kid["r1"].alg, Some(Algorithm::RS256));
-        assert!(parse(br#"{"keys":[]}"#).is_err());
+        assert!(parse(br#"{"keys":[]}"#).unwrap().all.is_empty());
         assert!(parse(b"nope").is_err());
     }
 }

@@ -193,7 +193,7 @@ impl Jwt {
         match self.verify(token).await {
             Ok((grant, exp)) => {
                 let now = unix_now();
-                let ttl = (exp + self.leeway).saturating_sub(now);
+                let ttl = exp.saturating_add(self.leeway).saturating_sub(now);
                 if ttl > 0 {
                     self.verified
                         .put(digest, grant.clone(), Duration::from_secs(ttl));
@@ -222,11 +222,12 @@ impl Jwt {
         match (&self.jwks, &header.kid) {
             _ if family == Family::Hmac => candidates.extend(&self.secret),
             (Some(jwks), Some(kid)) => {
-                jwks_key = jwks.key(kid).await.ok_or(Unauthorized("unknown_kid"))?;
+                let (key, set) = jwks.key(kid).await.ok_or(Unauthorized("unknown_kid"))?;
+                jwks_key = key;
                 if jwks_key.family != family || jwks_key.alg.is_some_and(|a| a != header.alg) {
                     return Err(Unauthorized("algorithm_not_allowed"));
                 }
-                generation = Some(jwks.keys().generation);
+                generation = Some(set);
                 candidates.push(&jwks_key.key);
             }
             (jwks, _) => {

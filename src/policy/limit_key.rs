@@ -7,7 +7,14 @@
 
 use super::Consumer;
 use http::HeaderName;
+use std::hash::RandomState;
 use std::net::IpAddr;
+use std::sync::LazyLock;
+
+/// Hashes keys of in-process counters. One per process (random, so clients cannot aim for
+/// collisions), the same for every configuration, so counts kept across a reload still match
+/// their keys.
+pub static KEY_HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
 /// What a request brings to its limit keys besides its headers.
 pub struct Facts<'a> {

@@ -1,9 +1,11 @@
 //! Policies: the per-route chain that runs before a request is proxied.
 //!
 //! Each `[policies.NAME]` compiles once into a [`Policy`]; a route's [`Chain`] is the global
-//! policies followed by its own. Authentication follows Kong's rule: among several auth policies
-//! on a route, the first that finds its credential decides; when none finds one, the request is
-//! refused with 401 before any non-auth policy runs.
+//! policies followed by its own, with every auth policy moved ahead of the others (keeping their
+//! order): limits and ACLs need to know the consumer, wherever they were listed. Authentication
+//! follows Kong's rule: among several auth policies, the first that finds its credential
+//! decides; when none finds one, the anonymous consumer of the first that has one applies, or
+//! the request is refused with 401 before any other policy runs.
 
 pub mod acl;
 pub mod api_key;
@@ -208,6 +210,17 @@ pub struct State {
     redis: Vec<Arc<ClusterWindows>>,
     /// Local rate-limit windows by policy name, with the settings they count for.
     local: HashMap<String, (crate::config::RateLimitConfig, Arc<LocalWindows>)>,
+    /// Basic-auth outcomes by policy name, with a fingerprint of the policy and its users.
+    basic: HashMap<String, ([u8; 32], Arc<basic_auth::Outcomes>)>,
+    /// In-flight counts by policy name, likewise: requests started before a reload still hold
+    /// their slots.
+    inflight: HashMap<
+        String,
+        (
+            crate::config::ConcurrencyLimitConfig,
+            Arc<concurrency::Counts>,
+        ),
+    >,
 }
 
 /// The compiled policies of a configuration.
@@ -235,7 +248,20 @@ pub fn compile(config: &Config, previous: &State) -> Result<Compiled, ConfigErro
                     }
                     None => Arc::clone(&consumers.basic),
                 };
-                Kind::BasicAuth(Box::new(basic_auth::BasicAuth::new(b, users)))
+                // Remembered outcomes stay valid while the policy and its users are unchanged: a
+                // reload must not send every client back through bcrypt at once.
+                let fingerprint = basic_auth::fingerprint(b, &users);
+                let verified = previous
+                    .basic
+                    .get(name)
+                    .filter(|(f, _)| *f == fingerprint)
+                    .map_or_else(basic_auth::outcomes, |(_, v)| Arc::clone(v));
+                state
+                    .basic
+                    .insert(name.clone(), (fingerprint, Arc::clone(&verified)));
+                Kind::BasicAuth(Box::new(
+                    basic_auth::BasicAuth::new(b, users, verified).map_err(at)?,
+                ))
             }
             PolicyConfig::Jwt(j) => {
                 let set = match &j.jwks_url {
@@ -299,7 +325,17 @@ pub fn compile(config: &Config, previous: &State) -> Result<Compiled, ConfigErro
                 ))
             }
             PolicyConfig::ConcurrencyLimit(c) => {
-                Kind::ConcurrencyLimit(Box::new(concurrency::ConcurrencyLimit::new(c).map_err(at)?))
+                let counts = previous
+                    .inflight
+                    .get(name)
+                    .filter(|(config, _)| config == c)
+                    .map_or_else(Arc::default, |(_, counts)| Arc::clone(counts));
+                state
+                    .inflight
+                    .insert(name.clone(), (c.clone(), Arc::clone(&counts)));
+                Kind::ConcurrencyLimit(Box::new(
+                    concurrency::ConcurrencyLimit::new(c, counts).map_err(at)?,
+                ))
             }
         };
         let anonymous = match p.value.anonymous() {
@@ -325,6 +361,8 @@ pub fn compile(config: &Config, previous: &State) -> Result<Compiled, ConfigErro
 pub struct Verdict {
     /// Some auth policy accepted the request (possibly as its anonymous consumer).
     pub authenticated: bool,
+    /// The consumer is the anonymous fallback: no credential was presented.
+    pub anonymous: bool,
     pub identity: Identity,
     /// The credential to strip before proxying, unless the policy forwards it.
     pub strip: Option<Found>,
@@ -398,7 +436,9 @@ pub struct Chain {
 }
 
 impl Chain {
-    pub fn new(policies: Vec<Arc<Policy>>) -> Chain {
+    pub fn new(mut policies: Vec<Arc<Policy>>) -> Chain {
+        // Auth first, each group in its written order (the sort is stable).
+        policies.sort_by_key(|p| !p.is_auth());
         let mut claim_headers: Vec<HeaderName> = Vec::new();
         for p in &policies {
             if let Kind::Jwt(j) = &p.kind {
@@ -447,41 +487,45 @@ impl Chain {
         let mut verdict = Verdict::default();
         // The first auth policy that found no credential, for the 401 or its anonymous consumer.
         let mut missing: Option<&Arc<Policy>> = None;
-        for policy in self.policies.iter() {
-            if policy.is_auth() {
-                if verdict.authenticated {
-                    continue;
-                }
-                let Some((auth, found)) = policy.authenticate(req).await else {
-                    if missing.is_none_or(|m| m.anonymous.is_none() && policy.anonymous.is_some()) {
-                        missing = Some(policy);
-                    }
-                    continue;
-                };
-                match auth {
-                    Auth::Granted(identity) => {
-                        verdict.authenticated = true;
-                        verdict.identity = identity;
-                        verdict.strip = found;
-                    }
-                    Auth::Refused(reason) => return Err(Rejection::unauthorized(policy, reason)),
-                    Auth::Forbidden(reason) => {
-                        return Err(Rejection::new(error::FORBIDDEN, policy, reason))
-                    }
-                    Auth::Busy => {
-                        let mut r = Rejection::new(error::TOO_MANY_REQUESTS, policy, "busy");
-                        r.headers
-                            .push((http::header::RETRY_AFTER, HeaderValue::from_static("1")));
-                        return Err(r);
-                    }
+        let auth = self.policies.iter().take_while(|p| p.is_auth());
+        for policy in auth {
+            let Some((auth, found)) = policy.authenticate(req).await else {
+                if missing.is_none_or(|m| m.anonymous.is_none() && policy.anonymous.is_some()) {
+                    missing = Some(policy);
                 }
                 continue;
-            }
-            if !verdict.authenticated {
-                if let Some(p) = missing {
-                    settle_missing(p, &mut verdict)?;
+            };
+            match auth {
+                Auth::Granted(identity) => {
+                    verdict.authenticated = true;
+                    verdict.identity = identity;
+                    verdict.strip = found;
+                    break;
+                }
+                Auth::Refused(reason) => return Err(Rejection::unauthorized(policy, reason)),
+                Auth::Forbidden(reason) => {
+                    return Err(Rejection::new(error::FORBIDDEN, policy, reason))
+                }
+                Auth::Busy => {
+                    let mut r = Rejection::new(error::TOO_MANY_REQUESTS, policy, "busy");
+                    r.headers
+                        .push((http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+                    return Err(r);
                 }
             }
+        }
+        if !verdict.authenticated {
+            if let Some(p) = missing {
+                settle_missing(p, &mut verdict)?;
+            }
+        }
+        // Limits count an anonymous consumer by client address, not as one shared client.
+        let consumer = if verdict.anonymous {
+            None
+        } else {
+            verdict.identity.consumer.clone()
+        };
+        for policy in self.policies.iter().skip_while(|p| p.is_auth()) {
             match &policy.kind {
                 Kind::Acl(acl) => match &verdict.identity.consumer {
                     Some(c) if acl.permits(c) => {}
@@ -492,8 +536,7 @@ impl Chain {
                     None => return Err(Rejection::unauthorized(policy, "no_consumer")),
                 },
                 Kind::RateLimit(limit) => {
-                    let consumer = verdict.identity.consumer.as_deref();
-                    let outcome = match limit.check(req, facts, consumer).await {
+                    let outcome = match limit.check(req, facts, consumer.as_deref()).await {
                         Checked::Admitted(o) => Some(o),
                         Checked::Throttled(o) => {
                             verdict.throttled = true;
@@ -528,8 +571,7 @@ impl Chain {
                     }
                 }
                 Kind::ConcurrencyLimit(limit) => {
-                    let consumer = verdict.identity.consumer.as_deref();
-                    match limit.acquire(req, facts, consumer) {
+                    match limit.acquire(req, facts, consumer.as_deref()) {
                         Some(slot) => verdict.slots.push(slot),
                         None => {
                             let mut r = Rejection::rate_limited(limit.error, policy, vec![]);
@@ -542,11 +584,6 @@ impl Chain {
                 Kind::ApiKey(_) | Kind::BasicAuth(_) | Kind::Jwt(_) => {}
             }
         }
-        if !verdict.authenticated {
-            if let Some(p) = missing {
-                settle_missing(p, &mut verdict)?;
-            }
-        }
         Ok(verdict)
     }
 }
@@ -556,6 +593,7 @@ fn settle_missing(policy: &Policy, verdict: &mut Verdict) -> Result<(), Rejectio
     match &policy.anonymous {
         Some(c) => {
             verdict.authenticated = true;
+            verdict.anonymous = true;
             verdict.identity.consumer = Some(Arc::clone(c));
             Ok(())
         }

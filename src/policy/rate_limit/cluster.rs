@@ -5,7 +5,9 @@
 //! agree. Each key is one hash (`i`, `p`, `c`) with a TTL of two windows, named
 //! `pylon:rl:{...}` so that Redis Cluster places it by the whole braced part. Requests share
 //! one multiplexed, pipelining connection that reconnects on its own; every call is bounded by
-//! `store_timeout`.
+//! `store_timeout`. The script needs Redis 5 or later (`TIME` before writes). Pylon speaks to
+//! one endpoint: a standalone Redis, a replicated primary, or a cluster proxy; it does not
+//! follow Redis Cluster `MOVED` redirections itself.
 
 use super::window::{self, Outcome};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -36,7 +38,7 @@ if p * (w - into) / w + c + 1 <= allowance then
   allowed = 1
 end
 redis.call('HSET', KEYS[1], 'i', index, 'p', p, 'c', c)
-redis.call('PEXPIRE', KEYS[1], w * 2)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return {allowed, p, c, into}
 ";
 
@@ -70,6 +72,8 @@ impl ClusterWindows {
                 .key(key)
                 .arg(window_ms)
                 .arg(allowance)
+                // Two windows, as an integer: Lua would print large numbers as `1e+08`.
+                .arg(window_ms.saturating_mul(2))
                 .invoke_async(&mut conn)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -10,13 +10,13 @@ pub mod cluster;
 pub mod local;
 pub mod window;
 
-use super::limit_key::{Facts, KeySpec};
+use super::limit_key::{Facts, KeySpec, KEY_HASHER};
 use super::Consumer;
 use crate::config::{OnStoreError, RateLimitConfig};
 use cluster::ClusterWindows;
 use local::LocalWindows;
 use sha2::{Digest, Sha256};
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use window::Outcome;
@@ -33,7 +33,6 @@ pub struct RateLimit {
     pub window: Duration,
     keys: KeySpec,
     store: Store,
-    hasher: RandomState,
     on_store_error: OnStoreError,
     throttle: Option<Duration>,
 }
@@ -61,7 +60,6 @@ impl RateLimit {
             window: config.window.0.max(Duration::from_millis(1)),
             keys: KeySpec::parse(&config.key)?,
             store,
-            hasher: RandomState::new(),
             on_store_error: config.on_store_error,
             throttle: config.throttle.as_ref().map(|t| t.max_delay.0),
         })
@@ -113,7 +111,7 @@ impl RateLimit {
         let window_ms = self.window.as_millis().max(1) as u64;
         match &self.store {
             Store::Local(windows) => {
-                let mut h = self.hasher.build_hasher();
+                let mut h = KEY_HASHER.build_hasher();
                 self.keys.feed(req, facts, consumer, &mut |b| h.write(b));
                 Ok(windows.hit(h.finish(), unix_ms(), window_ms, self.allowance))
             }

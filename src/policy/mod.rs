@@ -309,15 +309,7 @@ pub fn compile(config: &Config, previous: &State) -> Result<Compiled, ConfigErro
                         return Err(at("`scope = \"cluster\"` needs a `redis_url`".into()))
                     }
                     (crate::config::LimitScope::Local, _) => {
-                        let windows = previous
-                            .local
-                            .get(name)
-                            .filter(|(c, _)| c == r)
-                            .map_or_else(Arc::default, |(_, w)| Arc::clone(w));
-                        state
-                            .local
-                            .insert(name.clone(), (r.clone(), Arc::clone(&windows)));
-                        rate_limit::Store::Local(windows)
+                        rate_limit::Store::Local(keep(&previous.local, &mut state.local, name, r))
                     }
                 };
                 Kind::RateLimit(Box::new(
@@ -325,14 +317,7 @@ pub fn compile(config: &Config, previous: &State) -> Result<Compiled, ConfigErro
                 ))
             }
             PolicyConfig::ConcurrencyLimit(c) => {
-                let counts = previous
-                    .inflight
-                    .get(name)
-                    .filter(|(config, _)| config == c)
-                    .map_or_else(Arc::default, |(_, counts)| Arc::clone(counts));
-                state
-                    .inflight
-                    .insert(name.clone(), (c.clone(), Arc::clone(&counts)));
+                let counts = keep(&previous.inflight, &mut state.inflight, name, c);
                 Kind::ConcurrencyLimit(Box::new(
                     concurrency::ConcurrencyLimit::new(c, counts).map_err(at)?,
                 ))
@@ -354,6 +339,22 @@ pub fn compile(config: &Config, previous: &State) -> Result<Compiled, ConfigErro
         );
     }
     Ok(Compiled { policies, state })
+}
+
+/// A policy's counters from the previous configuration when its settings are unchanged, fresh
+/// ones otherwise; recorded in `next` for the reload after.
+fn keep<C: PartialEq + Clone, T: Default>(
+    previous: &HashMap<String, (C, Arc<T>)>,
+    next: &mut HashMap<String, (C, Arc<T>)>,
+    name: &str,
+    config: &C,
+) -> Arc<T> {
+    let kept = previous
+        .get(name)
+        .filter(|(c, _)| c == config)
+        .map_or_else(Arc::default, |(_, t)| Arc::clone(t));
+    next.insert(name.to_string(), (config.clone(), Arc::clone(&kept)));
+    kept
 }
 
 /// What the chain found out about a request.

@@ -18,12 +18,13 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
+use pingora::server::{ExecutionPhase, ShutdownWatch};
+use pingora::services::background::BackgroundService;
 use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime};
+use tokio::sync::broadcast;
 
-/// How often queued spans are sent.
-const EXPORT_EVERY: Duration = Duration::from_secs(1);
 /// Spans waiting to be sent before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
 
@@ -46,6 +47,7 @@ pub struct Finished<'a> {
 pub struct Exporter {
     endpoint: String,
     timeout: Duration,
+    interval: Duration,
     service_name: String,
     pub sample_ratio: f64,
     processor: OnceLock<Option<BatchSpanProcessor>>,
@@ -58,6 +60,7 @@ impl Exporter {
         Some(Exporter {
             endpoint,
             timeout: config.export_timeout.0,
+            interval: config.export_interval.0,
             service_name: config.service_name.clone(),
             sample_ratio: *config.sample_ratio.get_ref(),
             processor: OnceLock::new(),
@@ -74,6 +77,15 @@ impl Exporter {
         }
     }
 
+    /// Send what is queued now (blocking until the collector answers or times out).
+    fn flush(&self) {
+        if let Some(Some(processor)) = self.processor.get() {
+            if let Err(e) = processor.force_flush() {
+                log::warn!("OTLP flush to {} failed: {e}", self.endpoint);
+            }
+        }
+    }
+
     fn start(&self) -> Option<BatchSpanProcessor> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
@@ -84,7 +96,7 @@ impl Exporter {
             .ok()?;
         let batches = BatchConfigBuilder::default()
             .with_max_queue_size(QUEUE)
-            .with_scheduled_delay(EXPORT_EVERY)
+            .with_scheduled_delay(self.interval)
             .build();
         let mut processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(batches)
@@ -95,6 +107,32 @@ impl Exporter {
                 .build(),
         );
         Some(processor)
+    }
+}
+
+/// Flushes queued spans once requests have stopped (after the grace period, before the
+/// runtimes stop), so a shutdown or an upgrade loses none.
+pub struct Flush {
+    pub exporter: Arc<Exporter>,
+    pub phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for Flush {
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        loop {
+            match phases.recv().await {
+                Ok(ExecutionPhase::ShutdownRuntimes) => {
+                    let exporter = Arc::clone(&self.exporter);
+                    let _ = tokio::task::spawn_blocking(move || exporter.flush()).await;
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
     }
 }
 

@@ -30,7 +30,7 @@ static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new(met
 pub struct Gateway {
     snapshot: SharedSnapshot,
     access_log: Option<AccessLog>,
-    tracer: Option<Exporter>,
+    tracer: Option<Arc<Exporter>>,
     draining: Lifecycle,
 }
 
@@ -38,7 +38,7 @@ impl Gateway {
     pub fn new(
         snapshot: SharedSnapshot,
         access_log: Option<AccessLog>,
-        tracer: Option<Exporter>,
+        tracer: Option<Arc<Exporter>>,
         draining: Lifecycle,
     ) -> Self {
         Gateway {

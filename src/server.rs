@@ -75,7 +75,16 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
     let reopener = Reopener::new(access_log.as_ref());
     let lifecycle = Lifecycle::default();
     let drain = Drain::new(server.watch_execution_phase(), lifecycle.clone());
-    let tracer = crate::otlp::Exporter::new(&config.tracing);
+    let tracer = crate::otlp::Exporter::new(&config.tracing).map(Arc::new);
+    if let Some(exporter) = &tracer {
+        server.add_service(background_service(
+            "trace flush",
+            crate::otlp::Flush {
+                exporter: Arc::clone(exporter),
+                phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
+            },
+        ));
+    }
     let gateway = Gateway::new(Arc::clone(&shared), access_log, tracer, lifecycle.clone());
     let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
         .name("pylon")

@@ -135,3 +135,35 @@ upstream = "echo"
     assert!(!collector.saw(&bytes(&fresh_parent[3..35])));
     assert!(!collector.saw(b"/orders/1"));
 }
+
+#[test]
+fn queued_spans_are_sent_on_shutdown() {
+    let collector = Collector::start();
+    let e = echo("e", &[]);
+    let mut gw = gateway(&format!(
+        "[tracing]\notlp_endpoint = \"{}\"\nexport_interval = \"1h\"\n[upstreams.echo]\ntargets = [\"{}\"]\n[[routes]]\nname = \"r\"\nupstream = \"echo\"\n",
+        collector.url, e.addr
+    ));
+    let trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let r = get_with(
+        &gw.url("/"),
+        &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+    );
+    assert_eq!(r.status, 200);
+    std::thread::sleep(Duration::from_millis(300));
+    // Not sent yet: the interval is an hour.
+    assert!(!collector.saw(&bytes(trace)));
+    gw.signal("TERM");
+    let start = Instant::now();
+    while gw.alive() {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "pylon did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        collector.saw(&bytes(trace)),
+        "the queued span was lost at shutdown"
+    );
+}

@@ -159,6 +159,9 @@ pub struct TracingConfig {
     /// Longest wait for the collector per batch.
     #[serde(default = "default_export_timeout")]
     pub export_timeout: ConfTimeout,
+    /// How often queued spans are sent.
+    #[serde(default = "default_export_interval")]
+    pub export_interval: ConfTimeout,
 }
 
 impl Default for TracingConfig {
@@ -168,6 +171,7 @@ impl Default for TracingConfig {
             sample_ratio: default_sample_ratio(),
             service_name: default_service_name(),
             export_timeout: default_export_timeout(),
+            export_interval: default_export_interval(),
         }
     }
 }
@@ -178,6 +182,10 @@ fn default_sample_ratio() -> Spanned<f64> {
 
 fn default_service_name() -> String {
     "pylon".into()
+}
+
+fn default_export_interval() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(1))
 }
 
 fn default_export_timeout() -> ConfTimeout {

@@ -54,6 +54,7 @@ test: deps $(TEST_MARK)
 
 # Side by side with nginx and haproxy on pinned cores; prints RESULT lines (docs/performance.md).
 bench: build $(BENCH_MARK)
+	$(CARGO) build --release --example bare_pingora
 	python3 load-tests/bench.py
 
 # The k6 smoke scenario against the demo (started if not running).

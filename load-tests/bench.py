@@ -30,6 +30,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYLON = os.path.join(ROOT, "target", "release", "pylon")
+# The smallest Pingora proxy with Pylon's allocator, runtime settings and profile
+# (examples/bare_pingora.rs): what Pingora itself does on this machine.
+BARE = os.path.join(ROOT, "target", "release", "examples", "bare_pingora")
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "6"))
 # 10,000 where the descriptor limit allows; haproxy reserves two descriptors per connection.
@@ -46,7 +49,7 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
 UPSTREAM = 18000
 REDIS = 18010
-PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004}
+PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004, "pingora": 18007}
 POLICY_PATH = "/svc500/items"
 # The `policies` scenario sends a JWT; Pylon verifies it on every route (nginx ignores it).
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
@@ -384,8 +387,8 @@ def main():
     for tool in ["nginx", "haproxy", "wrk", "taskset", "redis-server"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing (make bench installs it)")
-    if not os.path.exists(PYLON):
-        raise SystemExit("build pylon first: cargo build --release")
+    if not os.path.exists(PYLON) or not os.path.exists(BARE):
+        raise SystemExit("build first: cargo build --release --bins --example bare_pingora")
     raise_fd_limit()
     tmp = tempfile.mkdtemp(prefix="pylon-bench-")
     os.chmod(tmp, 0o755)  # nginx workers started by root run as www-data
@@ -397,6 +400,7 @@ def main():
         PIDS["nginx"] = procs.start("nginx", ["nginx", "-c", f"{tmp}/nginx.conf", "-p", tmp], PROXY_CPU).pid
         PIDS["haproxy"] = procs.start("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], PROXY_CPU).pid
         PIDS["pylon"] = procs.start("pylon", [PYLON, "-c", f"{tmp}/pylon.toml"], PROXY_CPU).pid
+        PIDS["pingora"] = procs.start("pingora", [BARE, f"127.0.0.1:{PORTS['pingora']}", f"127.0.0.1:{UPSTREAM}"], PROXY_CPU).pid
         PIDS["pylon-local-limit"] = PIDS["pylon-cluster-limit"] = PIDS["pylon"]
         PIDS["pylon-1000-routes"] = procs.start("pylon-1000-routes", [PYLON, "-c", f"{tmp}/pylon-1000.toml"], PROXY_CPU).pid
         for port in [UPSTREAM, REDIS, *PORTS.values()]:
@@ -409,8 +413,8 @@ def main():
         three = ["nginx", "haproxy", "pylon"]
         nginx_peak = None
         if "plain" in SCENARIOS or "latency" in SCENARIOS:
-            print("## plain: one route, keep-alive, 32 connections", flush=True)
-            plain = alternate(three, lambda p: wrk(PORTS[p]))
+            print("## plain: one route, keep-alive, 32 connections (pingora: the bare Pingora yardstick)", flush=True)
+            plain = alternate(["nginx", "haproxy", "pingora", "pylon"], lambda p: wrk(PORTS[p]))
             nginx_peak = plain["nginx"]["rps"]
             if "plain" in SCENARIOS:
                 report("plain", plain)

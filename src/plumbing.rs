@@ -1,6 +1,6 @@
 //! Request plumbing every proxied request gets: request ids, `x-forwarded-*`, hop-by-hop headers.
 
-use http::header::{CONNECTION, TE, TRAILER, UPGRADE};
+use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -296,28 +296,6 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
         .collect()
 }
 
-/// Remove hop-by-hop headers from a request going upstream. A protocol upgrade (WebSocket)
-/// keeps `Connection: upgrade` and `Upgrade`, which the upstream needs to switch.
-pub fn strip_hop_by_hop_request(req: &mut RequestHeader, upgrade: bool) {
-    if req.headers.contains_key(CONNECTION) {
-        for name in connection_listed(&req.headers) {
-            // `Host` is end to end whatever a client says: without it the request is invalid.
-            if !(upgrade && name == UPGRADE) && name != http::header::HOST {
-                req.remove_header(&name);
-            }
-        }
-        if !upgrade {
-            req.remove_header(&CONNECTION);
-        }
-    }
-    if !upgrade {
-        req.remove_header(&UPGRADE);
-    }
-    for name in [KEEP_ALIVE, PROXY_CONNECTION, TE, TRAILER] {
-        req.remove_header(&name);
-    }
-}
-
 /// Remove hop-by-hop headers from a response going to the client; Pingora frames the
 /// connection itself. A `101 Switching Protocols` keeps its upgrade headers.
 pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
@@ -485,22 +463,22 @@ mod tests {
 
     #[test]
     fn hop_by_hop() {
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("connection", "keep-alive, x-secret")
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("connection", "keep-alive, x-secret")
             .unwrap();
-        req.insert_header("x-secret", "1").unwrap();
-        req.insert_header("keep-alive", "timeout=5").unwrap();
-        req.insert_header("x-keep", "1").unwrap();
-        strip_hop_by_hop_request(&mut req, false);
-        assert!(req.headers.get("x-secret").is_none());
-        assert!(req.headers.get("connection").is_none());
-        assert!(req.headers.get("keep-alive").is_none());
-        assert!(req.headers.get("x-keep").is_some());
+        resp.insert_header("x-secret", "1").unwrap();
+        resp.insert_header("keep-alive", "timeout=5").unwrap();
+        resp.insert_header("x-keep", "1").unwrap();
+        strip_hop_by_hop_response(&mut resp);
+        assert!(resp.headers.get("x-secret").is_none());
+        assert!(resp.headers.get("connection").is_none());
+        assert!(resp.headers.get("keep-alive").is_none());
+        assert!(resp.headers.get("x-keep").is_some());
 
-        let mut ws = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut ws = ResponseHeader::build(101, None).unwrap();
         ws.insert_header("connection", "Upgrade").unwrap();
         ws.insert_header("upgrade", "websocket").unwrap();
-        strip_hop_by_hop_request(&mut ws, true);
+        strip_hop_by_hop_response(&mut ws);
         assert_eq!(ws.headers["upgrade"], "websocket");
         assert_eq!(ws.headers["connection"], "Upgrade");
     }

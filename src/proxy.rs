@@ -318,9 +318,9 @@ impl ProxyHttp for Gateway {
         let (Some(route), Some(snapshot)) = (ctx.route.as_deref(), ctx.snapshot.as_deref()) else {
             return Ok(());
         };
-        // First: the headers a client names in `Connection` go, before the gateway sets its own
-        // (`Connection: x-consumer, x-forwarded-for` must not remove what the gateway adds).
-        plumbing::strip_hop_by_hop_request(upstream_request, session.is_upgrade_req());
+        // Hop-by-hop headers, and those a client names in `Connection`, are already gone:
+        // Pingora's default upstream request policy strips them before this filter runs (and
+        // refuses requests that nominate `Host` or `X-Forwarded-*`).
         let strip_query = match &ctx.verdict.strip {
             Some(Found::Query(name)) => Some(name.as_str()),
             _ => None,

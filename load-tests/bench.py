@@ -435,7 +435,7 @@ def main():
             report("latency", alternate(three, lambda p: oha(PORTS[p], rate)), key="p99_ms")
         if "connections" in SCENARIOS:
             print(f"## connections: {IDLE_CONNECTIONS} idle keep-alive client connections", flush=True)
-            res = {p: idle_connections(p, PIDS[p], PORTS[p]) for p in three}
+            res = {p: idle_connections(p, PIDS[p], PORTS[p]) for p in ["nginx", "haproxy", "pingora", "pylon"]}
             report("connections", res, key="kb_per_conn")
         if "large" in SCENARIOS:
             print("## large: 1 MiB responses, 8 connections", flush=True)

@@ -48,13 +48,9 @@ impl RequestId {
                 return RequestId(v.clone());
             }
         }
-        let mut id = [0u8; 32];
-        let mut n = rand::random::<u128>();
-        for d in id.iter_mut().rev() {
-            *d = b"0123456789abcdef"[(n & 0xf) as usize];
-            n >>= 4;
-        }
-        RequestId(HeaderValue::from_bytes(&id).expect("hex digits are a valid header value"))
+        // Hex digits are always a valid header value; the fallback is never taken.
+        let id = random_hex::<32>();
+        RequestId(HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("0")))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -195,7 +191,8 @@ impl TraceContext {
         v[36..52].copy_from_slice(&self.span_id);
         v[52] = b'-';
         v[53..].copy_from_slice(&self.flags);
-        HeaderValue::from_bytes(&v).expect("hex digits and dashes")
+        // Hex digits and dashes are always a valid header value; the fallback is never taken.
+        HeaderValue::from_bytes(&v).unwrap_or_else(|_| HeaderValue::from_static(""))
     }
 }
 

@@ -60,6 +60,8 @@ pub struct RequestCtx {
     upstream_took: Option<Duration>,
     /// What the route's policies established: the consumer, the credential to strip.
     verdict: Verdict,
+    /// The client's address after `trusted_proxies`, once something needed it.
+    client_ip: Option<IpAddr>,
     /// Policy outcomes for the access log.
     decisions: Vec<&'static str>,
     /// Counts the request in `pylon_inflight_requests{route}` until dropped.
@@ -216,10 +218,12 @@ impl ProxyHttp for Gateway {
         };
         ctx.route = Some(Arc::clone(&route));
         if !route.policies.is_empty() {
-            let peer = peer_ip(session).unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED));
             let req = session.req_header();
+            let client_ip = peer_ip(session)
+                .map(|peer| plumbing::client_ip(peer, &req.headers, &snapshot.trusted_proxies));
+            ctx.client_ip = client_ip;
             let facts = Facts {
-                client_ip: plumbing::client_ip(peer, &req.headers, &snapshot.trusted_proxies),
+                client_ip: client_ip.unwrap_or(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)),
                 route: &route.name,
             };
             match route.policies.run(req, &facts).await {
@@ -461,10 +465,15 @@ impl ProxyHttp for Gateway {
             return;
         }
         let req = session.req_header();
-        let client = peer_ip(session).map(|peer| {
-            let snapshot = self.snapshot.load();
-            plumbing::client_ip(peer, &req.headers, &snapshot.trusted_proxies).to_string()
-        });
+        // Worked out once, by the policies, when the route has any.
+        let client = ctx
+            .client_ip
+            .or_else(|| {
+                let snapshot = self.snapshot.load();
+                peer_ip(session)
+                    .map(|peer| plumbing::client_ip(peer, &req.headers, &snapshot.trusted_proxies))
+            })
+            .map(|ip| ip.to_string());
         if let Some(tracer) = &self.tracer {
             let end = std::time::SystemTime::now();
             tracer.export(&Finished {

@@ -62,6 +62,9 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, server_conf(config, mode));
+    // The registry is built here, at start, rather than by the first request that counts
+    // something: its fixed metric definitions are checked before any traffic.
+    std::sync::LazyLock::force(&crate::metrics::METRICS);
     // Bootstrap (taking over the old process's sockets with `-u`) runs as a service, after
     // `-d` has forked, and the listeners wait for it. Pingora's `daemon_wait_for_ready` is left
     // off: its parent installs the SIGUSR1 handler after forking, so a quick daemon can signal

@@ -431,3 +431,61 @@ fn verified_passwords_skip_bcrypt() {
         "a remembered client waited {during:?} during a flood"
     );
 }
+
+/// A gateway with one basic-auth user whose hash has bcrypt cost `cost`.
+fn costly_login(e: &Echo, cost: u32) -> Gateway {
+    gateway(&format!(
+        "[upstreams.echo]\ntargets = [\"{}\"]\n[consumers.bob]\nbasic_auth = {{ user = \"bob\", password_hash = \"{}\" }}\n[policies.login]\nkind = \"basic_auth\"\n[[routes]]\nname = \"r\"\nupstream = \"echo\"\npolicies = [\"login\"]\n",
+        e.addr,
+        bcrypt::hash("builder", cost).unwrap()
+    ))
+}
+
+#[test]
+fn unknown_users_take_as_long_as_known_ones() {
+    let e = echo("e", &[]);
+    let gw = costly_login(&e, 12);
+    let took = |user: &str, i: usize| {
+        let started = std::time::Instant::now();
+        let r = get_with(
+            &gw.url("/"),
+            &[("authorization", &basic(user, &format!("guess-{i}")))],
+        );
+        assert_error(&r, 401, "unauthorized");
+        started.elapsed()
+    };
+    let mut known: Vec<_> = (0..3).map(|i| took("bob", i)).collect();
+    let mut unknown: Vec<_> = (0..3).map(|i| took("mallory", i)).collect();
+    known.sort();
+    unknown.sort();
+    // Without the dummy hash an unknown user is answered in about a millisecond.
+    assert!(
+        unknown[1] * 2 >= known[1],
+        "unknown {unknown:?} against known {known:?}"
+    );
+}
+
+#[test]
+fn a_flood_of_new_passwords_is_turned_away_with_429() {
+    let e = echo("e", &[]);
+    let gw = costly_login(&e, 13);
+    let statuses: Vec<(u16, Option<String>)> = std::thread::scope(|s| {
+        let threads: Vec<_> = (0..40)
+            .map(|i| {
+                let gw = &gw;
+                s.spawn(move || {
+                    let r = get_with(
+                        &gw.url("/"),
+                        &[("authorization", &basic("bob", &format!("flood-{i}")))],
+                    );
+                    (r.status, r.header("retry-after").map(String::from))
+                })
+            })
+            .collect();
+        threads.into_iter().map(|t| t.join().unwrap()).collect()
+    });
+    let busy: Vec<_> = statuses.iter().filter(|(s, _)| *s == 429).collect();
+    assert!(!busy.is_empty(), "no request was turned away: {statuses:?}");
+    assert!(busy.iter().all(|(_, retry)| retry.as_deref() == Some("1")));
+    assert!(statuses.iter().all(|(s, _)| matches!(s, 401 | 429)));
+}

@@ -506,7 +506,7 @@ fn jwks_rotation_and_outage() {
 
     // The old key is withdrawn: its tokens fail once the set is refreshed, cached or not.
     jwks.serve(vec![next.jwk("new")]);
-    wait_until(Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(5), "JWKS change applied", || {
         status(&gw, "/jwks", &old).status == 401
     });
     assert_eq!(status(&gw, "/jwks", &new).status, 200);
@@ -527,18 +527,7 @@ fn jwks_rotation_and_outage() {
 
     // An empty set withdraws every key.
     jwks.serve(vec![]);
-    wait_until(Duration::from_secs(5), || {
+    wait_until(Duration::from_secs(5), "JWKS change applied", || {
         status(&gw, "/jwks", &new).status == 401
     });
-}
-
-fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = std::time::Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not met within {limit:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }

@@ -6,7 +6,7 @@ use common::*;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// An OTLP/HTTP endpoint that keeps every request body it is sent.
 struct Collector {
@@ -117,14 +117,9 @@ upstream = "echo"
         .to_string();
     let gateway_span = &upstream_parent[36..52];
 
-    let start = Instant::now();
-    while !collector.saw(&bytes(trace)) {
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no span exported"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_until(Duration::from_secs(10), "span export", || {
+        collector.saw(&bytes(trace))
+    });
     // The exported span is the one the upstream saw as its parent, child of the client's.
     assert!(collector.saw(&bytes(gateway_span)));
     assert!(collector.saw(&bytes(client_span)));
@@ -154,14 +149,7 @@ fn queued_spans_are_sent_on_shutdown() {
     // Not sent yet: the interval is an hour.
     assert!(!collector.saw(&bytes(trace)));
     gw.signal("TERM");
-    let start = Instant::now();
-    while gw.alive() {
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "pylon did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_until(Duration::from_secs(15), "pylon exit", || !gw.alive());
     assert!(
         collector.saw(&bytes(trace)),
         "the queued span was lost at shutdown"

@@ -9,6 +9,7 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -83,12 +84,12 @@ async fn handle(
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
     resp.headers_mut()
-        .insert("content-type", "application/json".parse().expect("static"));
+        .insert("content-type", HeaderValue::from_static("application/json"));
     resp.headers_mut().insert(
         "x-echo-server",
         args.name
             .parse()
-            .unwrap_or_else(|_| "echo".parse().expect("static")),
+            .unwrap_or_else(|_| HeaderValue::from_static("echo")),
     );
     Ok(resp)
 }
@@ -117,9 +118,9 @@ fn upgrade(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     resp.headers_mut()
-        .insert("connection", "upgrade".parse().expect("static"));
+        .insert("connection", HeaderValue::from_static("upgrade"));
     resp.headers_mut()
-        .insert("upgrade", "websocket".parse().expect("static"));
+        .insert("upgrade", HeaderValue::from_static("websocket"));
     resp
 }
 

@@ -351,10 +351,10 @@ fn default_hc_timeout() -> ConfTimeout {
     ConfTimeout(Duration::from_secs(1))
 }
 fn default_hc_healthy() -> NonZeroUsize {
-    NonZeroUsize::new(2).expect("non-zero")
+    NonZeroUsize::MIN.saturating_add(1)
 }
 fn default_hc_unhealthy() -> NonZeroUsize {
-    NonZeroUsize::new(3).expect("non-zero")
+    NonZeroUsize::MIN.saturating_add(2)
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]

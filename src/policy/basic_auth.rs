@@ -154,11 +154,7 @@ impl BasicAuth {
 
     /// The base64 part of `Authorization: Basic ...`, if the request carries one.
     pub fn credential(req: &pingora::http::RequestHeader) -> Option<&[u8]> {
-        let value = req.headers.get(http::header::AUTHORIZATION)?.as_bytes();
-        let (scheme, rest) = value.split_at_checked(6)?;
-        scheme
-            .eq_ignore_ascii_case(b"basic ")
-            .then(|| rest.trim_ascii())
+        super::authorization(req, b"basic ")
     }
 
     pub async fn authenticate(&self, encoded: &[u8]) -> Auth {

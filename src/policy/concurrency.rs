@@ -4,36 +4,16 @@
 //! lives in the request's context), however it ends. Counts are exact, in sharded maps, and a
 //! key's entry goes away when its last request does, so idle keys cost nothing.
 
-use super::limit_key::{Facts, KeySpec, KEY_HASHER};
+use super::limit_key::{Facts, KeySpec, Shards, KEY_HASHER};
 use super::Consumer;
 use crate::config::ConcurrencyLimitConfig;
 use crate::error::{self, GatewayError};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::{Arc, Mutex};
-
-const SHARDS: usize = 64;
+use std::sync::Arc;
 
 /// Requests in flight per key hash.
-pub struct Counts {
-    shards: Vec<Mutex<HashMap<u64, u64>>>,
-}
-
-impl Default for Counts {
-    fn default() -> Self {
-        Counts {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-        }
-    }
-}
-
-impl Counts {
-    fn shard(&self, key: u64) -> std::sync::MutexGuard<'_, HashMap<u64, u64>> {
-        self.shards[key as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-}
+pub type Counts = Shards<HashMap<u64, u64>>;
 
 /// One request's place under a concurrency limit, released on drop.
 pub struct Slot {
@@ -43,7 +23,7 @@ pub struct Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let mut shard = self.counts.shard(self.key);
+        let mut shard = self.counts.lock(self.key);
         if let Some(n) = shard.get_mut(&self.key) {
             *n -= 1;
             if *n == 0 {
@@ -92,7 +72,7 @@ impl ConcurrencyLimit {
         let mut h = KEY_HASHER.build_hasher();
         self.keys.feed(req, facts, consumer, &mut |b| h.write(b));
         let key = h.finish();
-        let mut shard = self.counts.shard(key);
+        let mut shard = self.counts.lock(key);
         let n = shard.entry(key).or_insert(0);
         if *n >= self.max {
             return None;

@@ -169,11 +169,7 @@ impl Jwt {
 
     /// The token of `Authorization: Bearer ...`, if the request carries one.
     pub fn credential(req: &pingora::http::RequestHeader) -> Option<&[u8]> {
-        let value = req.headers.get(http::header::AUTHORIZATION)?.as_bytes();
-        let (scheme, rest) = value.split_at_checked(7)?;
-        scheme
-            .eq_ignore_ascii_case(b"bearer ")
-            .then(|| rest.trim_ascii())
+        super::authorization(req, b"bearer ")
     }
 
     pub async fn authenticate(&self, token: &[u8]) -> Auth {

@@ -91,6 +91,16 @@ pub struct Policy {
     pub anonymous: Option<Arc<Consumer>>,
 }
 
+/// The credential of `Authorization: <scheme> <credential>`, when the scheme (given lower-case,
+/// with its trailing space) matches, in any case.
+pub fn authorization<'a>(req: &'a pingora::http::RequestHeader, scheme: &[u8]) -> Option<&'a [u8]> {
+    let value = req.headers.get(http::header::AUTHORIZATION)?.as_bytes();
+    let (given, rest) = value.split_at_checked(scheme.len())?;
+    given
+        .eq_ignore_ascii_case(scheme)
+        .then(|| rest.trim_ascii())
+}
+
 /// Where a credential was found, so it can be stripped before proxying.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Found {

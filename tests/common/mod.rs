@@ -259,6 +259,15 @@ pub fn spread(url: &str, n: usize) -> std::collections::HashMap<String, usize> {
     counts
 }
 
+/// Poll `done` every 50 ms until it holds; fail the test after `limit`, saying `what`.
+pub fn wait_until(limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A private redis-server on a loopback port, without persistence.
 pub struct Redis {
     pub proc: Proc,

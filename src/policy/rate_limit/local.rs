@@ -10,10 +10,8 @@
 //! grows.
 
 use super::window::{Outcome, Window};
+use crate::policy::limit_key::Shards;
 use std::collections::HashMap;
-use std::sync::Mutex;
-
-const SHARDS: usize = 64;
 
 #[derive(Default)]
 struct Shard {
@@ -22,23 +20,14 @@ struct Shard {
     sweep_at: usize,
 }
 
+#[derive(Default)]
 pub struct LocalWindows {
-    shards: Box<[Mutex<Shard>]>,
-}
-
-impl Default for LocalWindows {
-    fn default() -> Self {
-        LocalWindows {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-        }
-    }
+    shards: Shards<Shard>,
 }
 
 impl LocalWindows {
     pub fn hit(&self, key: u64, now_ms: u64, window_ms: u64, allowance: u64) -> Outcome {
-        let mut shard = self.shards[key as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.shards.lock(key);
         if shard.windows.len() >= shard.sweep_at {
             let index = now_ms / window_ms;
             shard.windows.retain(|_, w| w.index + 1 >= index);
@@ -81,7 +70,7 @@ mod tests {
         for key in 0..100_000u64 {
             w.hit(key, 1_000, 1000, 10);
         }
-        for key in 0..(SHARDS as u64 * 1024) {
+        for key in 0..(crate::policy::limit_key::SHARDS as u64 * 1024) {
             w.hit(1_000_000 + key, 60_000, 1000, 10);
         }
         assert!(w.len() < 100_000, "{}", w.len());

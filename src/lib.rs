@@ -8,6 +8,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod error;
+pub mod keepalive;
 pub mod metrics;
 pub mod otlp;
 pub mod plumbing;

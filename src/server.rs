@@ -3,6 +3,7 @@
 use crate::access_log::{AccessLog, Reopener};
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::keepalive::KeepAlive;
 use crate::policy::jwks::JwksRefresher;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
@@ -17,7 +18,7 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use pingora_proxy::ProxyServiceBuilder;
+use pingora_proxy::HttpProxy;
 use std::sync::Arc;
 
 /// How the process was asked to start.
@@ -75,6 +76,8 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(snapshot));
     let mut options = HttpServerOptions::default();
     options.h2c = true;
+    // Pingora counts the reuses of a connection, not its requests.
+    options.keepalive_request_limit = config.server.keepalive_requests.map(|n| n.get() - 1);
     let reopener = Reopener::new(access_log.as_ref());
     let lifecycle = Lifecycle::default();
     let drain = Drain::new(server.watch_execution_phase(), lifecycle.clone());
@@ -89,10 +92,11 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
         ));
     }
     let gateway = Gateway::new(Arc::clone(&shared), access_log, tracer, lifecycle.clone());
-    let mut proxy = ProxyServiceBuilder::new(&server.configuration, gateway)
-        .name("pylon")
-        .server_options(options)
-        .build();
+    let mut http = HttpProxy::new(gateway, Arc::clone(&server.configuration));
+    http.handle_init_modules();
+    http.server_options = Some(options);
+    let keepalive = KeepAlive::new(http, config.server.keepalive_timeout.get_ref().0);
+    let mut proxy = Service::new("pylon".to_string(), keepalive);
     for addr in &config.server.listen {
         // Pingora's default 64 KiB read buffer per connection dominates the memory of idle
         // keep-alive connections; HTTP parsing keeps its own buffer, so reads go unbuffered.

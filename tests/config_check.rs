@@ -140,6 +140,10 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[policies.\"a b\"]\nkind = \"acl\"\nallow = [\"x\"]\n".into(), 1, "may only use letters"),
         // 57: a bcrypt cost that would hold a hashing slot for minutes
         ("[consumers.c]\nbasic_auth = { user = \"c\", password_hash = \"$2b$20$N9qo8uLOickgx2ZMRZoMyeIjZAgcfl7p92ldGxad68LJZdL17lhWy\" }\n".into(), 2, "above the maximum"),
+        // 58: a client keep-alive shorter than Pingora's one-second resolution
+        ("[server]\nkeepalive_timeout = \"500ms\"\n".into(), 2, "at least 1s"),
+        // 59: a request limit of zero
+        ("[server]\nkeepalive_requests = 0\n".into(), 2, "nonzero"),
     ]
 }
 

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::num::NonZeroUsize;
+use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -73,6 +73,11 @@ pub struct ServerConfig {
     pub grace_period: ConfDuration,
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: ConfDuration,
+    /// How long an idle client keep-alive connection stays open between requests.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Spanned<ConfDuration>,
+    /// Requests served on one client connection before it is closed; none: no limit.
+    pub keepalive_requests: Option<NonZeroU32>,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     /// Pingora's work-stealing runtime; off gives each thread its own queue.
@@ -95,6 +100,8 @@ impl Default for ServerConfig {
             upgrade_sock: default_upgrade_sock(),
             grace_period: default_grace_period(),
             shutdown_timeout: default_shutdown_timeout(),
+            keepalive_timeout: default_keepalive_timeout(),
+            keepalive_requests: None,
             trusted_proxies: Vec::new(),
             work_stealing: true,
             watch: false,
@@ -117,6 +124,9 @@ fn default_upgrade_sock() -> String {
 }
 fn default_grace_period() -> ConfDuration {
     ConfDuration(Duration::from_secs(30))
+}
+fn default_keepalive_timeout() -> Spanned<ConfDuration> {
+    Spanned::new(0..0, ConfDuration(Duration::from_secs(60)))
 }
 fn default_shutdown_timeout() -> ConfDuration {
     ConfDuration(Duration::from_secs(5))

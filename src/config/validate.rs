@@ -13,6 +13,7 @@ use crate::policy::limit_key::KeySpec;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::ops::Range;
+use std::time::Duration;
 use toml::Spanned;
 
 /// Weighted selection expands each target `weight` times; this bounds its memory.
@@ -280,6 +281,13 @@ fn check_server(config: &Config, errors: &mut Vec<ConfigError>) {
         errors.push(ConfigError::at(
             0..0,
             "`server.listen` needs at least one address",
+        ));
+    }
+    let keepalive = &server.keepalive_timeout;
+    if keepalive.get_ref().0 < Duration::from_secs(1) {
+        errors.push(ConfigError::at(
+            keepalive.span(),
+            "`keepalive_timeout` must be at least 1s",
         ));
     }
     let mut seen = HashSet::new();

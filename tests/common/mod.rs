@@ -127,19 +127,22 @@ pub fn gateway(rest: &str) -> Gateway {
     gateway_with_server("", rest)
 }
 
-/// Like [`gateway`], with extra `[server]` keys.
+/// Like [`gateway`], with extra `[server]` keys; `grace_period` and `shutdown_timeout` given
+/// here replace the harness's one-second defaults.
 pub fn gateway_with_server(server_keys: &str, rest: &str) -> Gateway {
     let dir = scratch();
     let port = free_port();
+    let timing: String = ["grace_period = \"1s\"\n", "shutdown_timeout = \"1s\"\n"]
+        .into_iter()
+        .filter(|line| !server_keys.contains(line.split(' ').next().unwrap_or_default()))
+        .collect();
     let head = format!(
         r#"[server]
 listen = ["127.0.0.1:{port}"]
 threads = 2
 pid_file = "{dir}/pylon.pid"
 upgrade_sock = "{dir}/upgrade.sock"
-grace_period = "1s"
-shutdown_timeout = "1s"
-{server_keys}
+{timing}{server_keys}
 
 {log}
 "#,

@@ -1,0 +1,158 @@
+//! The HTTP/1 keep-alive loop, holding as little as possible while a client is idle.
+//!
+//! Pingora's own loop enters the proxy for the next request before a byte of it has arrived,
+//! so every idle keep-alive connection keeps the proxy's whole request state machine (several
+//! KiB, sized for the largest request it might serve) and a 4 KiB header buffer allocated
+//! until the client speaks again. Gateways hold far more idle connections than busy ones, so
+//! this loop waits for the first bytes itself, with a future of a few hundred bytes and no
+//! buffer, and only then hands the connection to the proxy, with those bytes as the start of
+//! the request. The proxy parses them before it reads again: no syscall is added.
+//!
+//! Pingora's loop sets no idle limit once a connection has served a request (HTTP/1.1 turns
+//! keep-alive to "infinite"); this one applies `keepalive_timeout` before every request.
+//!
+//! TLS, HTTP/2 (prior knowledge) and custom protocols go to Pingora's own loop unchanged.
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::l4::stream::Stream as L4Stream;
+use pingora::protocols::Stream;
+use pingora::server::ShutdownWatch;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+use tokio_util::io::poll_read_buf;
+
+/// The first bytes of an HTTP/2 connection with prior knowledge.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// What the first read of a request asks for: Pingora's own initial header buffer.
+const FIRST_READ: usize = 4096;
+
+/// An HTTP application served through the lean keep-alive loop.
+pub struct KeepAlive<A> {
+    app: Arc<A>,
+    /// How long an idle client connection is kept open between requests.
+    idle_timeout: Duration,
+}
+
+impl<A> KeepAlive<A> {
+    pub fn new(app: A, idle_timeout: Duration) -> Self {
+        KeepAlive {
+            app: Arc::new(app),
+            idle_timeout,
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for KeepAlive<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        mut stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let options = self.app.server_options();
+        let custom = options.is_some_and(|o| o.force_custom);
+        if custom || stream.get_ssl_digest().is_some() || stream.selected_alpn_proto().is_some() {
+            return self.app.process_new(stream, shutdown).await;
+        }
+        // A client that has just connected is sending a request: it is served even when
+        // shutdown begins meanwhile (with keep-alive off), as Pingora's own loop does.
+        let mut first = first_bytes(&mut stream, self.idle_timeout, None).await?;
+        if options.is_some_and(|o| o.h2c) && might_be_h2_preface(&first) {
+            // Put the bytes back and let Pingora's loop look for the whole preface.
+            let mut l4: Box<L4Stream> = stream.into_any().downcast().ok()?;
+            l4.rewind(&first);
+            return self.app.process_new(l4, shutdown).await;
+        }
+        let idle = self.idle_timeout.as_secs().max(1);
+        let mut settings: Option<HttpPersistentSettings> = None;
+        loop {
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(settings) => settings.apply_to_session(&mut session),
+                None => {
+                    session.set_keepalive(Some(idle));
+                    session.set_keepalive_reuses_remaining(
+                        options.and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            session.set_pipelined_prefix(first);
+            let reused = self.app.process_new_http(session, shutdown).await?;
+            let (next, next_settings) = reused.consume();
+            stream = next;
+            settings = next_settings;
+            first = first_bytes(&mut stream, self.idle_timeout, Some(shutdown)).await?;
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.app.http_cleanup().await;
+    }
+}
+
+/// Whether a connection's first bytes may be the start of the HTTP/2 preface. A request line
+/// never starts with `PRI ` (RFC 9113, section 3.4); a first read as short as `P` could still
+/// be either, and goes to Pingora's loop, which reads on.
+fn might_be_h2_preface(first: &[u8]) -> bool {
+    let n = first.len().min(H2_PREFACE.len());
+    first[..n] == H2_PREFACE[..n]
+}
+
+/// Wait for the next request's first bytes. `None` when the client closes, the connection
+/// fails, it stays idle for `idle_timeout`, or, given `shutdown`, the server starts shutting
+/// down.
+///
+/// The read buffer exists only while a read is attempted: a connection waiting for readiness
+/// holds none.
+async fn first_bytes(
+    stream: &mut Stream,
+    idle_timeout: Duration,
+    shutdown: Option<&ShutdownWatch>,
+) -> Option<BytesMut> {
+    let read = poll_fn(|cx| {
+        let mut buf = BytesMut::with_capacity(FIRST_READ);
+        match poll_read_buf(Pin::new(&mut *stream), cx, &mut buf) {
+            Poll::Ready(Ok(n)) => Poll::Ready((n > 0).then_some(buf)),
+            Poll::Ready(Err(_)) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    });
+    let read = pingora_timeout::timeout(idle_timeout, read);
+    let Some(shutdown) = shutdown else {
+        return read.await.ok().flatten();
+    };
+    let mut shutdown = shutdown.clone();
+    tokio::select! {
+        biased;
+        bytes = read => bytes.ok().flatten(),
+        _ = shutdown.wait_for(|down| *down) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h2_preface_is_told_from_http1() {
+        assert!(might_be_h2_preface(H2_PREFACE));
+        assert!(might_be_h2_preface(
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\x12\x04"
+        ));
+        // Too short to tell: Pingora's loop reads on.
+        assert!(might_be_h2_preface(b"P"));
+        assert!(might_be_h2_preface(b"PRI * HT"));
+        assert!(!might_be_h2_preface(b"POST / HTTP/1.1\r\n"));
+        assert!(!might_be_h2_preface(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(!might_be_h2_preface(b"PRI * HTTP/1.1\r\n\r\n"));
+    }
+}

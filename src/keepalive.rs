@@ -21,15 +21,17 @@ use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
 use std::future::poll_fn;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-use tokio_util::io::poll_read_buf;
+use tokio::io::{AsyncRead, ReadBuf};
+use tokio::time::{Instant, Sleep};
 
 /// The first bytes of an HTTP/2 connection with prior knowledge.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// What the first read of a request asks for: Pingora's own initial header buffer.
+/// The most the first read of a request takes: Pingora's own initial header buffer size.
 const FIRST_READ: usize = 4096;
 
 /// An HTTP application served through the lean keep-alive loop.
@@ -65,21 +67,27 @@ where
         }
         // A client that has just connected is sending a request: it is served even when
         // shutdown begins meanwhile (with keep-alive off), as Pingora's own loop does.
-        let mut first = first_bytes(&mut stream, self.idle_timeout, None).await?;
+        // One timer for the connection's life, pushed back before each wait: pushing a tokio
+        // timer's deadline later is one atomic update, where a timer per wait is a lock and a
+        // wheel insertion (and, armed from scratch, a wake-up write to the runtime's eventfd).
+        let idle = tokio::time::sleep(self.idle_timeout);
+        tokio::pin!(idle);
+        let mut first = first_bytes(&mut stream, idle.as_mut(), None).await?;
         if options.is_some_and(|o| o.h2c) && might_be_h2_preface(&first) {
             // Put the bytes back and let Pingora's loop look for the whole preface.
             let mut l4: Box<L4Stream> = stream.into_any().downcast().ok()?;
             l4.rewind(&first);
             return self.app.process_new(l4, shutdown).await;
         }
-        let idle = self.idle_timeout.as_secs().max(1);
+        let idle_secs = self.idle_timeout.as_secs().max(1);
         let mut settings: Option<HttpPersistentSettings> = None;
+        let mut shutdown_rx = shutdown.clone();
         loop {
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(settings) => settings.apply_to_session(&mut session),
                 None => {
-                    session.set_keepalive(Some(idle));
+                    session.set_keepalive(Some(idle_secs));
                     session.set_keepalive_reuses_remaining(
                         options.and_then(|o| o.keepalive_request_limit),
                     );
@@ -90,7 +98,8 @@ where
             let (next, next_settings) = reused.consume();
             stream = next;
             settings = next_settings;
-            first = first_bytes(&mut stream, self.idle_timeout, Some(shutdown)).await?;
+            idle.as_mut().reset(Instant::now() + self.idle_timeout);
+            first = first_bytes(&mut stream, idle.as_mut(), Some(&mut shutdown_rx)).await?;
         }
     }
 
@@ -108,33 +117,37 @@ fn might_be_h2_preface(first: &[u8]) -> bool {
 }
 
 /// Wait for the next request's first bytes. `None` when the client closes, the connection
-/// fails, it stays idle for `idle_timeout`, or, given `shutdown`, the server starts shutting
-/// down.
+/// fails, `idle` fires, or, given `shutdown`, the server starts shutting down.
 ///
-/// The read buffer exists only while a read is attempted: a connection waiting for readiness
-/// holds none.
+/// Each attempt reads into the stack; only bytes that arrived are copied to the heap, so a
+/// connection waiting for readiness holds no buffer and a wait costs no allocation.
 async fn first_bytes(
     stream: &mut Stream,
-    idle_timeout: Duration,
-    shutdown: Option<&ShutdownWatch>,
+    idle: Pin<&mut Sleep>,
+    shutdown: Option<&mut ShutdownWatch>,
 ) -> Option<BytesMut> {
     let read = poll_fn(|cx| {
-        let mut buf = BytesMut::with_capacity(FIRST_READ);
-        match poll_read_buf(Pin::new(&mut *stream), cx, &mut buf) {
-            Poll::Ready(Ok(n)) => Poll::Ready((n > 0).then_some(buf)),
-            Poll::Ready(Err(_)) => Poll::Ready(None),
+        let mut space = [MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = ReadBuf::uninit(&mut space);
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                Poll::Ready(Some(BytesMut::from(buf.filled())))
+            }
+            Poll::Ready(_) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
         }
     });
-    let read = pingora_timeout::timeout(idle_timeout, read);
-    let Some(shutdown) = shutdown else {
-        return read.await.ok().flatten();
+    let down = async {
+        match shutdown {
+            Some(rx) => rx.wait_for(|down| *down).await.map(drop),
+            None => std::future::pending().await,
+        }
     };
-    let mut shutdown = shutdown.clone();
     tokio::select! {
         biased;
-        bytes = read => bytes.ok().flatten(),
-        _ = shutdown.wait_for(|down| *down) => None,
+        bytes = read => bytes,
+        () = idle => None,
+        _ = down => None,
     }
 }
 

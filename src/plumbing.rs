@@ -11,6 +11,18 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+
+/// Title-case spellings of the headers Pylon adds to every request, for inserting. Pingora keeps
+/// a `&'static str` name as it is; a `HeaderName` outside its own short title-case table is
+/// copied into a new buffer on every insert, so lookups use the names above and inserts these.
+pub mod titled {
+    pub const X_REQUEST_ID: &str = "X-Request-Id";
+    pub const X_FORWARDED_FOR: &str = "X-Forwarded-For";
+    pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
+    pub const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
+    pub const X_CONSUMER: &str = "X-Consumer";
+    pub const TRACEPARENT: &str = "Traceparent";
+}
 /// Other client-address headers an upstream might believe; dropped unless a trusted proxy sent them.
 const UNTRUSTED_FORWARDING: [HeaderName; 3] = [
     HeaderName::from_static("forwarded"),
@@ -247,24 +259,43 @@ pub fn set_forwarded(
     if let Some(peer) = peer {
         let value = match previous {
             Some(prev) => format!("{prev}, {peer}"),
-            None => peer.to_string(),
+            None => ip_text(peer),
         };
-        req.insert_header(X_FORWARDED_FOR, value)?;
+        req.insert_header(titled::X_FORWARDED_FOR, value)?;
     } else {
         req.remove_header(&X_FORWARDED_FOR);
     }
     if !(believed && req.headers.contains_key(&X_FORWARDED_PROTO)) {
-        req.insert_header(X_FORWARDED_PROTO, proto)?;
+        req.insert_header(titled::X_FORWARDED_PROTO, proto)?;
     }
     if !(believed && req.headers.contains_key(&X_FORWARDED_HOST)) {
         match host {
-            Some(h) => req.insert_header(X_FORWARDED_HOST, h)?,
+            Some(h) => req.insert_header(titled::X_FORWARDED_HOST, h)?,
             None => {
                 req.remove_header(&X_FORWARDED_HOST);
             }
         }
     }
     Ok(())
+}
+
+/// An address as text. IPv4, the common case, is written octet by octet: `Display` goes
+/// through the formatting machinery four times per request.
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut out = String::with_capacity(15);
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                out.push_str(digits.format(octet));
+            }
+            out
+        }
+        IpAddr::V6(v6) => v6.to_string(),
+    }
 }
 
 fn join(values: http::header::GetAll<'_, HeaderValue>) -> Option<String> {
@@ -315,6 +346,35 @@ pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn titled_names_are_the_same_headers() {
+        for (titled, name) in [
+            (titled::X_REQUEST_ID, X_REQUEST_ID),
+            (titled::X_FORWARDED_FOR, X_FORWARDED_FOR),
+            (titled::X_FORWARDED_PROTO, X_FORWARDED_PROTO),
+            (titled::X_FORWARDED_HOST, X_FORWARDED_HOST),
+            (titled::X_CONSUMER, X_CONSUMER),
+            (titled::TRACEPARENT, TRACEPARENT),
+        ] {
+            assert_eq!(HeaderName::try_from(titled).unwrap(), name);
+        }
+    }
+
+    #[test]
+    fn ip_text_matches_display() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.3.99",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     fn nets(s: &[&str]) -> Vec<IpNet> {
         s.iter().map(|n| n.parse().unwrap()).collect()

@@ -158,7 +158,7 @@ async fn respond(
         resp.append_header(name.clone(), value.clone())?;
     }
     resp.insert_header(http::header::CONTENT_LENGTH, r.body.len())?;
-    resp.insert_header(plumbing::X_REQUEST_ID, request_id.header())?;
+    resp.insert_header(plumbing::titled::X_REQUEST_ID, request_id.header())?;
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(r.body.clone()), true)
@@ -335,7 +335,7 @@ impl ProxyHttp for Gateway {
         // Only the gateway says who the consumer is.
         upstream_request.remove_header(&plumbing::X_CONSUMER);
         if let Some(c) = &ctx.verdict.identity.consumer {
-            upstream_request.insert_header(plumbing::X_CONSUMER, c.header.clone())?;
+            upstream_request.insert_header(plumbing::titled::X_CONSUMER, c.header.clone())?;
         }
         for name in route.policies.claim_headers.iter() {
             upstream_request.remove_header(name);
@@ -396,8 +396,8 @@ impl ProxyHttp for Gateway {
                     .insert_header(http::header::HOST, guard.target().host_header.clone())?;
             }
         }
-        upstream_request.insert_header(plumbing::X_REQUEST_ID, ctx.request_id.header())?;
-        upstream_request.insert_header(plumbing::TRACEPARENT, ctx.trace.header())?;
+        upstream_request.insert_header(plumbing::titled::X_REQUEST_ID, ctx.request_id.header())?;
+        upstream_request.insert_header(plumbing::titled::TRACEPARENT, ctx.trace.header())?;
         Ok(())
     }
 
@@ -435,7 +435,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         plumbing::strip_hop_by_hop_response(upstream_response);
-        upstream_response.insert_header(plumbing::X_REQUEST_ID, ctx.request_id.header())?;
+        upstream_response.insert_header(plumbing::titled::X_REQUEST_ID, ctx.request_id.header())?;
         if let (Some(route), Some(limit)) = (ctx.route.as_deref(), &ctx.verdict.limit) {
             for (name, value) in route.policies.limit_headers(limit, None) {
                 upstream_response.insert_header(name, value)?;

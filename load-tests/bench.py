@@ -9,7 +9,9 @@ median. One `RESULT` line is printed per scenario and proxy.
 Scenarios: plain, policies (pylon with 1,000 routes against nginx's plain proxy), limits
 (pylon with a local and a Redis rate limit against pylon without), latency
 (fixed arrival rate at 50% of nginx's peak, corrected for coordinated omission), connections
-(idle keep-alive connections: memory per connection), large (1 MiB responses).
+(idle keep-alive connections: memory per connection), large (1 MiB responses), instructions
+(user-space instructions per request under callgrind: the same count on a quiet or a busy
+machine).
 """
 
 import asyncio
@@ -40,7 +42,7 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 if FD_LIMIT == resource.RLIM_INFINITY:
     FD_LIMIT = 1 << 20
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,latency,connections,large").split(",")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,latency,connections,large,instructions").split(",")
 # CPU lists for taskset; on a bigger machine give the proxies more cores and threads, e.g.
 # BENCH_PROXY_CPUS=0-3 BENCH_LOAD_CPUS=4-7 BENCH_THREADS=4.
 PROXY_CPU = os.environ.get("BENCH_PROXY_CPUS", "0")
@@ -50,6 +52,8 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 UPSTREAM = 18000
 REDIS = 18010
 PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004, "pingora": 18007}
+# The `instructions` scenario runs its own copy of each proxy under callgrind, on these ports.
+CALLGRIND_PORTS = {"nginx": 18011, "pingora": 18012, "pylon": 18013}
 POLICY_PATH = "/svc500/items"
 # The `policies` scenario sends a JWT; Pylon verifies it on every route (nginx ignores it).
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
@@ -247,6 +251,25 @@ paths = ["/cluster/"]
 upstream = "backend"
 policies = ["cluster-limit"]
 """ % REDIS)
+    write(os.path.join(tmp, "nginx-callgrind.conf"), f"""
+master_process off; daemon off; pid {tmp}/nginx-callgrind.pid; error_log /dev/null;
+events {{ worker_connections 1000; }}
+http {{
+  access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
+  upstream backend {{ server 127.0.0.1:{UPSTREAM}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{CALLGRIND_PORTS['nginx']};
+    location / {{
+      proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
+    }}
+  }}
+}}
+""")
+    write(os.path.join(tmp, "pylon-callgrind.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{CALLGRIND_PORTS["pylon"]}"]\nupgrade_sock = "{tmp}/u3.sock"').replace("pylon.pid", "pylon-callgrind.pid") + """
+[[routes]]
+name = "all"
+upstream = "backend"
+""")
     routes = "".join(f'\n[[routes]]\nname = "svc{i}"\npaths = ["/svc{i}/"]\nupstream = "backend"\n' for i in range(999))
     policies = """
 [consumers.bench]
@@ -352,6 +375,37 @@ def idle_connections(name, pid, port):
     return {"rss_mb": held / 1024, "kb_per_conn": per_conn_kb}
 
 
+def instructions(name, argv, port, tmp):
+    """User-space instructions per request, counted by callgrind: the proxy serves 2,000 and then,
+    in a fresh run, 8,000 requests (oha, 8 connections), and the difference between the two
+    runs' busiest thread, over 6,000, leaves out start-up and shutdown."""
+    oha_bin = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+    counts = {}
+    for n in (2000, 8000):
+        out = os.path.join(tmp, f"callgrind.{name}.{n}")
+        p = subprocess.Popen(pinned(PROXY_CPU, ["valgrind", "--tool=callgrind", "--separate-threads=yes",
+                                                f"--callgrind-out-file={out}.%p"] + argv),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port, timeout=120)
+        r = subprocess.run(pinned(LOAD_CPU, [oha_bin, "-n", str(n), "-c", "8", "--no-tui", "--output-format", "json",
+                                             f"http://127.0.0.1:{port}/"]), capture_output=True, text=True)
+        ok = json.loads(r.stdout)["summary"]["successRate"]
+        if ok < 1.0:
+            print(f"  warning: {name}: success rate {ok} under callgrind", flush=True)
+        p.send_signal(signal.SIGINT if name != "nginx" else signal.SIGQUIT)
+        p.wait(timeout=120)
+        busiest = 0
+        for f in os.listdir(tmp):
+            if f.startswith(f"callgrind.{name}.{n}."):
+                with open(os.path.join(tmp, f)) as fh:
+                    m = re.search(r"^totals: (\d+)", fh.read(), re.M)
+                busiest = max(busiest, int(m.group(1)) if m else 0)
+        counts[n] = busiest
+    per_request = (counts[8000] - counts[2000]) / 6000
+    print(f"  {name}: {per_request:.0f} instructions per request", flush=True)
+    return {"instr_per_request": per_request}
+
+
 def fmt(v):
     return f"{v:.3f}" if isinstance(v, float) else str(v)
 
@@ -384,7 +438,7 @@ PIDS = {}
 
 
 def main():
-    for tool in ["nginx", "haproxy", "wrk", "taskset", "redis-server"]:
+    for tool in ["nginx", "haproxy", "wrk", "taskset", "redis-server", "valgrind"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing (make bench installs it)")
     if not os.path.exists(PYLON) or not os.path.exists(BARE):
@@ -443,6 +497,15 @@ def main():
                 r = wrk(PORTS[p], "/large", connections=8)
                 return {"rps": r["rps"], "mib_per_s": r["rps"], "p99_ms": r["p99_ms"]}
             report("large", alternate(three, large))
+        if "instructions" in SCENARIOS:
+            print("## instructions: user-space instructions per request under callgrind (2,000 and 8,000 requests)", flush=True)
+            argv = {
+                "nginx": ["nginx", "-c", f"{tmp}/nginx-callgrind.conf", "-p", tmp],
+                "pingora": [BARE, f"127.0.0.1:{CALLGRIND_PORTS['pingora']}", f"127.0.0.1:{UPSTREAM}"],
+                "pylon": [PYLON, "-c", f"{tmp}/pylon-callgrind.toml"],
+            }
+            res = {p: instructions(p, argv[p], CALLGRIND_PORTS[p], tmp) for p in argv}
+            report("instructions", res, key="instr_per_request")
     finally:
         procs.stop_all()
         shutil.rmtree(tmp, ignore_errors=True)

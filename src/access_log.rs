@@ -177,8 +177,8 @@ fn write_loop(
     }
 }
 
-/// Reopens the access log file on `SIGUSR1` (for logrotate). It listens even without an access
-/// log, so that a stray `SIGUSR1` never takes the default action and ends the process.
+/// Reopens the access log file on `SIGUSR1` (for logrotate). Without an access log it does not
+/// listen: `main` ignores `SIGUSR1` from the start, so a stray one never ends the process.
 pub struct Reopener(Option<Arc<AtomicBool>>);
 
 impl Reopener {
@@ -190,17 +190,16 @@ impl Reopener {
 #[async_trait]
 impl BackgroundService for Reopener {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(flag) = &self.0 else {
+            return;
+        };
         let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
             log::error!("cannot listen for SIGUSR1: the access log will not be reopened");
             return;
         };
         loop {
             tokio::select! {
-                _ = usr1.recv() => {
-                    if let Some(flag) = &self.0 {
-                        flag.store(true, Ordering::Relaxed);
-                    }
-                }
+                _ = usr1.recv() => flag.store(true, Ordering::Relaxed),
                 _ = shutdown.changed() => return,
             }
         }

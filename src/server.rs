@@ -129,7 +129,6 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
         "config reload",
         Reloader::new(config.source.path.clone(), shared, config.clone()),
     ));
-    // Always listening: SIGUSR1's default action would end the process (logrotate sends it).
     server.add_service(background_service("access log reopen", reopener));
     server.add_service(background_service("drain", drain));
     let binary = std::env::current_exe().map_err(|e| format!("cannot find own binary: {e}"))?;

@@ -90,3 +90,44 @@ fn sigusr1_without_an_access_log_is_harmless() {
     assert!(gw.alive(), "SIGUSR1 ended the process");
     assert_eq!(get(&gw.url("/")).body, "ok");
 }
+
+#[test]
+fn sigusr1_right_after_start_is_harmless() {
+    // logrotate may signal a process that is still starting, before the service that catches
+    // SIGUSR1 runs.
+    let dir = scratch();
+    let port = free_port();
+    let path = dir.join("pylon.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{port}\"]\npid_file = \"{d}/p.pid\"\nupgrade_sock = \"{d}/u.sock\"\n[log]\naccess_log = \"{d}/access.log\"\n[[routes]]\nname = \"r\"\nrespond = {{ body = \"ok\" }}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Proc(
+        std::process::Command::new(PYLON)
+            .arg("-c")
+            .arg(&path)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = child.0.id().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    // Signal repeatedly through start-up, until the listener answers.
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            child.0.try_wait().unwrap().is_none(),
+            "SIGUSR1 during start-up ended the process"
+        );
+        assert!(std::time::Instant::now() < deadline, "pylon never listened");
+        let _ = std::process::Command::new("kill")
+            .args(["-USR1", &pid])
+            .status();
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(child.0.try_wait().unwrap().is_none());
+    assert_eq!(get(&format!("http://127.0.0.1:{port}/")).body, "ok");
+}

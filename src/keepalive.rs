@@ -9,7 +9,8 @@
 //! the request. The proxy parses them before it reads again: no syscall is added.
 //!
 //! Pingora's loop sets no idle limit once a connection has served a request (HTTP/1.1 turns
-//! keep-alive to "infinite"); this one applies `keepalive_timeout` before every request.
+//! keep-alive to "infinite"); this one applies `keepalive_timeout` before every request and to
+//! the reading of every request header.
 //!
 //! TLS, HTTP/2 (prior knowledge) and custom protocols go to Pingora's own loop unchanged.
 
@@ -65,13 +66,13 @@ where
         if custom || stream.get_ssl_digest().is_some() || stream.selected_alpn_proto().is_some() {
             return self.app.process_new(stream, shutdown).await;
         }
-        // A client that has just connected is sending a request: it is served even when
-        // shutdown begins meanwhile (with keep-alive off), as Pingora's own loop does.
         // One timer for the connection's life, pushed back before each wait: pushing a tokio
         // timer's deadline later is one atomic update, where a timer per wait is a lock and a
         // wheel insertion (and, armed from scratch, a wake-up write to the runtime's eventfd).
         let idle = tokio::time::sleep(self.idle_timeout);
         tokio::pin!(idle);
+        // A client that has just connected is sending a request: it is served even when
+        // shutdown begins meanwhile (with keep-alive off), as Pingora's own loop does.
         let mut first = first_bytes(&mut stream, idle.as_mut(), None).await?;
         if options.is_some_and(|o| o.h2c) && might_be_h2_preface(&first) {
             // Put the bytes back and let Pingora's loop look for the whole preface.
@@ -86,13 +87,13 @@ where
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(settings) => settings.apply_to_session(&mut session),
-                None => {
-                    session.set_keepalive(Some(idle_secs));
-                    session.set_keepalive_reuses_remaining(
-                        options.and_then(|o| o.keepalive_request_limit),
-                    );
-                }
+                None => session.set_keepalive_reuses_remaining(
+                    options.and_then(|o| o.keepalive_request_limit),
+                ),
             }
+            // Also bounds reading the rest of the request header: a reused session would
+            // otherwise carry Pingora's "infinite" and wait for it forever.
+            session.set_keepalive(Some(idle_secs));
             session.set_pipelined_prefix(first);
             let reused = self.app.process_new_http(session, shutdown).await?;
             let (next, next_settings) = reused.consume();

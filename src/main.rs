@@ -27,6 +27,10 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // logrotate's SIGUSR1 is caught by a background service once the server runs; until then
+    // its default action would end the process (seen when it came right after start).
+    // SAFETY: setting a signal's disposition to "ignore" runs no handler code.
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
     let cli = Cli::parse();
     let config = match config::load(&cli.conf) {
         Ok(c) => c,
@@ -60,10 +64,6 @@ fn main() -> ExitCode {
         LogLevel::Trace => "trace",
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
-    // logrotate's SIGUSR1 is caught by a background service once the server runs; until then
-    // its default action would end the process (seen when it came right after start).
-    // SAFETY: setting a signal's disposition to "ignore" runs no handler code.
-    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
     let mode = StartMode {
         upgrade: cli.upgrade,
         daemon: cli.daemon,

@@ -281,7 +281,7 @@ pub fn set_forwarded(
 
 /// An address as text. IPv4, the common case, is written octet by octet: `Display` goes
 /// through the formatting machinery four times per request.
-fn ip_text(ip: IpAddr) -> String {
+pub fn ip_text(ip: IpAddr) -> String {
     match ip {
         IpAddr::V4(v4) => {
             let mut out = String::with_capacity(15);

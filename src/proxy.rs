@@ -473,7 +473,7 @@ impl ProxyHttp for Gateway {
                 peer_ip(session)
                     .map(|peer| plumbing::client_ip(peer, &req.headers, &snapshot.trusted_proxies))
             })
-            .map(|ip| ip.to_string());
+            .map(plumbing::ip_text);
         if let Some(tracer) = &self.tracer {
             let end = std::time::SystemTime::now();
             tracer.export(&Finished {

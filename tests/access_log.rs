@@ -116,7 +116,15 @@ fn sigusr1_right_after_start_is_harmless() {
     );
     let pid = child.0.id().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    // Signal repeatedly through start-up, until the listener answers.
+    // Once the process runs Pylon (past exec, and soon past the first line of `main`), signal
+    // repeatedly through start-up until the listener answers.
+    let exe = format!("/proc/{pid}/exe");
+    while std::fs::read_link(&exe).ok().as_deref() != Some(std::path::Path::new(PYLON)) {
+        assert!(std::time::Instant::now() < deadline, "pylon never started");
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::thread::sleep(Duration::from_millis(20));
+    let mut sent = 0;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             child.0.try_wait().unwrap().is_none(),
@@ -126,8 +134,10 @@ fn sigusr1_right_after_start_is_harmless() {
         let _ = std::process::Command::new("kill")
             .args(["-USR1", &pid])
             .status();
+        sent += 1;
         std::thread::sleep(Duration::from_millis(2));
     }
+    assert!(sent > 0, "pylon listened before any signal was sent");
     assert!(child.0.try_wait().unwrap().is_none());
     assert_eq!(get(&format!("http://127.0.0.1:{port}/")).body, "ok");
 }

@@ -54,6 +54,14 @@ fn path_of(body: &str) -> String {
     v["path"].as_str().unwrap().to_string()
 }
 
+/// A GET for `path` on an open connection, answered 200 with the echo of `path`.
+fn get_on(s: &mut TcpStream, path: &str) {
+    write!(s, "GET {path} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+    let (status, _, body) = read_response(s).expect("connection kept open");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(path_of(&body), path);
+}
+
 /// The server closed the connection: a read returns end of file (or a reset).
 fn closed(s: &mut TcpStream) -> bool {
     let mut buf = [0u8; 64];
@@ -70,10 +78,7 @@ fn one_connection_serves_many_requests() {
     let gw = echo_gateway(&e, "");
     let mut s = connect(&gw);
     for i in 0..50 {
-        write!(s, "GET /n/{i} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-        let (status, _, body) = read_response(&mut s).expect("connection kept open");
-        assert_eq!(status, 200);
-        assert_eq!(path_of(&body), format!("/n/{i}"));
+        get_on(&mut s, &format!("/n/{i}"));
     }
 }
 
@@ -118,9 +123,7 @@ fn idle_connections_close_after_keepalive_timeout() {
     let gw = echo_gateway(&e, "keepalive_timeout = \"1s\"");
     // Idle after a request.
     let mut s = connect(&gw);
-    s.write_all(b"GET /once HTTP/1.1\r\nHost: a\r\n\r\n")
-        .unwrap();
-    assert_eq!(read_response(&mut s).unwrap().0, 200);
+    get_on(&mut s, "/once");
     let idle = Instant::now();
     assert!(closed(&mut s));
     let waited = idle.elapsed();
@@ -136,11 +139,26 @@ fn idle_connections_close_after_keepalive_timeout() {
     // A connection that keeps talking within the timeout stays open past it.
     let mut busy = connect(&gw);
     for _ in 0..4 {
-        busy.write_all(b"GET /busy HTTP/1.1\r\nHost: a\r\n\r\n")
-            .unwrap();
-        assert_eq!(read_response(&mut busy).expect("still open").0, 200);
+        get_on(&mut busy, "/busy");
         std::thread::sleep(Duration::from_millis(500));
     }
+    // A reused connection that starts a request header and stalls: Pingora alone would wait
+    // for the rest forever.
+    let mut stalled = connect(&gw);
+    get_on(&mut stalled, "/first");
+    stalled
+        .write_all(b"GET /never-finished HTTP/1.1\r\nHo")
+        .unwrap();
+    let began = Instant::now();
+    assert!(
+        closed(&mut stalled),
+        "a stalled request header held the connection"
+    );
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        began.elapsed()
+    );
 }
 
 #[test]
@@ -149,10 +167,7 @@ fn keepalive_requests_bounds_one_connection() {
     let gw = echo_gateway(&e, "keepalive_requests = 3");
     let mut s = connect(&gw);
     for i in 0..3 {
-        write!(s, "GET /r/{i} HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-        let (status, _, body) = read_response(&mut s).expect("within the limit");
-        assert_eq!(status, 200);
-        assert_eq!(path_of(&body), format!("/r/{i}"));
+        get_on(&mut s, &format!("/r/{i}"));
     }
     // The third response was the last on this connection.
     assert!(closed(&mut s));

@@ -25,6 +25,9 @@ pub struct Admin {
     /// Scrapes refresh the target-health gauges in place; one at a time, so none sees them
     /// half refilled.
     scrape: std::sync::Mutex<()>,
+    /// Set once every pool finished its first health checks: from then on the process stays
+    /// ready, across reloads (a new target waits for its own check instead).
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Admin {
@@ -40,6 +43,7 @@ impl Admin {
             config_path,
             running: Arc::new(running),
             scrape: std::sync::Mutex::new(()),
+            ready: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -75,6 +79,10 @@ fn authorized(token: &Secret, session: &ServerSession) -> bool {
 
 impl Admin {
     fn readyz(&self) -> Response<Vec<u8>> {
+        use std::sync::atomic::Ordering;
+        if self.ready.load(Ordering::Acquire) {
+            return json_response(StatusCode::OK, json!({"status": "ready"}));
+        }
         let snapshot = self.snapshot.load();
         let waiting: Vec<&str> = snapshot
             .upstreams
@@ -83,6 +91,7 @@ impl Admin {
             .map(|(name, _)| name.as_str())
             .collect();
         if waiting.is_empty() {
+            self.ready.store(true, Ordering::Release);
             json_response(StatusCode::OK, json!({"status": "ready"}))
         } else {
             json_response(
@@ -98,11 +107,11 @@ impl Admin {
         // Health is read from the live pools at scrape time; pools gone after a reload drop out.
         METRICS.target_healthy.reset();
         for (name, upstream) in &snapshot.upstreams {
-            for (target, ready) in upstream.target_states() {
+            for target in upstream.targets() {
                 METRICS
                     .target_healthy
                     .with_label_values(&[name.as_str(), &target.label])
-                    .set(ready as i64);
+                    .set(target.state.ready() as i64);
             }
         }
         let body = METRICS.render();
@@ -120,11 +129,13 @@ impl Admin {
         let mut out = serde_json::Map::new();
         for (name, upstream) in &snapshot.upstreams {
             let targets: Vec<_> = upstream
-                .target_states()
+                .targets()
                 .into_iter()
-                .map(|(t, ready)| {
+                .map(|t| {
                     json!({"target": &*t.label, "address": t.addr.to_string(),
-                           "healthy": ready, "inflight": t.inflight()})
+                           "healthy": t.state.ready(),
+                           "drained": t.state.drained.load(std::sync::atomic::Ordering::Relaxed),
+                           "inflight": t.inflight()})
                 })
                 .collect();
             out.insert(

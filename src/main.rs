@@ -41,8 +41,8 @@ fn main() -> ExitCode {
     };
     let snapshot = match Snapshot::build(&config, None) {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("{}", config::Diagnostics::new(&config.source, vec![e]));
+        Err(errors) => {
+            eprintln!("{}", config::Diagnostics::new(&config.source, errors));
             return ExitCode::FAILURE;
         }
     };

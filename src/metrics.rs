@@ -5,6 +5,7 @@
 //! shared lock: a route resolves its labelled series once per (method, status) pair and keeps
 //! them in lock-free slots, so a request only bumps atomics.
 
+use crate::consumer::Identity;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -33,6 +34,7 @@ pub struct Metrics {
     pub auth_failures: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
+    pub consumer_requests: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -150,6 +152,17 @@ impl Metrics {
                 )
                 .expect("valid counter"),
             ),
+            consumer_requests: register(
+                &registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "pylon_consumer_requests_total",
+                        "Requests by consumer (anonymous without one), route and status class",
+                    ),
+                    &["consumer", "route", "status_class"],
+                )
+                .expect("valid counter"),
+            ),
             registry,
         }
     }
@@ -187,6 +200,12 @@ const STATUSES: [u16; 30] = [
     410, 413, 415, 422, 429, 431, 500, 501, 502, 503, 504,
 ];
 
+/// Status classes of `pylon_consumer_requests_total`.
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// One consumer's usage series on one route, by status class, each made on first use.
+type Usage = [OnceLock<IntCounter>; 5];
+
 /// The series of one route, resolved once and then updated with atomics only.
 pub struct RouteMetrics {
     name: Arc<str>,
@@ -195,16 +214,56 @@ pub struct RouteMetrics {
     /// (method, common status) → counter, filled on first use; allocated on the route's first
     /// request, so routes without traffic cost nothing.
     counters: OnceLock<Box<[OnceLock<IntCounter>]>>,
+    /// Usage of requests without a consumer.
+    anonymous: Usage,
+    /// Usage per consumer, by the consumer's index; a slot's counters are made when that
+    /// consumer first uses the route.
+    consumers: OnceLock<Box<[OnceLock<Box<Usage>>]>>,
+    consumer_count: usize,
 }
 
 impl RouteMetrics {
-    pub fn new(name: &str) -> RouteMetrics {
+    /// `consumers`: how many consumers the configuration indexes.
+    pub fn new(name: &str, consumers: usize) -> RouteMetrics {
         let m = &*METRICS;
         RouteMetrics {
             name: name.into(),
             duration: m.request_duration.with_label_values(&[name]),
             inflight: m.inflight.with_label_values(&[name]),
             counters: OnceLock::new(),
+            anonymous: Default::default(),
+            consumers: OnceLock::new(),
+            consumer_count: consumers,
+        }
+    }
+
+    /// Count one finished request in `pylon_consumer_requests_total`.
+    pub fn record_usage(&self, identity: &Identity, status: u16) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        let series = |consumer: &str| {
+            METRICS
+                .consumer_requests
+                .with_label_values(&[consumer, &self.name, CLASSES[class]])
+        };
+        let Some(consumer) = identity.consumer.as_deref() else {
+            self.anonymous[class]
+                .get_or_init(|| series("anonymous"))
+                .inc();
+            return;
+        };
+        let slots = consumer
+            .index
+            .filter(|i| *i < self.consumer_count)
+            .map(|i| {
+                let all = self
+                    .consumers
+                    .get_or_init(|| (0..self.consumer_count).map(|_| OnceLock::new()).collect());
+                all[i].get_or_init(Box::default)
+            });
+        match slots {
+            Some(usage) => usage[class].get_or_init(|| series(&consumer.name)).inc(),
+            // A consumer only an htpasswd file knows: the labelled lookup.
+            None => series(&consumer.name).inc(),
         }
     }
 
@@ -265,7 +324,7 @@ mod tests {
 
     #[test]
     fn route_series_are_counted() {
-        let r = Arc::new(RouteMetrics::new("unit-test-route"));
+        let r = Arc::new(RouteMetrics::new("unit-test-route", 0));
         {
             let _g = r.enter();
             assert_eq!(r.inflight.get(), 1);
@@ -291,6 +350,21 @@ mod tests {
             .requests
             .with_label_values(&["unit-test-route", "OTHER", "404"]);
         assert_eq!(other.get(), 1);
+        let mut alice = crate::consumer::Consumer::new("alice", vec![]);
+        alice.index = Some(0);
+        let keyed = Identity::of(Arc::new(alice));
+        let r = RouteMetrics::new("unit-test-usage", 1);
+        r.record_usage(&keyed, 200);
+        r.record_usage(&keyed, 201);
+        r.record_usage(&Identity::default(), 404);
+        let usage = |c: &str, class: &str| {
+            METRICS
+                .consumer_requests
+                .with_label_values(&[c, "unit-test-usage", class])
+                .get()
+        };
+        assert_eq!(usage("alice", "2xx"), 2);
+        assert_eq!(usage("anonymous", "4xx"), 1);
         let text = String::from_utf8(METRICS.render()).unwrap();
         assert!(text.contains("pylon_request_duration_seconds_bucket{route=\"unit-test-route\""));
     }

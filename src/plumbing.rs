@@ -238,6 +238,40 @@ pub fn client_ip(peer: IpAddr, headers: &HeaderMap, proxies: &[IpNet]) -> IpAddr
     client
 }
 
+/// What every proxied request gets on its way upstream: `x-consumer` from the identity (never
+/// from the client), the forwarding headers, the target's `Host` (unless `preserve_host`
+/// leaves `host` out), the request id and the trace context.
+pub fn prepare_upstream(
+    upstream: &mut RequestHeader,
+    client: &RequestHeader,
+    cx: &crate::filter::Context,
+    host: Option<&HeaderValue>,
+) -> pingora::Result<()> {
+    // Hop-by-hop headers, and those a client names in `Connection`, are already gone:
+    // Pingora's default upstream request policy strips them before the filter runs (and
+    // refuses requests that nominate `Host` or `X-Forwarded-*`).
+    upstream.remove_header(&X_CONSUMER);
+    if let Some(c) = &cx.identity.consumer {
+        upstream.insert_header(titled::X_CONSUMER, c.header.clone())?;
+    }
+    let client_host = client
+        .headers
+        .get(http::header::HOST)
+        .cloned()
+        .or_else(|| client.uri.authority().and_then(|a| a.as_str().parse().ok()));
+    let trusted = cx
+        .snapshot
+        .as_deref()
+        .map_or(&[][..], |s| &s.trusted_proxies);
+    set_forwarded(upstream, cx.peer, client_host, PROTO_HTTP, trusted)?;
+    if let Some(host) = host {
+        upstream.insert_header(http::header::HOST, host.clone())?;
+    }
+    upstream.insert_header(titled::X_REQUEST_ID, cx.request_id.header())?;
+    upstream.insert_header(titled::TRACEPARENT, cx.trace.header())?;
+    Ok(())
+}
+
 /// Set `x-forwarded-for`, `-proto` and `-host` on the upstream request. Values the client sent
 /// are kept only when the peer is a trusted proxy.
 pub fn set_forwarded(

@@ -2,10 +2,11 @@
 //!
 //! The file is parsed, validated and compiled into a new snapshot off the request path; only a
 //! complete snapshot is swapped in. An invalid file changes nothing: every error is logged with
-//! its line and column and the running configuration stays. Pools whose definition did not
-//! change are carried over with their health state and connections (see [`Snapshot::build`]).
+//! its line and column and the running configuration stays. State that outlives a
+//! configuration (health, drains, counters, caches) is carried from the running snapshot to
+//! the next ([`crate::state`], [`Snapshot::build`]).
 
-use crate::config::{self, Config, Diagnostics};
+use crate::config::{self, Config, Diagnostics, ServerConfig};
 use crate::metrics::METRICS;
 use crate::runtime::{SharedSnapshot, Snapshot};
 use async_trait::async_trait;
@@ -23,9 +24,9 @@ const WATCH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 pub struct Reloader {
     path: PathBuf,
     snapshot: SharedSnapshot,
-    /// The configuration the process started with: its `[server]`, `[admin]`, `[log]` and `[tracing]`
-    /// sections (listeners, threads, admin token, log destinations) apply only at start; a
-    /// restart or binary upgrade applies changes to them.
+    /// The configuration the process started with: its `[admin]`, `[log]` and `[tracing]`
+    /// sections and most `[server]` keys (listeners, threads, admin token, log destinations)
+    /// apply only at start; a restart or binary upgrade applies changes to them.
     running: Arc<Config>,
 }
 
@@ -65,23 +66,45 @@ fn try_reload(
     let config = config::load(path)?;
     let current = snapshot.load_full();
     let next = Snapshot::build(&config, Some(&current))
-        .map_err(|e| Diagnostics::new(&config.source, vec![e]))?;
+        .map_err(|e| Diagnostics::new(&config.source, e))?;
+    let mut restart = server_keys_needing_restart(&running.server, &config.server);
     for (section, changed) in [
-        ("server", config.server != running.server),
         ("admin", config.admin != running.admin),
         ("log", config.log != running.log),
         ("tracing", config.tracing != running.tracing),
     ] {
         if changed {
-            log::warn!(
-                "{}: [{section}] changed; it applies only after a restart or a binary upgrade (SIGUSR2)",
-                path.display()
-            );
+            restart.push(format!("[{section}]"));
         }
+    }
+    if !restart.is_empty() {
+        log::warn!(
+            "{}: {} changed; applied only after a restart or a binary upgrade (SIGUSR2)",
+            path.display(),
+            restart.join(", ")
+        );
     }
     let routes = next.router.len();
     snapshot.store(Arc::new(next));
     Ok(routes)
+}
+
+/// `[server]` keys a reload applies: the rest are read once, at start.
+const RELOADED_SERVER_KEYS: [&str; 2] = ["global_policies", "trusted_proxies"];
+
+/// The `[server]` keys that differ between `running` and `next` and only a restart applies,
+/// as `server.KEY`.
+fn server_keys_needing_restart(running: &ServerConfig, next: &ServerConfig) -> Vec<String> {
+    let (Ok(serde_json::Value::Object(a)), Ok(serde_json::Value::Object(b))) =
+        (serde_json::to_value(running), serde_json::to_value(next))
+    else {
+        return Vec::new();
+    };
+    a.keys()
+        .chain(b.keys().filter(|k| !a.contains_key(*k)))
+        .filter(|k| !RELOADED_SERVER_KEYS.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .map(|k| format!("server.{k}"))
+        .collect()
 }
 
 /// What identifies a version of the file: modification time and size.
@@ -132,5 +155,27 @@ impl BackgroundService for Reloader {
                 Err(e) => log::error!("reload failed: {e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_start_time_server_keys_need_a_restart() {
+        let running = ServerConfig::default();
+        let mut next = ServerConfig {
+            trusted_proxies: vec![toml::Spanned::new(0..0, "10.0.0.0/8".into())],
+            global_policies: vec![toml::Spanned::new(0..0, "limits".into())],
+            ..ServerConfig::default()
+        };
+        assert!(server_keys_needing_restart(&running, &next).is_empty());
+        next.threads = std::num::NonZeroUsize::new(3);
+        next.watch = true;
+        assert_eq!(
+            server_keys_needing_restart(&running, &next),
+            ["server.threads", "server.watch"]
+        );
     }
 }

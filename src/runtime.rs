@@ -1,10 +1,15 @@
 //! The runtime snapshot: everything a request needs, compiled from one configuration.
 //!
 //! A snapshot is immutable. Reloads build a new one and swap it in atomically; a request holds
-//! the `Arc` of the route it matched, so it finishes on the configuration it started with.
+//! the `Arc` of the snapshot it started on, so it finishes on that configuration. What must
+//! outlive a reload is carried from one snapshot to the next in [`Carried`].
 
 use crate::config::{validate::parse_cidr, Config, ConfigError};
+use crate::consumer::Consumers;
+use crate::filter::Chain;
+use crate::policy;
 use crate::router::Router;
+use crate::state::{Carried, Keeper};
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -15,8 +20,10 @@ pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
 pub struct Snapshot {
     pub router: Router,
     pub upstreams: HashMap<String, Arc<Upstream>>,
-    /// Policy state that outlives a reload: JWKS sets, rate-limit counters, Redis connections.
-    pub policy_state: crate::policy::State,
+    /// The global policies: their response phases apply to requests that matched no route.
+    pub global: Chain,
+    /// State that outlives this configuration, for the next one to keep.
+    pub carried: Carried,
     /// Peers whose `x-forwarded-*` headers are believed.
     pub trusted_proxies: Box<[ipnet::IpNet]>,
     /// The configuration this was built from, for `GET /config`.
@@ -24,33 +31,48 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Compile a validated configuration. Pools whose definition is unchanged since `previous`
-    /// are kept, with their health state and connections.
-    pub fn build(config: &Config, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
+    /// Compile a validated configuration, keeping the state of `previous` (the running
+    /// snapshot) wherever what identifies it is unchanged.
+    pub fn build(
+        config: &Config,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, Vec<ConfigError>> {
+        let mut keeper = Keeper::new(previous.map(|p| &p.carried));
         let mut upstreams = HashMap::new();
+        let mut errors = Vec::new();
         for (name, located) in &config.upstreams {
-            let kept = previous
-                .and_then(|p| p.upstreams.get(name))
-                .filter(|u| u.config == located.value);
-            let upstream = match kept {
-                Some(u) => Arc::clone(u),
-                None => Arc::new(
-                    Upstream::build(name, &located.value)
-                        .map_err(|e| ConfigError::at(located.span.clone(), e))?,
-                ),
-            };
-            upstreams.insert(name.clone(), upstream);
+            match Upstream::build(name, &located.value, &mut keeper) {
+                Ok(u) => {
+                    upstreams.insert(name.clone(), Arc::new(u));
+                }
+                Err(e) => errors.push(ConfigError::at(located.span.clone(), e)),
+            }
         }
-        let none = crate::policy::State::default();
-        let compiled = crate::policy::compile(config, previous.map_or(&none, |p| &p.policy_state))?;
-        let policies = compiled.policies;
+        let consumers = Consumers::compile(config);
+        let policies = match policy::compile(config, &consumers, &mut keeper) {
+            Ok(p) => p,
+            Err(e) => {
+                errors.extend(e);
+                return Err(errors);
+            }
+        };
         let global: Vec<_> = config
             .server
             .global_policies
             .iter()
-            .filter_map(|n| policies.get(n.get_ref()).cloned())
+            .filter_map(|n| policies.get(n.get_ref()))
             .collect();
-        let router = Router::compile(&config.routes, &upstreams, &policies, &global)?;
+        let router = Router::compile(
+            &config.routes,
+            &upstreams,
+            &policies,
+            &global,
+            consumers.len(),
+        )
+        .map_err(|e| vec![e])?;
+        if !errors.is_empty() {
+            return Err(errors);
+        }
         let trusted_proxies = config
             .server
             .trusted_proxies
@@ -60,7 +82,8 @@ impl Snapshot {
         Ok(Snapshot {
             router,
             upstreams,
-            policy_state: compiled.state,
+            global: policy::chain(&global),
+            carried: keeper.finish(),
             trusted_proxies,
             config: config.clone(),
         })

@@ -91,7 +91,8 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
             },
         ));
     }
-    let gateway = Gateway::new(Arc::clone(&shared), access_log, tracer, lifecycle.clone());
+    let telemetry = crate::telemetry::Telemetry { access_log, tracer };
+    let gateway = Gateway::new(Arc::clone(&shared), telemetry, lifecycle.clone());
     let mut http = HttpProxy::new(gateway, Arc::clone(&server.configuration));
     http.handle_init_modules();
     http.server_options = Some(options);

@@ -130,8 +130,8 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[policies.p]\nkind = \"rate_limit\"\nlimit = 5\nwindow = \"1s\"\nscope = \"cluster\"\nredis_url = \"http://x\"\n".into(), 1, "invalid redis_url"),
         // 52: a concurrency status other than 429 or 503
         ("[policies.p]\nkind = \"concurrency_limit\"\nmax = 1\nstatus = 418\n".into(), 1, "429 or 503"),
-        // 53: a zero window
-        ("[policies.p]\nkind = \"rate_limit\"\nlimit = 5\nwindow = \"0s\"\n".into(), 1, "above zero"),
+        // 53: a zero window, at the key itself: each kind parses its own table
+        ("[policies.p]\nkind = \"rate_limit\"\nlimit = 5\nwindow = \"0s\"\n".into(), 4, "above zero"),
         // 54: a sampling ratio above one
         ("[tracing]\notlp_endpoint = \"http://127.0.0.1:4318/v1/traces\"\nsample_ratio = 2.0\n".into(), 3, "from 0 to 1"),
         // 55: an OTLP endpoint that is not a URL

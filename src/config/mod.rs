@@ -20,6 +20,7 @@ use std::fmt;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use toml::de::{DeValue, ValueDeserializer};
 use toml::Spanned;
@@ -415,226 +416,29 @@ pub struct RewriteConfig {
     pub to: Spanned<String>,
 }
 
-/// `[policies.NAME]`: a policy of one kind; routes name policies.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum PolicyConfig {
-    ApiKey(ApiKeyConfig),
-    BasicAuth(BasicAuthConfig),
-    Jwt(Box<JwtConfig>),
-    Acl(AclConfig),
-    RateLimit(RateLimitConfig),
-    ConcurrencyLimit(ConcurrencyLimitConfig),
+/// `[policies.NAME]`: a policy of one kind, parsed and checked by its kind's module
+/// ([`crate::policy::registry`]); routes name policies.
+#[derive(Clone)]
+pub struct PolicyConfig {
+    pub kind: &'static str,
+    pub spec: Arc<dyn crate::policy::Spec>,
 }
 
-impl PolicyConfig {
-    /// The consumer an auth policy falls back to when a request carries no credential.
-    pub fn anonymous(&self) -> Option<&str> {
-        match self {
-            PolicyConfig::ApiKey(c) => c.anonymous.as_deref(),
-            PolicyConfig::BasicAuth(c) => c.anonymous.as_deref(),
-            PolicyConfig::Jwt(c) => c.anonymous.as_deref(),
-            PolicyConfig::Acl(_)
-            | PolicyConfig::RateLimit(_)
-            | PolicyConfig::ConcurrencyLimit(_) => None,
-        }
+impl fmt::Debug for PolicyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.kind, self.spec)
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ApiKeyConfig {
-    /// Header the key is read from.
-    #[serde(default = "default_api_key_header")]
-    pub header: String,
-    /// Query parameter the key may be read from instead.
-    pub query: Option<String>,
-    /// Send the key upstream too (it is stripped by default).
-    #[serde(default)]
-    pub forward_credentials: bool,
-    /// Consumer for requests without a key (requests with a bad key are still refused).
-    pub anonymous: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct BasicAuthConfig {
-    #[serde(default = "default_realm")]
-    pub realm: String,
-    /// An htpasswd file of `user:bcrypt-hash` lines; otherwise consumers' `basic_auth` entries.
-    pub htpasswd: Option<PathBuf>,
-    /// How long a verified (or refused) credential is remembered, sparing bcrypt.
-    #[serde(default = "default_verify_cache_ttl")]
-    pub cache_ttl: ConfDuration,
-    #[serde(default)]
-    pub forward_credentials: bool,
-    pub anonymous: Option<String>,
-}
-
-fn default_realm() -> String {
-    "pylon".into()
-}
-
-fn default_verify_cache_ttl() -> ConfDuration {
-    ConfDuration(Duration::from_secs(60))
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtConfig {
-    /// The only algorithms this policy accepts (`HS256` ... `EdDSA`).
-    pub algorithms: Vec<String>,
-    /// Key for the HS* algorithms.
-    pub secret: Option<Secret>,
-    /// PEM public keys for RS*, PS*, ES* and EdDSA: inline, `file:` or `env:`.
-    #[serde(default)]
-    pub keys: Vec<Secret>,
-    /// A JWKS document, fetched in the background and refreshed every `jwks_refresh`.
-    pub jwks_url: Option<String>,
-    #[serde(default = "default_jwks_refresh")]
-    pub jwks_refresh: ConfTimeout,
-    /// A token whose `kid` names no known key triggers a refresh at most this often.
-    #[serde(default = "default_jwks_min_refresh")]
-    pub jwks_min_refresh: ConfTimeout,
-    pub issuer: Option<String>,
-    #[serde(default)]
-    pub audience: Vec<String>,
-    /// Clock skew allowed on `exp` and `nbf`.
-    #[serde(default)]
-    pub leeway: Option<ConfDuration>,
-    /// Claims that must be present (`exp` always is).
-    #[serde(default)]
-    pub required_claims: Vec<String>,
-    /// Scopes that must all be granted, from `scope` (space-separated) or `scp`.
-    #[serde(default)]
-    pub required_scopes: Vec<String>,
-    /// Roles of which one must be granted, from `roles_claim`.
-    #[serde(default)]
-    pub required_roles: Vec<String>,
-    /// Where roles are read: a claim name, dotted for nesting (`realm_access.roles`).
-    #[serde(default = "default_roles_claim")]
-    pub roles_claim: String,
-    /// Claim matched against consumers' `jwt_subject`; the token must then map to a consumer.
-    pub consumer_claim: Option<String>,
-    /// Claims sent upstream as headers: `{ sub = "x-user-id" }`.
-    #[serde(default)]
-    pub claims_to_headers: BTreeMap<String, String>,
-    #[serde(default = "default_max_token_bytes")]
-    pub max_token_bytes: usize,
-    /// Verified tokens remembered (until their `exp`), so repeats skip the signature check.
-    #[serde(default = "default_token_cache_size")]
-    pub cache_size: usize,
-    #[serde(default = "default_realm")]
-    pub realm: String,
-    #[serde(default)]
-    pub forward_credentials: bool,
-    pub anonymous: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RateLimitConfig {
-    /// Requests allowed per `window`.
-    pub limit: u64,
-    pub window: ConfTimeout,
-    /// Requests allowed on top of `limit` in a window.
-    #[serde(default)]
-    pub burst: u64,
-    /// What is limited: `consumer`, `client_ip`, `route`, `header:NAME`, combined in order.
-    #[serde(default = "default_limit_key")]
-    pub key: Vec<String>,
-    #[serde(default)]
-    pub scope: LimitScope,
-    /// The Redis shared by the gateways of a cluster (`scope = "cluster"`).
-    pub redis_url: Option<String>,
-    /// How long a request waits for Redis before `on_store_error` decides.
-    #[serde(default = "default_store_timeout")]
-    pub store_timeout: ConfTimeout,
-    #[serde(default)]
-    pub on_store_error: OnStoreError,
-    /// Delay a request over the limit, up to `max_delay`, instead of refusing it at once.
-    pub throttle: Option<ThrottleConfig>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LimitScope {
-    #[default]
-    Local,
-    Cluster,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnStoreError {
-    #[default]
-    Allow,
-    Deny,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ThrottleConfig {
-    pub max_delay: ConfTimeout,
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ConcurrencyLimitConfig {
-    /// Requests in flight allowed per key.
-    pub max: u64,
-    #[serde(default = "default_limit_key")]
-    pub key: Vec<String>,
-    /// `429` (the client should slow down) or `503` (the service is saturated).
-    #[serde(default = "default_concurrency_status")]
-    pub status: u16,
-}
-
-fn default_limit_key() -> Vec<String> {
-    vec!["client_ip".into()]
-}
-
-fn default_store_timeout() -> ConfTimeout {
-    ConfTimeout(Duration::from_millis(20))
-}
-
-fn default_concurrency_status() -> u16 {
-    429
-}
-
-fn default_jwks_refresh() -> ConfTimeout {
-    ConfTimeout(Duration::from_secs(300))
-}
-
-fn default_jwks_min_refresh() -> ConfTimeout {
-    ConfTimeout(Duration::from_secs(10))
-}
-
-fn default_roles_claim() -> String {
-    "roles".into()
-}
-
-fn default_max_token_bytes() -> usize {
-    8192
-}
-
-fn default_token_cache_size() -> usize {
-    10_000
-}
-
-fn default_api_key_header() -> String {
-    "x-api-key".into()
-}
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct AclConfig {
-    /// Consumer groups allowed; everyone else is forbidden.
-    #[serde(default)]
-    pub allow: Vec<String>,
-    /// Consumer groups forbidden; everyone else is allowed.
-    #[serde(default)]
-    pub deny: Vec<String>,
+impl Serialize for PolicyConfig {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut settings = match self.spec.describe() {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        settings.insert("kind".into(), self.kind.into());
+        settings.serialize(serializer)
+    }
 }
 
 /// `[consumers.NAME]`: a known client of the API.
@@ -793,6 +597,7 @@ fn parse_sections(
 ) -> Config {
     let (root, syntax) = toml::de::DeTable::parse_recoverable(source);
     let mut config = Config::default();
+    let mut policies = Vec::new();
     if !syntax.is_empty() {
         errors.extend(syntax.into_iter().map(|e| toml_error(e, &(0..0))));
         return config;
@@ -831,13 +636,9 @@ fn parse_sections(
                 });
             }
             "policies" => {
-                for_each_entry(value, errors, "policies", |name, v, errors| {
-                    match section(v, errors) {
-                        Some(p) => {
-                            config.policies.insert(name, p);
-                        }
-                        None => unparsed.push(name),
-                    }
+                // Parsed once the consumers are known: some checks name them.
+                for_each_entry(value, errors, "policies", |name, v, _| {
+                    policies.push((name, v));
                 });
             }
             "consumers" => {
@@ -871,7 +672,65 @@ fn parse_sections(
             )),
         }
     }
+    for (name, value) in policies {
+        match parse_policy(&name, value, &config.consumers) {
+            Ok(p) => {
+                config.policies.insert(name, p);
+            }
+            Err(e) => {
+                errors.extend(e);
+                unparsed.push(name);
+            }
+        }
+    }
     config
+}
+
+/// One `[policies.NAME]`: its `kind` picks the module that parses and checks the rest.
+fn parse_policy(
+    name: &str,
+    value: Spanned<DeValue<'_>>,
+    consumers: &BTreeMap<String, Located<ConsumerConfig>>,
+) -> Result<Located<PolicyConfig>, Vec<ConfigError>> {
+    use crate::policy::{registry, Place, Source};
+    let span = value.span();
+    let place = Place {
+        name: name.to_string(),
+        span: span.clone(),
+    };
+    let DeValue::Table(mut table) = value.into_inner() else {
+        return Err(vec![place.error("expected a table")]);
+    };
+    let kind = match table.remove("kind").map(|k| (k.span(), k.into_inner())) {
+        Some((kspan, DeValue::String(k))) => match registry::find(&k) {
+            Some(kind) => kind,
+            None => {
+                return Err(vec![ConfigError::at(
+                    kspan,
+                    format!(
+                        "policy `{name}`: unknown kind `{k}`; expected one of {}",
+                        registry::names()
+                    ),
+                )])
+            }
+        },
+        Some((kspan, _)) => return Err(vec![ConfigError::at(kspan, "`kind` must be a string")]),
+        None => {
+            return Err(vec![place.error(format!(
+                "missing `kind`; expected one of {}",
+                registry::names()
+            ))])
+        }
+    };
+    let value = Spanned::new(span.clone(), DeValue::Table(table));
+    let spec = (kind.parse)(&mut Source::new(place, value, consumers))?;
+    Ok(Located {
+        value: PolicyConfig {
+            kind: kind.name,
+            spec,
+        },
+        span,
+    })
 }
 
 /// Visit the entries of a `[section.NAME]` table.

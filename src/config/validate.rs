@@ -2,17 +2,10 @@
 //!
 //! Every check pushes an error and goes on, so one run reports everything wrong with a file.
 
-use super::{
-    Balancer, Config, ConfigError, HealthCheckKind, Located, PolicyConfig, RouteConfig,
-    UpstreamConfig,
-};
-use super::{JwtConfig, LimitScope};
+use super::{Balancer, Config, ConfigError, HealthCheckKind, Located, RouteConfig, UpstreamConfig};
 use crate::policy::basic_auth::bcrypt_cost;
-use crate::policy::jwt::{pem_key, Family};
-use crate::policy::limit_key::KeySpec;
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -21,8 +14,9 @@ const MAX_WEIGHT: usize = 1000;
 /// Pingora tries a request at most 16 times; stay below it so our count decides.
 pub const MAX_RETRIES: usize = 10;
 
-/// Every problem with the meaning of `config`, appended to `errors`.
-/// `unparsed` names upstreams that exist but failed to parse (already reported).
+/// Every problem with the meaning of `config`, appended to `errors`. Each policy kind checks
+/// its own settings as it is parsed ([`crate::policy`]); these are the checks across sections.
+/// `unparsed` names upstreams and policies that exist but failed to parse (already reported).
 pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>) {
     check_server(config, errors);
     check_tracing(config, errors);
@@ -43,48 +37,6 @@ pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>
                 policy.span.clone(),
                 format!("policy name {name:?} may only use letters, digits, `_`, `.` and `-`"),
             ));
-        }
-        if let PolicyConfig::Acl(acl) = &policy.value {
-            if acl.allow.is_empty() == acl.deny.is_empty() {
-                errors.push(ConfigError::at(
-                    policy.span.clone(),
-                    format!("acl policy `{name}` needs exactly one of `allow` or `deny`"),
-                ));
-            }
-        }
-        if let Some(anonymous) = policy.value.anonymous() {
-            if !config.consumers.contains_key(anonymous) {
-                errors.push(ConfigError::at(
-                    policy.span.clone(),
-                    format!("policy `{name}`: anonymous consumer `{anonymous}` is not defined"),
-                ));
-            }
-        }
-        if let PolicyConfig::Jwt(j) = &policy.value {
-            check_jwt(name, j, policy.span.clone(), errors);
-        }
-        check_limits(name, &policy.value, policy.span.clone(), errors);
-        if let PolicyConfig::BasicAuth(b) = &policy.value {
-            let any_user = config.consumers.values().any(|c| c.basic_auth.is_some());
-            if b.htpasswd.is_none() && !any_user {
-                errors.push(ConfigError::at(
-                    policy.span.clone(),
-                    format!(
-                        "basic_auth policy `{name}` has no users: name an `htpasswd` file or give consumers `basic_auth`"
-                    ),
-                ));
-            }
-        }
-        if let PolicyConfig::ApiKey(k) = &policy.value {
-            if http::HeaderName::from_bytes(k.header.as_bytes()).is_err() {
-                errors.push(ConfigError::at(
-                    policy.span.clone(),
-                    format!(
-                        "api_key policy `{name}`: invalid header name {:?}",
-                        k.header
-                    ),
-                ));
-            }
         }
     }
     let mut keys = HashSet::new();
@@ -114,101 +66,6 @@ pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>
             ));
         }
         check_route(config, unparsed, route, errors);
-    }
-}
-
-fn check_jwt(name: &str, j: &JwtConfig, span: Range<usize>, errors: &mut Vec<ConfigError>) {
-    let mut err = |m: String| {
-        errors.push(ConfigError::at(
-            span.clone(),
-            format!("jwt policy `{name}`: {m}"),
-        ))
-    };
-    if j.algorithms.is_empty() {
-        err("`algorithms` must name at least one algorithm".into());
-    }
-    let mut hmac = false;
-    let mut public = false;
-    for alg in &j.algorithms {
-        match alg.parse::<jsonwebtoken::Algorithm>() {
-            Ok(a) if Family::of(a) == Family::Hmac => hmac = true,
-            Ok(_) => public = true,
-            Err(_) => err(format!(
-                "unknown algorithm {alg:?}; expected HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA"
-            )),
-        }
-    }
-    if hmac && j.secret.is_none() {
-        err("HS* algorithms need a `secret`".into());
-    }
-    if !hmac && j.secret.is_some() {
-        err("`secret` is set but no HS* algorithm is accepted".into());
-    }
-    if public && j.keys.is_empty() && j.jwks_url.is_none() {
-        err("RS/PS/ES/EdDSA algorithms need `keys` or a `jwks_url`".into());
-    }
-    for key in &j.keys {
-        if let Err(e) = pem_key(key.expose()) {
-            err(format!("a key in `keys` is {e}"));
-        }
-    }
-    if let Some(url) = &j.jwks_url {
-        if !(url.starts_with("https://") || url.starts_with("http://")) {
-            err(format!(
-                "`jwks_url` {url:?} must be an http:// or https:// URL"
-            ));
-        }
-    }
-    if j.max_token_bytes == 0 {
-        err("`max_token_bytes` must be above zero".into());
-    }
-    for header in j.claims_to_headers.values() {
-        if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
-            err(format!(
-                "invalid header name {header:?} in `claims_to_headers`"
-            ));
-        }
-    }
-}
-
-fn check_limits(name: &str, p: &PolicyConfig, span: Range<usize>, errors: &mut Vec<ConfigError>) {
-    let mut err = |m: String| {
-        errors.push(ConfigError::at(
-            span.clone(),
-            format!("policy `{name}`: {m}"),
-        ))
-    };
-    let key = match p {
-        PolicyConfig::RateLimit(r) => {
-            if r.limit == 0 {
-                err("`limit` must be above zero".into());
-            }
-            match (r.scope, &r.redis_url) {
-                (LimitScope::Cluster, None) => {
-                    err("`scope = \"cluster\"` needs a `redis_url`".into())
-                }
-                (_, Some(url)) => {
-                    if let Err(e) = redis::Client::open(url.as_str()) {
-                        err(format!("invalid redis_url {url:?}: {e}"));
-                    }
-                }
-                (LimitScope::Local, None) => {}
-            }
-            &r.key
-        }
-        PolicyConfig::ConcurrencyLimit(c) => {
-            if c.max == 0 {
-                err("`max` must be above zero".into());
-            }
-            if c.status != 429 && c.status != 503 {
-                err(format!("`status` must be 429 or 503, not {}", c.status));
-            }
-            &c.key
-        }
-        _ => return,
-    };
-    if let Err(e) = KeySpec::parse(key) {
-        err(e);
     }
 }
 

@@ -4,12 +4,100 @@
 //! load), and a presented key is hashed and looked up in one hash map: O(1), and no comparison
 //! ever runs over the secret itself, so its timing tells nothing about stored keys.
 
-use super::{Consumer, Found};
-use crate::config::ApiKeyConfig;
+use super::auth::{Auth, Authenticator, Found};
+use super::registry::Kind;
+use super::{Compile, Compiled, Source, Spec};
+use crate::config::ConfigError;
+use crate::consumer::Consumer;
+use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
+use pingora::http::RequestHeader;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::Arc;
+
+pub const KIND: Kind = Kind {
+    name: "api_key",
+    parse,
+};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConfig {
+    /// Header the key is read from.
+    #[serde(default = "default_header")]
+    pub header: String,
+    /// Query parameter the key may be read from instead.
+    pub query: Option<String>,
+    /// Send the key upstream too (it is stripped by default).
+    #[serde(default)]
+    pub forward_credentials: bool,
+    /// Consumer for requests without a key (requests with a bad key are still refused).
+    pub anonymous: Option<String>,
+}
+
+fn default_header() -> String {
+    "x-api-key".into()
+}
+
+struct ApiKeySpec {
+    config: ApiKeyConfig,
+    header: HeaderName,
+    challenge: HeaderValue,
+}
+
+fn parse(src: &mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>> {
+    let config: ApiKeyConfig = src.settings()?;
+    let mut errors = Vec::new();
+    src.check_anonymous(&config.anonymous, &mut errors);
+    let header = HeaderName::from_bytes(config.header.as_bytes());
+    let challenge = HeaderValue::from_str(&format!(
+        "ApiKey realm=\"pylon\", header=\"{}\"",
+        config.header
+    ));
+    match (header, challenge) {
+        (Ok(header), Ok(challenge)) if errors.is_empty() => Ok(Arc::new(ApiKeySpec {
+            config,
+            header,
+            challenge,
+        })),
+        (Ok(_), Ok(_)) => Err(errors),
+        _ => {
+            errors.push(
+                src.place
+                    .error(format!("invalid header name {:?}", config.header)),
+            );
+            Err(errors)
+        }
+    }
+}
+
+impl Spec for ApiKeySpec {
+    fn describe(&self) -> serde_json::Value {
+        super::describe(&self.config)
+    }
+
+    fn compile(&self, cx: &mut Compile<'_, '_>) -> Result<Compiled, String> {
+        let mut keys = KeyIndex::default();
+        for (name, consumer) in &cx.config.consumers {
+            let c = cx.consumer(name)?;
+            for key in &consumer.api_keys {
+                keys.insert(key_digest(key.get_ref().expose())?, Arc::clone(&c));
+            }
+        }
+        let anonymous = cx.anonymous(&self.config.anonymous)?;
+        Ok(Compiled::Auth(Arc::new(ApiKey {
+            name: cx.name.into(),
+            challenge: self.challenge.clone(),
+            header: self.header.clone(),
+            query: self.config.query.clone(),
+            forward_credentials: self.config.forward_credentials,
+            keys,
+            anonymous,
+        })))
+    }
+}
 
 pub type KeyDigest = [u8; 32];
 
@@ -27,7 +115,7 @@ pub fn key_digest(configured: &str) -> Result<KeyDigest, String> {
     }
 }
 
-/// Consumers by the digest of their API keys, shared by every `api_key` policy.
+/// Consumers by the digest of their API keys.
 #[derive(Default)]
 pub struct KeyIndex(HashMap<KeyDigest, Arc<Consumer>>);
 
@@ -43,30 +131,18 @@ impl KeyIndex {
 }
 
 pub struct ApiKey {
-    pub challenge: HeaderValue,
-    pub header: HeaderName,
-    pub query: Option<String>,
-    pub forward_credentials: bool,
-    pub keys: Arc<KeyIndex>,
+    name: Arc<str>,
+    challenge: HeaderValue,
+    header: HeaderName,
+    query: Option<String>,
+    forward_credentials: bool,
+    keys: KeyIndex,
+    anonymous: Option<Arc<Consumer>>,
 }
 
 impl ApiKey {
-    pub fn new(config: &ApiKeyConfig, keys: Arc<KeyIndex>) -> Result<ApiKey, String> {
-        let challenge = format!("ApiKey realm=\"pylon\", header=\"{}\"", config.header);
-        Ok(ApiKey {
-            challenge: HeaderValue::from_str(&challenge).map_err(|e| e.to_string())?,
-            header: HeaderName::from_bytes(config.header.as_bytes()).map_err(|e| e.to_string())?,
-            query: config.query.clone(),
-            forward_credentials: config.forward_credentials,
-            keys,
-        })
-    }
-
     /// The presented key and where it was, if the request carries one.
-    pub fn credential<'a>(
-        &self,
-        req: &'a pingora::http::RequestHeader,
-    ) -> Option<(&'a [u8], Found)> {
+    fn credential<'a>(&self, req: &'a RequestHeader) -> Option<(&'a [u8], Found)> {
         if let Some(v) = req.headers.get(&self.header) {
             return Some((v.as_bytes(), Found::Header(self.header.clone())));
         }
@@ -79,13 +155,28 @@ impl ApiKey {
     }
 }
 
-/// `query` without the parameter `name`.
-pub fn strip_query_param(query: &str, name: &str) -> String {
-    query
-        .split('&')
-        .filter(|pair| pair.split('=').next() != Some(name))
-        .collect::<Vec<_>>()
-        .join("&")
+#[async_trait]
+impl Authenticator for ApiKey {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    async fn authenticate(&self, req: &RequestHeader) -> Option<(Auth, Option<Found>)> {
+        let (presented, found) = self.credential(req)?;
+        let auth = match self.keys.lookup(presented) {
+            Some(c) => Auth::consumer(Arc::clone(c)),
+            None => Auth::Refused("invalid_credentials"),
+        };
+        Some((auth, (!self.forward_credentials).then_some(found)))
+    }
+
+    fn challenge(&self, _reason: &str) -> HeaderValue {
+        self.challenge.clone()
+    }
+
+    fn anonymous(&self) -> Option<&Arc<Consumer>> {
+        self.anonymous.as_ref()
+    }
 }
 
 #[cfg(test)]
@@ -101,10 +192,31 @@ mod tests {
         assert!(key_digest("").is_err());
     }
 
-    #[test]
-    fn query_stripping() {
-        assert_eq!(strip_query_param("a=1&api_key=s&b=2", "api_key"), "a=1&b=2");
-        assert_eq!(strip_query_param("api_key=s", "api_key"), "");
-        assert_eq!(strip_query_param("api_keyx=1", "api_key"), "api_keyx=1");
+    #[tokio::test]
+    async fn finds_keys_in_header_or_query() {
+        let mut keys = KeyIndex::default();
+        keys.insert(
+            key_digest("k1").unwrap(),
+            Arc::new(Consumer::new("c", vec![])),
+        );
+        let policy = ApiKey {
+            name: "keys".into(),
+            challenge: HeaderValue::from_static("ApiKey"),
+            header: HeaderName::from_static("x-api-key"),
+            query: Some("api_key".into()),
+            forward_credentials: false,
+            keys,
+            anonymous: None,
+        };
+        let req = RequestHeader::build("GET", b"/?a=1&api_key=k1", None).unwrap();
+        let (auth, found) = policy.authenticate(&req).await.unwrap();
+        assert!(matches!(auth, Auth::Granted(_)));
+        assert_eq!(found, Some(Found::Query("api_key".into())));
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("x-api-key", "nope").unwrap();
+        let (auth, _) = policy.authenticate(&req).await.unwrap();
+        assert!(matches!(auth, Auth::Refused("invalid_credentials")));
+        let bare = RequestHeader::build("GET", b"/", None).unwrap();
+        assert!(policy.authenticate(&bare).await.is_none());
     }
 }

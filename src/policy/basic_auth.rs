@@ -7,15 +7,147 @@
 //! (then gets 429) instead of pinning every CPU. Unknown users are hashed against a dummy too, so
 //! response time does not reveal which users exist.
 
+use super::auth::{self, Auth, Authenticator, Found};
+use super::registry::Kind;
 use super::verified::{self, Verified};
-use super::{Auth, Consumer};
-use crate::config::BasicAuthConfig;
+use super::{Compile, Compiled, Source, Spec};
+use crate::config::{ConfDuration, ConfigError};
+use crate::consumer::Consumer;
+use async_trait::async_trait;
 use base64::Engine;
 use http::HeaderValue;
+use pingora::http::RequestHeader;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 use tokio::sync::Semaphore;
+
+pub const KIND: Kind = Kind {
+    name: "basic_auth",
+    parse,
+};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    /// An htpasswd file of `user:bcrypt-hash` lines; otherwise consumers' `basic_auth` entries.
+    pub htpasswd: Option<PathBuf>,
+    /// How long a verified (or refused) credential is remembered, sparing bcrypt.
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl: ConfDuration,
+    #[serde(default)]
+    pub forward_credentials: bool,
+    pub anonymous: Option<String>,
+}
+
+fn default_realm() -> String {
+    "pylon".into()
+}
+
+fn default_cache_ttl() -> ConfDuration {
+    ConfDuration(Duration::from_secs(60))
+}
+
+struct BasicAuthSpec {
+    config: BasicAuthConfig,
+    /// The users of the htpasswd file, read and checked at parse.
+    htpasswd: Option<Vec<(String, Arc<str>)>>,
+}
+
+fn parse(src: &mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>> {
+    let config: BasicAuthConfig = src.settings()?;
+    let mut errors = Vec::new();
+    src.check_anonymous(&config.anonymous, &mut errors);
+    let htpasswd = match &config.htpasswd {
+        Some(path) => match read_htpasswd(path) {
+            Ok(users) => Some(users),
+            Err(e) => {
+                errors.push(src.place.error(e));
+                None
+            }
+        },
+        None => {
+            if !src.consumers.values().any(|c| c.basic_auth.is_some()) {
+                errors.push(src.place.error(
+                    "basic_auth has no users: name an `htpasswd` file or give consumers `basic_auth`",
+                ));
+            }
+            None
+        }
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Arc::new(BasicAuthSpec { config, htpasswd }))
+}
+
+impl Spec for BasicAuthSpec {
+    fn describe(&self) -> serde_json::Value {
+        super::describe(&self.config)
+    }
+
+    fn compile(&self, cx: &mut Compile<'_, '_>) -> Result<Compiled, String> {
+        let mut users = Users::new();
+        match &self.htpasswd {
+            // A user that is also a `[consumers.NAME]` gets its groups.
+            Some(entries) => {
+                for (user, hash) in entries {
+                    let consumer = cx
+                        .consumers
+                        .get(user)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::new(Consumer::new(user, Vec::new())));
+                    let hash = Arc::clone(hash);
+                    users.insert(user.clone(), User { hash, consumer });
+                }
+            }
+            None => {
+                for (name, consumer) in &cx.config.consumers {
+                    if let Some(cred) = &consumer.basic_auth {
+                        let cred = cred.get_ref();
+                        users.insert(
+                            cred.user.clone(),
+                            User {
+                                hash: cred.password_hash.expose().into(),
+                                consumer: cx.consumer(name)?,
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        // Remembered outcomes stay valid while the policy and its users are unchanged: a
+        // reload must not send every client back through bcrypt at once.
+        let verified = cx.keeper.keep_default::<_, Outcomes>(
+            "basic_auth",
+            cx.name,
+            fingerprint(&self.config, &users),
+        );
+        // What an unknown user's password is checked against: a hash of the users' own cost,
+        // so a refusal takes as long whether or not the user exists. Made once per cost.
+        let cost = users
+            .values()
+            .filter_map(|u| bcrypt_cost(&u.hash).ok())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy = cx.keeper.keep("bcrypt_dummy", "", cost, || {
+            bcrypt::hash("pylon: no such user", cost).map_err(|e| e.to_string())
+        })?;
+        let anonymous = cx.anonymous(&self.config.anonymous)?;
+        Ok(Compiled::Auth(Arc::new(BasicAuth::new(
+            cx.name,
+            &self.config,
+            Arc::new(users),
+            verified,
+            dummy.as_str().into(),
+            anonymous,
+        ))))
+    }
+}
 
 /// Verifications remembered per policy.
 const CACHE_SIZE: usize = 10_000;
@@ -56,14 +188,11 @@ pub fn bcrypt_cost(hash: &str) -> Result<u32, String> {
     Ok(cost)
 }
 
-/// Users of an htpasswd file. A user that is also a `[consumers.NAME]` gets its groups.
-pub fn read_htpasswd(
-    path: &std::path::Path,
-    consumers: &HashMap<String, Arc<Consumer>>,
-) -> Result<Users, String> {
+/// The users of an htpasswd file, each hash checked.
+fn read_htpasswd(path: &std::path::Path) -> Result<Vec<(String, Arc<str>)>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read htpasswd file {}: {e}", path.display()))?;
-    let mut users = Users::new();
+    let mut users = Vec::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -76,17 +205,7 @@ pub fn read_htpasswd(
         if let Err(e) = bcrypt_cost(hash) {
             return Err(format!("{}: user `{user}`: {e}", at()));
         }
-        let consumer = consumers
-            .get(user)
-            .cloned()
-            .unwrap_or_else(|| Arc::new(Consumer::new(user, Vec::new())));
-        users.insert(
-            user.to_string(),
-            User {
-                hash: hash.into(),
-                consumer,
-            },
-        );
+        users.push((user.to_string(), hash.into()));
     }
     Ok(users)
 }
@@ -110,54 +229,55 @@ pub fn fingerprint(config: &BasicAuthConfig, users: &Users) -> [u8; 32] {
 }
 
 /// Outcomes by credential digest: `Some` consumer when the password was right.
-pub type Outcomes = Verified<Option<Arc<Consumer>>>;
+pub struct Outcomes(Verified<Option<Arc<Consumer>>>);
 
-pub fn outcomes() -> Arc<Outcomes> {
-    Arc::new(Verified::new(CACHE_SIZE))
+impl Default for Outcomes {
+    fn default() -> Self {
+        Outcomes(Verified::new(CACHE_SIZE))
+    }
 }
 
 pub struct BasicAuth {
-    pub challenge: HeaderValue,
-    pub forward_credentials: bool,
+    name: Arc<str>,
+    challenge: HeaderValue,
+    forward_credentials: bool,
     users: Arc<Users>,
     verified: Arc<Outcomes>,
-    /// What an unknown user's password is checked against: a hash of the users' own cost, so
-    /// a refusal takes as long whether or not the user exists.
     dummy: Arc<str>,
     ttl: Duration,
+    anonymous: Option<Arc<Consumer>>,
 }
 
 impl BasicAuth {
     /// `verified` may be kept from the previous configuration when the users are the same.
     pub fn new(
+        name: &str,
         config: &BasicAuthConfig,
         users: Arc<Users>,
         verified: Arc<Outcomes>,
-    ) -> Result<BasicAuth, String> {
+        dummy: Arc<str>,
+        anonymous: Option<Arc<Consumer>>,
+    ) -> BasicAuth {
         let challenge = format!("Basic realm=\"{}\", charset=\"UTF-8\"", config.realm);
-        let cost = users
-            .values()
-            .filter_map(|u| bcrypt_cost(&u.hash).ok())
-            .max()
-            .unwrap_or(bcrypt::DEFAULT_COST);
-        let dummy = bcrypt::hash("pylon: no such user", cost).map_err(|e| e.to_string())?;
-        Ok(BasicAuth {
+        BasicAuth {
+            name: name.into(),
             challenge: HeaderValue::from_str(&challenge)
                 .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"pylon\"")),
             forward_credentials: config.forward_credentials,
             users,
             verified,
-            dummy: dummy.into(),
+            dummy,
             ttl: config.cache_ttl.0,
-        })
+            anonymous,
+        }
     }
 
     /// The base64 part of `Authorization: Basic ...`, if the request carries one.
-    pub fn credential(req: &pingora::http::RequestHeader) -> Option<&[u8]> {
-        super::authorization(req, b"basic ")
+    pub fn credential(req: &RequestHeader) -> Option<&[u8]> {
+        auth::authorization(req, b"basic ")
     }
 
-    pub async fn authenticate(&self, encoded: &[u8]) -> Auth {
+    pub async fn check(&self, encoded: &[u8]) -> Auth {
         let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
             return Auth::Refused("malformed_credentials");
         };
@@ -166,7 +286,7 @@ impl BasicAuth {
         };
         let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
         let digest = verified::digest(&[user, password]);
-        if let Some(outcome) = self.verified.get(&digest) {
+        if let Some(outcome) = self.verified.0.get(&digest) {
             return outcome.map_or(Auth::Refused("invalid_credentials"), Auth::consumer);
         }
         let user = std::str::from_utf8(user)
@@ -177,8 +297,30 @@ impl BasicAuth {
             return Auth::Busy;
         };
         let outcome = user.filter(|_| matches).map(|u| Arc::clone(&u.consumer));
-        self.verified.put(digest, outcome.clone(), self.ttl);
+        self.verified.0.put(digest, outcome.clone(), self.ttl);
         outcome.map_or(Auth::Refused("invalid_credentials"), Auth::consumer)
+    }
+}
+
+#[async_trait]
+impl Authenticator for BasicAuth {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    async fn authenticate(&self, req: &RequestHeader) -> Option<(Auth, Option<Found>)> {
+        let encoded = BasicAuth::credential(req)?;
+        let found =
+            (!self.forward_credentials).then_some(Found::Header(http::header::AUTHORIZATION));
+        Some((self.check(encoded).await, found))
+    }
+
+    fn challenge(&self, _reason: &str) -> HeaderValue {
+        self.challenge.clone()
+    }
+
+    fn anonymous(&self) -> Option<&Arc<Consumer>> {
+        self.anonymous.as_ref()
     }
 }
 
@@ -213,7 +355,15 @@ mod tests {
             },
         )]);
         let config: BasicAuthConfig = toml::from_str("").unwrap();
-        BasicAuth::new(&config, Arc::new(users), outcomes()).unwrap()
+        let dummy = bcrypt::hash("dummy", 4).unwrap();
+        BasicAuth::new(
+            "b",
+            &config,
+            Arc::new(users),
+            Arc::default(),
+            dummy.into(),
+            None,
+        )
     }
 
     fn encode(s: &str) -> Vec<u8> {
@@ -235,24 +385,24 @@ mod tests {
     async fn checks_passwords() {
         let p = policy();
         assert!(matches!(
-            p.authenticate(&encode("alice:wonderland")).await,
+            p.check(&encode("alice:wonderland")).await,
             Auth::Granted(_)
         ));
         // Remembered: the same answer again, from the cache.
         assert!(matches!(
-            p.authenticate(&encode("alice:wonderland")).await,
+            p.check(&encode("alice:wonderland")).await,
             Auth::Granted(_)
         ));
         assert!(matches!(
-            p.authenticate(&encode("alice:looking-glass")).await,
+            p.check(&encode("alice:looking-glass")).await,
             Auth::Refused("invalid_credentials")
         ));
         assert!(matches!(
-            p.authenticate(&encode("bob:wonderland")).await,
+            p.check(&encode("bob:wonderland")).await,
             Auth::Refused("invalid_credentials")
         ));
         assert!(matches!(
-            p.authenticate(b"not base64!").await,
+            p.check(b"not base64!").await,
             Auth::Refused("malformed_credentials")
         ));
     }

@@ -69,11 +69,6 @@ impl Jwks {
         })
     }
 
-    /// Whether this is the JWKS `url` refreshed on these intervals (kept across reloads).
-    pub fn is(&self, url: &str, refresh: Duration, min_refresh: Duration) -> bool {
-        self.url == url && self.refresh == refresh && self.min_refresh == min_refresh
-    }
-
     pub fn keys(&self) -> arc_swap::Guard<Arc<KeySet>> {
         self.keys.load()
     }
@@ -200,7 +195,8 @@ impl BackgroundService for JwksRefresher {
                 _ = tick.tick() => {}
             }
             let snapshot = self.snapshot.load_full();
-            let due = snapshot.policy_state.jwks.iter().map(|j| {
+            let sets: Vec<Arc<Jwks>> = snapshot.carried.all::<Jwks>().collect();
+            let due = sets.iter().map(|j| {
                 // Never fetched yet: retry at the unknown-kid pace, not the slow one.
                 let interval = if j.keys().generation == 0 {
                     j.min_refresh
@@ -210,6 +206,7 @@ impl BackgroundService for JwksRefresher {
                 j.refetch(interval)
             });
             futures::future::join_all(due).await;
+            drop(snapshot);
         }
     }
 }

@@ -10,17 +10,305 @@
 //! a signature check. Entries verified with a JWKS key also record the key set's generation, so
 //! removing a key from the JWKS revokes the tokens it signed.
 
+use super::auth::{self, Auth, Authenticator, Found};
 use super::jwks::Jwks;
+use super::registry::Kind;
 use super::verified::{self, Verified};
-use super::{Auth, Consumer, Identity};
-use crate::config::JwtConfig;
+use super::{Compile, Compiled, Source, Spec};
+use crate::config::{ConfDuration, ConfTimeout, ConfigError, Secret};
+use crate::consumer::{Consumer, Identity};
+use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use pingora::http::RequestHeader;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+pub const KIND: Kind = Kind { name: "jwt", parse };
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    /// The only algorithms this policy accepts (`HS256` ... `EdDSA`).
+    pub algorithms: Vec<String>,
+    /// Key for the HS* algorithms.
+    pub secret: Option<Secret>,
+    /// PEM public keys for RS*, PS*, ES* and EdDSA: inline, `file:` or `env:`.
+    #[serde(default)]
+    pub keys: Vec<Secret>,
+    /// A JWKS document, fetched in the background and refreshed every `jwks_refresh`.
+    pub jwks_url: Option<String>,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh: ConfTimeout,
+    /// A token whose `kid` names no known key triggers a refresh at most this often.
+    #[serde(default = "default_jwks_min_refresh")]
+    pub jwks_min_refresh: ConfTimeout,
+    pub issuer: Option<String>,
+    #[serde(default)]
+    pub audience: Vec<String>,
+    /// Clock skew allowed on `exp` and `nbf`.
+    #[serde(default)]
+    pub leeway: Option<ConfDuration>,
+    /// Claims that must be present (`exp` always is).
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Scopes that must all be granted, from `scope` (space-separated) or `scp`.
+    #[serde(default)]
+    pub required_scopes: Vec<String>,
+    /// Roles of which one must be granted, from `roles_claim`.
+    #[serde(default)]
+    pub required_roles: Vec<String>,
+    /// Where roles are read: a claim name, dotted for nesting (`realm_access.roles`).
+    #[serde(default = "default_roles_claim")]
+    pub roles_claim: String,
+    /// Claim matched against consumers' `jwt_subject`; the token must then map to a consumer.
+    pub consumer_claim: Option<String>,
+    /// Claims sent upstream as headers: `{ sub = "x-user-id" }`.
+    #[serde(default)]
+    pub claims_to_headers: BTreeMap<String, String>,
+    #[serde(default = "default_max_token_bytes")]
+    pub max_token_bytes: usize,
+    /// Verified tokens remembered (until their `exp`), so repeats skip the signature check.
+    #[serde(default = "default_cache_size")]
+    pub cache_size: usize,
+    #[serde(default = "default_realm")]
+    pub realm: String,
+    #[serde(default)]
+    pub forward_credentials: bool,
+    pub anonymous: Option<String>,
+}
+
+fn default_jwks_refresh() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(300))
+}
+
+fn default_jwks_min_refresh() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(10))
+}
+
+fn default_roles_claim() -> String {
+    "roles".into()
+}
+
+fn default_max_token_bytes() -> usize {
+    8192
+}
+
+fn default_cache_size() -> usize {
+    10_000
+}
+
+fn default_realm() -> String {
+    "pylon".into()
+}
+
+/// A jwt policy's settings, checked, with its keys and validations built.
+struct JwtSpec {
+    config: JwtConfig,
+    prepared: Arc<Prepared>,
+}
+
+fn parse(src: &mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>> {
+    let config: JwtConfig = src.settings()?;
+    let mut errors = Vec::new();
+    src.check_anonymous(&config.anonymous, &mut errors);
+    match prepare(&config) {
+        Ok(prepared) if errors.is_empty() => Ok(Arc::new(JwtSpec {
+            config,
+            prepared: Arc::new(prepared),
+        })),
+        Ok(_) => Err(errors),
+        Err(messages) => {
+            errors.extend(messages.into_iter().map(|m| src.place.error(m)));
+            Err(errors)
+        }
+    }
+}
+
+/// Check a policy's settings and build what they decide; every problem found.
+fn prepare(config: &JwtConfig) -> Result<Prepared, Vec<String>> {
+    let mut errors = Vec::new();
+    let mut err = |m: String| errors.push(m);
+    if config.algorithms.is_empty() {
+        err("`algorithms` must name at least one algorithm".into());
+    }
+    let mut hmac = false;
+    let mut public = false;
+    for alg in &config.algorithms {
+        match alg.parse::<Algorithm>() {
+            Ok(a) if Family::of(a) == Family::Hmac => hmac = true,
+            Ok(_) => public = true,
+            Err(_) => err(format!(
+                "unknown algorithm {alg:?}; expected HS256/384/512, RS256/384/512, PS256/384/512, ES256/384 or EdDSA"
+            )),
+        }
+    }
+    if hmac && config.secret.is_none() {
+        err("HS* algorithms need a `secret`".into());
+    }
+    if !hmac && config.secret.is_some() {
+        err("`secret` is set but no HS* algorithm is accepted".into());
+    }
+    if public && config.keys.is_empty() && config.jwks_url.is_none() {
+        err("RS/PS/ES/EdDSA algorithms need `keys` or a `jwks_url`".into());
+    }
+    let mut keys = Vec::new();
+    for key in &config.keys {
+        match pem_key(key.expose()) {
+            Ok(k) => keys.push(k),
+            Err(e) => err(format!("a key in `keys` is {e}")),
+        }
+    }
+    if let Some(url) = &config.jwks_url {
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            err(format!(
+                "`jwks_url` {url:?} must be an http:// or https:// URL"
+            ));
+        }
+    }
+    if config.max_token_bytes == 0 {
+        err("`max_token_bytes` must be above zero".into());
+    }
+    let mut claim_headers = Vec::new();
+    for (claim, header) in &config.claims_to_headers {
+        match HeaderName::from_bytes(header.as_bytes()) {
+            Ok(h) => claim_headers.push((claim.clone(), h)),
+            Err(_) => err(format!(
+                "invalid header name {header:?} in `claims_to_headers`"
+            )),
+        }
+    }
+    let realm = &config.realm;
+    let challenge = HeaderValue::from_str(&format!("Bearer realm=\"{realm}\""));
+    let invalid_challenge = HeaderValue::from_str(&format!(
+        "Bearer realm=\"{realm}\", error=\"invalid_token\""
+    ));
+    let (Ok(challenge), Ok(invalid_challenge)) = (challenge, invalid_challenge) else {
+        err(format!("`realm` {realm:?} cannot go in a header"));
+        return Err(errors);
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Prepared {
+        challenge,
+        invalid_challenge,
+        forward_credentials: config.forward_credentials,
+        owned: claim_headers.iter().map(|(_, h)| h.clone()).collect(),
+        claim_headers,
+        algorithms: validations(config),
+        secret: config
+            .secret
+            .as_ref()
+            .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
+        keys,
+        required_claims: config.required_claims.clone(),
+        required_scopes: config.required_scopes.clone(),
+        required_roles: config.required_roles.clone(),
+        roles_claim: config.roles_claim.split('.').map(String::from).collect(),
+        consumer_claim: config.consumer_claim.clone(),
+        leeway: config.leeway.map_or(0, |l| l.0.as_secs()),
+        max_token_bytes: config.max_token_bytes,
+    })
+}
+
+/// One validation per accepted algorithm (algorithm names checked already).
+fn validations(config: &JwtConfig) -> HashMap<Algorithm, Validation> {
+    let leeway = config.leeway.map_or(0, |l| l.0.as_secs());
+    let mut required: HashSet<String> = HashSet::from(["exp".to_string()]);
+    required.extend(
+        config
+            .required_claims
+            .iter()
+            .filter(|c| ["iss", "aud", "sub", "nbf"].contains(&c.as_str()))
+            .cloned(),
+    );
+    let mut algorithms = HashMap::new();
+    for alg in config.algorithms.iter().filter_map(|a| a.parse().ok()) {
+        let mut v = Validation::new(alg);
+        v.leeway = leeway;
+        v.validate_nbf = true;
+        v.required_spec_claims = required.clone();
+        if let Some(iss) = &config.issuer {
+            v.set_issuer(&[iss]);
+            v.required_spec_claims.insert("iss".into());
+        }
+        if config.audience.is_empty() {
+            v.validate_aud = false;
+        } else {
+            v.set_audience(&config.audience);
+            v.required_spec_claims.insert("aud".into());
+        }
+        algorithms.insert(alg, v);
+    }
+    algorithms
+}
+
+/// Consumers by `jwt_subject`.
+type Subjects = HashMap<String, Arc<Consumer>>;
+
+/// What decides whether remembered tokens still hold after a reload: the policy's settings
+/// and the consumers its tokens map to.
+#[derive(PartialEq)]
+struct CacheKey {
+    config: JwtConfig,
+    subjects: Vec<(String, Arc<str>, Box<[String]>)>,
+}
+
+/// The cache of verified tokens, kept across reloads while its [`CacheKey`] is unchanged.
+struct Tokens(Verified<Grant>);
+
+impl Spec for JwtSpec {
+    fn describe(&self) -> serde_json::Value {
+        super::describe(&self.config)
+    }
+
+    fn compile(&self, cx: &mut Compile<'_, '_>) -> Result<Compiled, String> {
+        let c = &self.config;
+        let jwks = match &c.jwks_url {
+            None => None,
+            Some(url) => {
+                let (refresh, min_refresh) = (c.jwks_refresh.0, c.jwks_min_refresh.0);
+                // One set per URL and intervals, shared by the policies that name it.
+                Some(cx.keeper.keep("jwks", url, (refresh, min_refresh), || {
+                    Jwks::new(url, refresh, min_refresh)
+                })?)
+            }
+        };
+        let mut subjects = Subjects::new();
+        for (name, consumer) in &cx.config.consumers {
+            if let Some(subject) = &consumer.jwt_subject {
+                subjects.insert(subject.get_ref().clone(), cx.consumer(name)?);
+            }
+        }
+        let mut described: Vec<_> = subjects
+            .iter()
+            .map(|(s, c)| (s.clone(), Arc::clone(&c.name), c.groups.clone()))
+            .collect();
+        described.sort();
+        let key = CacheKey {
+            config: c.clone(),
+            subjects: described,
+        };
+        let size = c.cache_size;
+        let verified = cx.keeper.keep("jwt", cx.name, key, || {
+            Ok::<_, String>(Tokens(Verified::new(size)))
+        })?;
+        let anonymous = cx.anonymous(&c.anonymous)?;
+        Ok(Compiled::Auth(Arc::new(Jwt {
+            name: cx.name.into(),
+            p: Arc::clone(&self.prepared),
+            jwks,
+            subjects,
+            verified,
+            anonymous,
+        })))
+    }
+}
 
 /// Which kind of key an algorithm needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,115 +360,50 @@ enum Refusal {
     Forbidden(&'static str),
 }
 
-pub struct Jwt {
-    pub challenge: HeaderValue,
-    pub invalid_challenge: HeaderValue,
-    pub forward_credentials: bool,
+/// Everything of a policy that its settings alone decide, built at parse.
+struct Prepared {
+    challenge: HeaderValue,
+    invalid_challenge: HeaderValue,
+    forward_credentials: bool,
     /// Headers this policy sets from claims; removed from every upstream request of its routes.
-    pub claim_headers: Vec<(String, HeaderName)>,
+    claim_headers: Vec<(String, HeaderName)>,
+    owned: Box<[HeaderName]>,
     algorithms: HashMap<Algorithm, Validation>,
     secret: Option<DecodingKey>,
     keys: Vec<(DecodingKey, Family)>,
-    jwks: Option<Arc<Jwks>>,
     required_claims: Vec<String>,
     required_scopes: Vec<String>,
     required_roles: Vec<String>,
     roles_claim: Vec<String>,
     consumer_claim: Option<String>,
-    subjects: Arc<HashMap<String, Arc<Consumer>>>,
     leeway: u64,
     max_token_bytes: usize,
-    verified: Verified<Grant>,
+}
+
+pub struct Jwt {
+    name: Arc<str>,
+    p: Arc<Prepared>,
+    jwks: Option<Arc<Jwks>>,
+    subjects: Subjects,
+    verified: Arc<Tokens>,
+    anonymous: Option<Arc<Consumer>>,
 }
 
 impl Jwt {
-    pub fn new(
-        config: &JwtConfig,
-        subjects: Arc<HashMap<String, Arc<Consumer>>>,
-        jwks: Option<Arc<Jwks>>,
-    ) -> Result<Jwt, String> {
-        let leeway = config.leeway.map_or(0, |l| l.0.as_secs());
-        let mut required: HashSet<String> = HashSet::from(["exp".to_string()]);
-        required.extend(
-            config
-                .required_claims
-                .iter()
-                .filter(|c| ["iss", "aud", "sub", "nbf"].contains(&c.as_str()))
-                .cloned(),
-        );
-        let mut algorithms = HashMap::new();
-        for name in &config.algorithms {
-            let alg: Algorithm = name
-                .parse()
-                .map_err(|_| format!("unknown JWT algorithm {name:?}"))?;
-            let mut v = Validation::new(alg);
-            v.leeway = leeway;
-            v.validate_nbf = true;
-            v.required_spec_claims = required.clone();
-            if let Some(iss) = &config.issuer {
-                v.set_issuer(&[iss]);
-                v.required_spec_claims.insert("iss".into());
-            }
-            if config.audience.is_empty() {
-                v.validate_aud = false;
-            } else {
-                v.set_audience(&config.audience);
-                v.required_spec_claims.insert("aud".into());
-            }
-            algorithms.insert(alg, v);
-        }
-        let keys = config
-            .keys
-            .iter()
-            .map(|k| pem_key(k.expose()))
-            .collect::<Result<Vec<_>, _>>()?;
-        let realm = &config.realm;
-        let header = |s: String| HeaderValue::from_str(&s).map_err(|e| e.to_string());
-        Ok(Jwt {
-            challenge: header(format!("Bearer realm=\"{realm}\""))?,
-            invalid_challenge: header(format!(
-                "Bearer realm=\"{realm}\", error=\"invalid_token\""
-            ))?,
-            forward_credentials: config.forward_credentials,
-            claim_headers: config
-                .claims_to_headers
-                .iter()
-                .map(|(claim, h)| Ok((claim.clone(), HeaderName::try_from(h.as_str())?)))
-                .collect::<Result<_, http::header::InvalidHeaderName>>()
-                .map_err(|e| e.to_string())?,
-            algorithms,
-            secret: config
-                .secret
-                .as_ref()
-                .map(|s| DecodingKey::from_secret(s.expose().as_bytes())),
-            keys,
-            jwks,
-            required_claims: config.required_claims.clone(),
-            required_scopes: config.required_scopes.clone(),
-            required_roles: config.required_roles.clone(),
-            roles_claim: config.roles_claim.split('.').map(String::from).collect(),
-            consumer_claim: config.consumer_claim.clone(),
-            subjects,
-            leeway,
-            max_token_bytes: config.max_token_bytes,
-            verified: Verified::new(config.cache_size),
-        })
-    }
-
     /// The token of `Authorization: Bearer ...`, if the request carries one.
-    pub fn credential(req: &pingora::http::RequestHeader) -> Option<&[u8]> {
-        super::authorization(req, b"bearer ")
+    pub fn credential(req: &RequestHeader) -> Option<&[u8]> {
+        auth::authorization(req, b"bearer ")
     }
 
-    pub async fn authenticate(&self, token: &[u8]) -> Auth {
-        if token.len() > self.max_token_bytes {
+    pub async fn check(&self, token: &[u8]) -> Auth {
+        if token.len() > self.p.max_token_bytes {
             return Auth::Refused("token_too_large");
         }
         let Ok(token) = std::str::from_utf8(token) else {
             return Auth::Refused("invalid_token");
         };
         let digest = verified::digest(&[token.as_bytes()]);
-        if let Some(grant) = self.verified.get(&digest) {
+        if let Some(grant) = self.verified.0.get(&digest) {
             let current = self.jwks.as_ref().map(|j| j.keys().generation);
             if grant.generation.is_none() || grant.generation == current {
                 return Auth::Granted(grant.identity);
@@ -189,9 +412,10 @@ impl Jwt {
         match self.verify(token).await {
             Ok((grant, exp)) => {
                 let now = unix_now();
-                let ttl = exp.saturating_add(self.leeway).saturating_sub(now);
+                let ttl = exp.saturating_add(self.p.leeway).saturating_sub(now);
                 if ttl > 0 {
                     self.verified
+                        .0
                         .put(digest, grant.clone(), Duration::from_secs(ttl));
                 }
                 Auth::Granted(grant.identity)
@@ -207,7 +431,7 @@ impl Jwt {
         use Refusal::*;
         let header =
             jsonwebtoken::decode_header(token).map_err(|_| Unauthorized("invalid_token"))?;
-        let Some(validation) = self.algorithms.get(&header.alg) else {
+        let Some(validation) = self.p.algorithms.get(&header.alg) else {
             return Err(Unauthorized("algorithm_not_allowed"));
         };
         let family = Family::of(header.alg);
@@ -216,7 +440,7 @@ impl Jwt {
         let jwks_key;
         let jwks_set;
         match (&self.jwks, &header.kid) {
-            _ if family == Family::Hmac => candidates.extend(&self.secret),
+            _ if family == Family::Hmac => candidates.extend(&self.p.secret),
             (Some(jwks), Some(kid)) => {
                 let (key, set) = jwks.key(kid).await.ok_or(Unauthorized("unknown_kid"))?;
                 jwks_key = key;
@@ -227,7 +451,7 @@ impl Jwt {
                 candidates.push(&jwks_key.key);
             }
             (jwks, _) => {
-                candidates.extend(self.keys.iter().filter(|k| k.1 == family).map(|k| &k.0));
+                candidates.extend(self.p.keys.iter().filter(|k| k.1 == family).map(|k| &k.0));
                 if let Some(jwks) = jwks {
                     jwks_set = jwks.keys();
                     generation = Some(jwks_set.generation);
@@ -263,25 +487,26 @@ impl Jwt {
         }
         let claims = claims.ok_or(Unauthorized("bad_signature"))?;
         if self
+            .p
             .required_claims
             .iter()
             .any(|c| claims.get(c).is_none_or(Value::is_null))
         {
             return Err(Unauthorized("missing_claim"));
         }
-        if !self.required_scopes.is_empty() {
+        if !self.p.required_scopes.is_empty() {
             let granted = scopes(&claims);
-            if !self.required_scopes.iter().all(|s| granted.contains(s)) {
+            if !self.p.required_scopes.iter().all(|s| granted.contains(s)) {
                 return Err(Forbidden("insufficient_scope"));
             }
         }
-        if !self.required_roles.is_empty() {
-            let granted = strings(lookup(&claims, &self.roles_claim));
-            if !self.required_roles.iter().any(|r| granted.contains(r)) {
+        if !self.p.required_roles.is_empty() {
+            let granted = strings(lookup(&claims, &self.p.roles_claim));
+            if !self.p.required_roles.iter().any(|r| granted.contains(r)) {
                 return Err(Forbidden("missing_role"));
             }
         }
-        let consumer = match &self.consumer_claim {
+        let consumer = match &self.p.consumer_claim {
             None => None,
             Some(claim) => {
                 let subject = claims.get(claim).and_then(Value::as_str);
@@ -292,6 +517,7 @@ impl Jwt {
             }
         };
         let headers: Vec<_> = self
+            .p
             .claim_headers
             .iter()
             .filter_map(|(claim, name)| {
@@ -303,6 +529,7 @@ impl Jwt {
         let identity = Identity {
             consumer,
             claims: (!headers.is_empty()).then(|| headers.into()),
+            ..Identity::default()
         };
         Ok((
             Grant {
@@ -311,6 +538,35 @@ impl Jwt {
             },
             exp,
         ))
+    }
+}
+
+#[async_trait]
+impl Authenticator for Jwt {
+    fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    async fn authenticate(&self, req: &RequestHeader) -> Option<(Auth, Option<Found>)> {
+        let token = Jwt::credential(req)?;
+        let found =
+            (!self.p.forward_credentials).then_some(Found::Header(http::header::AUTHORIZATION));
+        Some((self.check(token).await, found))
+    }
+
+    fn challenge(&self, reason: &str) -> HeaderValue {
+        match reason {
+            "missing_credentials" => self.p.challenge.clone(),
+            _ => self.p.invalid_challenge.clone(),
+        }
+    }
+
+    fn anonymous(&self) -> Option<&Arc<Consumer>> {
+        self.anonymous.as_ref()
+    }
+
+    fn owned_headers(&self) -> &[HeaderName] {
+        &self.p.owned
     }
 }
 
@@ -389,7 +645,14 @@ mod tests {
             "alice@example.com".to_string(),
             Arc::new(Consumer::new("alice", vec![])),
         )]);
-        Jwt::new(&config, Arc::new(subjects), None).unwrap()
+        Jwt {
+            name: "j".into(),
+            p: Arc::new(prepare(&config).unwrap()),
+            jwks: None,
+            subjects,
+            verified: Arc::new(Tokens(Verified::new(100))),
+            anonymous: None,
+        }
     }
 
     fn token(claims: Value, alg: Algorithm, secret: &str) -> Vec<u8> {
@@ -413,7 +676,7 @@ mod tests {
             Algorithm::HS256,
             "s3cret",
         );
-        let Auth::Granted(id) = p.authenticate(&t).await else {
+        let Auth::Granted(id) = p.check(&t).await else {
             panic!("refused")
         };
         assert_eq!(&*id.consumer.unwrap().name, "alice");
@@ -426,7 +689,7 @@ mod tests {
             "s3cret",
         );
         assert!(matches!(
-            p.authenticate(&stranger).await,
+            p.check(&stranger).await,
             Auth::Refused("unknown_consumer")
         ));
     }
@@ -436,25 +699,25 @@ mod tests {
         let p = policy("");
         let wrong = token(json!({"exp": exp()}), Algorithm::HS256, "other");
         assert!(matches!(
-            p.authenticate(&wrong).await,
+            p.check(&wrong).await,
             Auth::Refused("bad_signature")
         ));
         let hs384 = token(json!({"exp": exp()}), Algorithm::HS384, "s3cret");
         assert!(matches!(
-            p.authenticate(&hs384).await,
+            p.check(&hs384).await,
             Auth::Refused("algorithm_not_allowed")
         ));
         let no_exp = token(json!({"sub": "x"}), Algorithm::HS256, "s3cret");
         assert!(matches!(
-            p.authenticate(&no_exp).await,
+            p.check(&no_exp).await,
             Auth::Refused("missing_claim")
         ));
         assert!(matches!(
-            p.authenticate(b"a.b.c").await,
+            p.check(b"a.b.c").await,
             Auth::Refused("invalid_token")
         ));
         assert!(matches!(
-            p.authenticate(&[b'a'; 9000]).await,
+            p.check(&[b'a'; 9000]).await,
             Auth::Refused("token_too_large")
         ));
     }
@@ -469,20 +732,20 @@ mod tests {
             Algorithm::HS256,
             "s3cret",
         );
-        assert!(matches!(p.authenticate(&ok).await, Auth::Granted(_)));
+        assert!(matches!(p.check(&ok).await, Auth::Granted(_)));
         let scp = token(
             json!({"exp": exp(), "scp": ["orders:read"], "realm": {"roles": "admin"}}),
             Algorithm::HS256,
             "s3cret",
         );
-        assert!(matches!(p.authenticate(&scp).await, Auth::Granted(_)));
+        assert!(matches!(p.check(&scp).await, Auth::Granted(_)));
         let no_scope = token(
             json!({"exp": exp(), "scope": "orders:write", "realm": {"roles": ["ops"]}}),
             Algorithm::HS256,
             "s3cret",
         );
         assert!(matches!(
-            p.authenticate(&no_scope).await,
+            p.check(&no_scope).await,
             Auth::Forbidden("insufficient_scope")
         ));
         let no_role = token(
@@ -491,7 +754,7 @@ mod tests {
             "s3cret",
         );
         assert!(matches!(
-            p.authenticate(&no_role).await,
+            p.check(&no_role).await,
             Auth::Forbidden("missing_role")
         ));
     }

@@ -5,52 +5,36 @@
 //! hasher, so no key string is built. A request without a consumer is counted by its client
 //! address instead (as Kong does), so anonymous traffic cannot share one unlimited bucket.
 
-use super::Consumer;
+use crate::consumer::Consumer;
 use http::HeaderName;
 use std::hash::RandomState;
 use std::net::IpAddr;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::LazyLock;
 
 /// Hashes keys of in-process counters. One per process (random, so clients cannot aim for
 /// collisions), the same for every configuration, so counts kept across a reload still match
 /// their keys.
 pub static KEY_HASHER: LazyLock<RandomState> = LazyLock::new(RandomState::new);
 
-/// Per-key state of a limit, spread over shards by key hash, so requests for different keys
-/// rarely wait on one lock; each lock is held for a few arithmetic operations.
-pub struct Shards<T> {
-    shards: Box<[Mutex<T>]>,
-}
-
-pub const SHARDS: usize = 64;
-
-impl<T: Default> Default for Shards<T> {
-    fn default() -> Self {
-        Shards {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-        }
-    }
-}
-
-impl<T> Shards<T> {
-    /// The shard holding `key`. A panic while it was held cannot leave it inconsistent beyond
-    /// a count, so a poisoned lock is used as is.
-    pub fn lock(&self, key: u64) -> MutexGuard<'_, T> {
-        self.shards[key as usize % SHARDS]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-    }
-
-    #[cfg(test)]
-    pub fn iter(&self) -> impl Iterator<Item = &Mutex<T>> {
-        self.shards.iter()
-    }
-}
-
 /// What a request brings to its limit keys besides its headers.
 pub struct Facts<'a> {
     pub client_ip: IpAddr,
     pub route: &'a str,
+}
+
+impl<'a> Facts<'a> {
+    /// The facts of a request whose client address is `client_ip`.
+    pub fn of(client_ip: IpAddr, cx: &'a crate::filter::Context) -> Facts<'a> {
+        Facts {
+            client_ip,
+            route: cx.route_name(),
+        }
+    }
+}
+
+/// What a limit counts by unless its `key` says otherwise.
+pub fn default_key() -> Vec<String> {
+    vec!["client_ip".into()]
 }
 
 enum Part {

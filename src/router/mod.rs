@@ -15,10 +15,10 @@ mod radix;
 mod route;
 
 pub use normalize::normalize_path;
-pub use route::{Action, Responder, Rewrite, Route};
+pub use route::{Action, Matched, Responder, Rewrite, Route};
 
 use crate::config::{ConfigError, Located, RouteConfig};
-use crate::policy::Policy;
+use crate::policy::Compiled;
 use crate::upstream::Upstream;
 use radix::RadixTree;
 use std::borrow::Cow;
@@ -58,8 +58,11 @@ pub enum Lookup<'a> {
         route: &'a Arc<Route>,
         matched_len: usize,
     },
-    /// Some route matched host, path and headers, but none allows the method.
-    MethodNotAllowed,
+    /// Some route matched host, path and headers, but none allows the method; `allow` lists
+    /// the methods those routes take, for the `Allow` header.
+    MethodNotAllowed {
+        allow: http::HeaderValue,
+    },
     NotFound,
 }
 
@@ -77,12 +80,13 @@ impl Router {
     pub fn compile(
         configs: &[Located<RouteConfig>],
         upstreams: &HashMap<String, Arc<Upstream>>,
-        policies: &HashMap<String, Arc<Policy>>,
-        global: &[Arc<Policy>],
+        policies: &HashMap<String, Compiled>,
+        global: &[&Compiled],
+        consumers: usize,
     ) -> Result<Router, ConfigError> {
         let mut router = Router::default();
         for (order, config) in configs.iter().enumerate() {
-            let route = Route::compile(config, upstreams, policies, global)
+            let route = Route::compile(config, upstreams, policies, global, consumers)
                 .map_err(|e| ConfigError::at(config.span.clone(), e))?;
             let base = (
                 route.priority,
@@ -172,6 +176,23 @@ impl Router {
         self.routes.len()
     }
 
+    /// Route a request: its path normalized (dot segments, duplicate slashes), then
+    /// [`Router::find`].
+    pub fn route(&self, req: &pingora::http::RequestHeader) -> (Lookup<'_>, Matched) {
+        let normalized = match normalize_path(req.uri.path()) {
+            Cow::Owned(p) => Some(p),
+            Cow::Borrowed(_) => None,
+        };
+        let path = normalized.as_deref().unwrap_or(req.uri.path());
+        let host = crate::telemetry::request_host(req);
+        let lookup = self.find(host, path, &req.method, &req.headers);
+        let len = match &lookup {
+            Lookup::Found { matched_len, .. } => *matched_len,
+            _ => 0,
+        };
+        (lookup, Matched { normalized, len })
+    }
+
     pub fn is_empty(&self) -> bool {
         self.routes.is_empty()
     }
@@ -213,13 +234,15 @@ impl Router {
                 };
                 Lookup::Found { route, matched_len }
             }
-            None if best.method_mismatch => Lookup::MethodNotAllowed,
+            None if !best.refused.is_empty() => Lookup::MethodNotAllowed {
+                allow: allow_header(&best.refused),
+            },
             None => Lookup::NotFound,
         }
     }
 
     fn visit<'a>(
-        &self,
+        &'a self,
         index: &'a PathIndex,
         path: &str,
         method: &http::Method,
@@ -235,7 +258,9 @@ impl Router {
                 return;
             }
             if !route.method_matches(method) {
-                best.method_mismatch = true;
+                if !best.refused.iter().any(|r| std::ptr::eq(*r, &**route)) {
+                    best.refused.push(route);
+                }
                 return;
             }
             best.entry = Some((*entry, prefix_len));
@@ -259,7 +284,26 @@ impl Router {
 struct Best<'a> {
     entry: Option<(Entry, Option<usize>)>,
     regexes: Option<&'a [regex::Regex]>,
-    method_mismatch: bool,
+    /// Routes that matched all but the method.
+    refused: Vec<&'a Route>,
+}
+
+/// The methods of the routes that refused a request's method, as one `Allow` value (built at
+/// load when one route refused, the usual case).
+fn allow_header(refused: &[&Route]) -> http::HeaderValue {
+    if let [route] = refused {
+        if let Some(allow) = &route.allow {
+            return allow.clone();
+        }
+    }
+    let mut methods: Vec<&str> = Vec::new();
+    for m in refused.iter().flat_map(|r| r.methods.iter()) {
+        if !methods.contains(&m.as_str()) {
+            methods.push(m.as_str());
+        }
+    }
+    http::HeaderValue::from_str(&methods.join(", "))
+        .unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 /// Lower-case the host and drop a port and a trailing dot, allocating only when needed.
@@ -297,7 +341,7 @@ mod tests {
             .into_iter()
             .map(|value| Located { value, span: 0..0 })
             .collect();
-        Router::compile(&located, &HashMap::new(), &HashMap::new(), &[]).unwrap()
+        Router::compile(&located, &HashMap::new(), &HashMap::new(), &[], 0).unwrap()
     }
 
     fn name(r: &Router, host: &str, path: &str) -> String {
@@ -307,7 +351,7 @@ mod tests {
     fn name_m(r: &Router, host: &str, path: &str, m: Method, h: &HeaderMap) -> String {
         match r.find(Some(host), path, &m, h) {
             Lookup::Found { route, .. } => route.name.to_string(),
-            Lookup::MethodNotAllowed => "405".into(),
+            Lookup::MethodNotAllowed { allow } => format!("405 {}", allow.to_str().unwrap()),
             Lookup::NotFound => "404".into(),
         }
     }
@@ -396,7 +440,25 @@ mod tests {
             respond = {}
         "#,
         );
-        assert_eq!(name_m(&only, "x", "/p", Method::GET, &h), "405");
+        assert_eq!(name_m(&only, "x", "/p", Method::GET, &h), "405 POST");
+        let two = routes(
+            r#"
+            [[routes]]
+            name = "p"
+            paths = ["/p"]
+            methods = ["POST", "PUT"]
+            respond = {}
+            [[routes]]
+            name = "q"
+            paths = ["/p"]
+            methods = ["DELETE", "PUT"]
+            respond = {}
+        "#,
+        );
+        assert_eq!(
+            name_m(&two, "x", "/p", Method::GET, &h),
+            "405 POST, PUT, DELETE"
+        );
         assert_eq!(name_m(&only, "x", "/q", Method::GET, &h), "404");
     }
 

@@ -1,25 +1,31 @@
 //! A compiled route: what to do with a request once it matched.
 
 use crate::config::RouteConfig;
+use crate::filter::{Body, Chain, Reply};
 use crate::metrics::RouteMetrics;
-use crate::policy::{Chain, Policy};
+use crate::policy::{self, Compiled};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
+use pingora::http::RequestHeader;
+use pingora::prelude::*;
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
 pub struct Route {
     pub name: Arc<str>,
     pub metrics: Arc<RouteMetrics>,
-    /// Global policies, then the route's own.
-    pub policies: Chain,
+    /// Global policies, then the route's own, compiled into phases.
+    pub chain: Chain,
     pub action: Action,
     pub strip_prefix: bool,
     pub rewrite: Option<Rewrite>,
     pub preserve_host: bool,
     /// Empty: any method.
     pub(super) methods: Box<[Method]>,
+    /// `methods` as an `Allow` value, for a 405.
+    pub(super) allow: Option<HeaderValue>,
     pub(super) headers: Box<[(HeaderName, HeaderValue)]>,
     pub(super) priority: i32,
 }
@@ -34,6 +40,25 @@ pub struct Responder {
     pub status: u16,
     pub headers: Box<[(HeaderName, HeaderValue)]>,
     pub body: Bytes,
+}
+
+impl Responder {
+    pub fn reply(&self) -> Reply {
+        Reply {
+            status: self.status,
+            body: Body::Fixed(self.body.clone()),
+            headers: self.headers.to_vec(),
+        }
+    }
+}
+
+/// How a request's path matched its route.
+#[derive(Default)]
+pub struct Matched {
+    /// The routed path when normalization changed it; it is also what goes upstream.
+    pub normalized: Option<String>,
+    /// Bytes of the (normalized) path the route's pattern covered, for `strip_prefix`.
+    pub len: usize,
 }
 
 /// `rewrite = { pattern, to }`: a regex replacement over the upstream path.
@@ -52,8 +77,9 @@ impl Route {
     pub fn compile(
         config: &RouteConfig,
         upstreams: &HashMap<String, Arc<Upstream>>,
-        policies: &HashMap<String, Arc<Policy>>,
-        global: &[Arc<Policy>],
+        policies: &HashMap<String, Compiled>,
+        global: &[&Compiled],
+        consumers: usize,
     ) -> Result<Route, String> {
         let name = config.name.get_ref();
         let action = match (&config.upstream, &config.respond) {
@@ -77,7 +103,7 @@ impl Route {
             }),
             None => None,
         };
-        let methods = config
+        let methods: Box<[Method]> = config
             .methods
             .iter()
             .map(|m| Method::from_bytes(m.get_ref().as_bytes()).map_err(|e| e.to_string()))
@@ -87,17 +113,24 @@ impl Route {
             let policy = policies
                 .get(p.get_ref())
                 .ok_or_else(|| format!("route `{name}`: unknown policy `{}`", p.get_ref()))?;
-            chain.push(Arc::clone(policy));
+            chain.push(policy);
         }
+        let allow = (!methods.is_empty())
+            .then(|| {
+                let list: Vec<&str> = methods.iter().map(Method::as_str).collect();
+                HeaderValue::from_str(&list.join(", ")).ok()
+            })
+            .flatten();
         Ok(Route {
             name: name.as_str().into(),
-            metrics: Arc::new(RouteMetrics::new(name)),
-            policies: Chain::new(chain),
+            metrics: Arc::new(RouteMetrics::new(name, consumers)),
+            chain: policy::chain(&chain),
             action,
             strip_prefix: config.strip_prefix,
             rewrite,
             preserve_host: config.preserve_host,
             methods,
+            allow,
             headers: header_pairs(&config.headers)?,
             priority: config.priority,
         })
@@ -112,6 +145,46 @@ impl Route {
 
     pub(super) fn method_matches(&self, method: &Method) -> bool {
         self.methods.is_empty() || self.methods.contains(method)
+    }
+
+    /// The upstream path: the normalized path, less the matched prefix with `strip_prefix`,
+    /// through `rewrite`. Left as it is when none of these apply.
+    pub fn rewrite_uri(&self, req: &mut RequestHeader, matched: &Matched) -> Result<()> {
+        if !self.strip_prefix && self.rewrite.is_none() && matched.normalized.is_none() {
+            return Ok(());
+        }
+        let uri = &req.uri;
+        let mut path = Cow::Borrowed(matched.normalized.as_deref().unwrap_or(uri.path()));
+        if self.strip_prefix {
+            let rest = path.get(matched.len..).unwrap_or("");
+            path = Cow::Owned(if rest.starts_with('/') {
+                rest.to_string()
+            } else {
+                format!("/{rest}")
+            });
+        }
+        if let Some(rw) = &self.rewrite {
+            path = Cow::Owned(rw.apply(&path).into_owned());
+        }
+        let new = match uri.query().filter(|q| !q.is_empty()) {
+            Some(q) => format!("{path}?{q}"),
+            None => path.into_owned(),
+        };
+        let uri = http::Uri::try_from(new).or_err(
+            ErrorType::InternalError,
+            "rewritten path is not a valid URI",
+        )?;
+        req.set_uri(uri);
+        Ok(())
+    }
+}
+
+impl Route {
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        match &self.action {
+            Action::Upstream(u) => Some(u),
+            Action::Respond(_) => None,
+        }
     }
 }
 

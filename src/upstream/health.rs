@@ -1,9 +1,14 @@
-//! Active health checks, run in Pingora's background service.
+//! Active health checks, and the health state of each target.
 //!
-//! Pingora's `LoadBalancer` can run its own checks as a background service, but services are
-//! fixed when the server starts, and pools come and go on reload. One [`HealthSupervisor`]
-//! therefore watches the live snapshot and gives each pool its own check loop; a loop ends when
-//! its pool is dropped by a reload. A pool kept across a reload keeps its loop and health state.
+//! Pingora's checks (`TcpHealthCheck`, `HttpHealthCheck`) probe the targets; the verdicts are
+//! kept here, in each target's [`Health`], rather than inside Pingora's `Backends`. That state
+//! is carried across reloads (see [`crate::state`]) with the target, so editing a pool neither
+//! puts a dead target back into rotation nor forgets what the checks learned. A target that a
+//! reload adds to a checked pool starts *unknown* and gets no traffic until a check passes.
+//!
+//! One [`HealthSupervisor`] runs one check loop per checked pool name. Each round checks the
+//! pool the live snapshot holds under that name; a reload that rebuilds the pool starts a
+//! round at once, so new targets are checked promptly. A loop ends when its pool is gone.
 
 use super::Upstream;
 use crate::config::{HealthCheckConfig, HealthCheckKind, UpstreamConfig};
@@ -13,11 +18,67 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use std::collections::HashMap;
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::task::JoinHandle;
 
-/// How often the supervisor looks for pools that a reload added.
+/// How often the supervisor looks for pools that a reload added or rebuilt.
 const SCAN_INTERVAL: Duration = Duration::from_millis(200);
+
+const UNKNOWN: u8 = 0;
+const HEALTHY: u8 = 1;
+const UNHEALTHY: u8 = 2;
+
+/// What the active checks say of one target. Written only by its pool's check loop.
+pub struct Health {
+    state: AtomicU8,
+    /// Consecutive results against the current state.
+    streak: AtomicUsize,
+}
+
+impl Health {
+    /// Healthy until the checks say otherwise: targets of a pool at start, or of a pool
+    /// without checks.
+    pub fn healthy() -> Health {
+        Health {
+            state: AtomicU8::new(HEALTHY),
+            streak: AtomicUsize::new(0),
+        }
+    }
+
+    /// Out of rotation until a check passes: targets a reload adds to a checked pool.
+    pub fn unknown() -> Health {
+        Health {
+            state: AtomicU8::new(UNKNOWN),
+            streak: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn ready(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == HEALTHY
+    }
+
+    /// Record one check. An unknown target takes the first verdict at once; otherwise it
+    /// takes `healthy` consecutive passes or `unhealthy` consecutive failures to flip.
+    /// Returns the new state when it flipped.
+    pub fn observe(&self, ok: bool, healthy: usize, unhealthy: usize) -> Option<bool> {
+        let state = self.state.load(Ordering::Relaxed);
+        let target = if ok { HEALTHY } else { UNHEALTHY };
+        if state == target {
+            self.streak.store(0, Ordering::Relaxed);
+            return None;
+        }
+        let streak = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
+        let needed = if ok { healthy } else { unhealthy };
+        if state == UNKNOWN || streak >= needed {
+            self.state.store(target, Ordering::Relaxed);
+            self.streak.store(0, Ordering::Relaxed);
+            return Some(ok);
+        }
+        None
+    }
+}
 
 /// Build the Pingora health check a pool's `health_check` describes.
 pub(super) fn build_check(
@@ -87,7 +148,7 @@ pub(super) fn build_check(
     }
 }
 
-/// Background service running every live pool's health checks.
+/// Background service running the health checks of every live pool.
 pub struct HealthSupervisor {
     snapshot: SharedSnapshot,
 }
@@ -98,32 +159,50 @@ impl HealthSupervisor {
     }
 }
 
-async fn check_loop(pool: Weak<Upstream>, interval: Duration) {
-    loop {
-        let Some(upstream) = pool.upgrade() else {
-            return;
-        };
-        upstream.run_health_check().await;
-        drop(upstream);
-        tokio::time::sleep(interval).await;
+/// The checked pool the live snapshot holds under `name`.
+fn current(snapshot: &SharedSnapshot, name: &str) -> Option<Arc<Upstream>> {
+    snapshot
+        .load()
+        .upstreams
+        .get(name)
+        .filter(|u| u.health_check.is_some())
+        .cloned()
+}
+
+async fn check_loop(snapshot: SharedSnapshot, name: String) {
+    while let Some(pool) = current(&snapshot, &name) {
+        pool.run_health_check().await;
+        let interval = pool
+            .health_check
+            .as_ref()
+            .map_or(SCAN_INTERVAL, |h| h.interval.0);
+        // Compared by address only, never dereferenced.
+        let checked = Arc::as_ptr(&pool) as usize;
+        drop(pool);
+        let mut waited = Duration::ZERO;
+        while waited < interval {
+            let step = SCAN_INTERVAL.min(interval - waited);
+            tokio::time::sleep(step).await;
+            waited += step;
+            // A reload rebuilt (or removed) the pool: check the new one now.
+            if current(&snapshot, &name).is_none_or(|p| Arc::as_ptr(&p) as usize != checked) {
+                break;
+            }
+        }
     }
 }
 
 #[async_trait]
 impl BackgroundService for HealthSupervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut running: HashMap<usize, Weak<Upstream>> = HashMap::new();
+        let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
         loop {
-            running.retain(|_, pool| pool.strong_count() > 0);
+            running.retain(|_, task| !task.is_finished());
             let snapshot = self.snapshot.load_full();
-            for upstream in snapshot.upstreams.values() {
-                let Some(hc) = &upstream.health_check else {
-                    continue;
-                };
-                let id = Arc::as_ptr(upstream) as usize;
-                if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(id) {
-                    slot.insert(Arc::downgrade(upstream));
-                    tokio::spawn(check_loop(Arc::downgrade(upstream), hc.interval.0));
+            for (name, upstream) in &snapshot.upstreams {
+                if upstream.health_check.is_some() && !running.contains_key(name) {
+                    let task = tokio::spawn(check_loop(Arc::clone(&self.snapshot), name.clone()));
+                    running.insert(name.clone(), task);
                 }
             }
             drop(snapshot);
@@ -132,5 +211,33 @@ impl BackgroundService for HealthSupervisor {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_and_the_unknown_start() {
+        let h = Health::healthy();
+        assert_eq!(h.observe(false, 2, 3), None);
+        assert_eq!(h.observe(false, 2, 3), None);
+        assert!(h.ready());
+        assert_eq!(h.observe(false, 2, 3), Some(false));
+        assert!(!h.ready());
+        // A pass in between restarts the count.
+        assert_eq!(h.observe(true, 2, 3), None);
+        assert_eq!(h.observe(false, 2, 3), None);
+        assert_eq!(h.observe(true, 2, 3), None);
+        assert_eq!(h.observe(true, 2, 3), Some(true));
+
+        let new = Health::unknown();
+        assert!(!new.ready(), "an unchecked target gets no traffic");
+        assert_eq!(new.observe(true, 2, 3), Some(true));
+        assert!(new.ready());
+        let bad = Health::unknown();
+        assert_eq!(bad.observe(false, 2, 3), Some(false));
+        assert!(!bad.ready());
     }
 }

@@ -82,7 +82,7 @@ mod tests {
     fn backend(addr: &str, inflight: usize) -> Backend {
         let mut b = Backend::new(addr).unwrap();
         let peer = pingora::upstreams::peer::HttpPeer::new(addr, false, String::new());
-        let t = Target::new(addr.parse().unwrap(), addr, peer);
+        let t = Target::new(addr.parse().unwrap(), addr, peer, Arc::default());
         for _ in 0..inflight {
             std::mem::forget(t.acquire());
         }

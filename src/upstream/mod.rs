@@ -2,19 +2,26 @@
 //!
 //! Each `[upstreams.NAME]` becomes one [`Upstream`] wrapping a `pingora-load-balancing`
 //! [`LoadBalancer`] with the configured selection. Per-target data that the request path needs
-//! (the prepared [`HttpPeer`], the in-flight counter) lives in the [`Backend`]'s extensions, built
+//! (the prepared [`HttpPeer`], its [`TargetState`]) lives in the [`Backend`]'s extensions, built
 //! once at load, so selecting a target allocates nothing of ours.
+//!
+//! A pool is rebuilt by every reload; what must survive one (health, drain, requests in
+//! flight) is each target's [`TargetState`], carried by upstream name and address.
 
+pub mod attempt;
 mod health;
 mod least_requests;
 
-pub use health::HealthSupervisor;
+pub use attempt::{AttemptObserver, Attempts, Outcome};
+pub use health::{Health, HealthSupervisor};
 pub use least_requests::LeastRequests;
 
 use crate::config::{Balancer, HealthCheckConfig, UpstreamConfig};
+use crate::state::Keeper;
 use futures::FutureExt;
 use pingora::upstreams::peer::HttpPeer;
 use pingora_load_balancing::discovery::Static;
+use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::selection::{
     BackendIter, BackendSelection, Consistent, Random, RoundRobin,
 };
@@ -27,6 +34,35 @@ use std::sync::Arc;
 /// How far selection looks for a usable target before giving up.
 const MAX_SELECT_STEPS: usize = 256;
 
+/// What outlives a reload of one target: its health, its drain, its requests in flight.
+pub struct TargetState {
+    pub health: Health,
+    /// Taken out of rotation by the admin API.
+    pub drained: AtomicBool,
+    inflight: AtomicUsize,
+}
+
+impl Default for TargetState {
+    fn default() -> Self {
+        TargetState::new(Health::healthy())
+    }
+}
+
+impl TargetState {
+    pub fn new(health: Health) -> TargetState {
+        TargetState {
+            health,
+            drained: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+        }
+    }
+
+    /// In rotation: healthy and not drained.
+    pub fn ready(&self) -> bool {
+        self.health.ready() && !self.drained.load(Ordering::Relaxed)
+    }
+}
+
 /// One target of a pool, shared by every selector that holds its [`Backend`].
 pub struct Target {
     pub addr: SocketAddr,
@@ -37,18 +73,23 @@ pub struct Target {
     pub host_header: http::HeaderValue,
     /// The peer requests are sent to: address, timeouts and TLS settings, prepared at load.
     pub peer: HttpPeer,
-    inflight: AtomicUsize,
+    pub state: Arc<TargetState>,
 }
 
 impl Target {
-    pub fn new(addr: SocketAddr, written: &str, peer: HttpPeer) -> Arc<Self> {
+    pub fn new(
+        addr: SocketAddr,
+        written: &str,
+        peer: HttpPeer,
+        state: Arc<TargetState>,
+    ) -> Arc<Self> {
         Arc::new(Target {
             addr,
             label: written.into(),
             host_header: http::HeaderValue::from_str(written)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("")),
             peer,
-            inflight: AtomicUsize::new(0),
+            state,
         })
     }
 
@@ -58,12 +99,12 @@ impl Target {
     }
 
     pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::Relaxed)
+        self.state.inflight.load(Ordering::Relaxed)
     }
 
     /// Count one request in flight until the guard is dropped.
     pub fn acquire(self: &Arc<Self>) -> InflightGuard {
-        self.inflight.fetch_add(1, Ordering::Relaxed);
+        self.state.inflight.fetch_add(1, Ordering::Relaxed);
         InflightGuard(Arc::clone(self))
     }
 }
@@ -79,7 +120,7 @@ impl InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.0.state.inflight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -93,6 +134,37 @@ pub enum HashOn {
 }
 
 impl HashOn {
+    /// The key this request hashes to.
+    pub fn key<'a>(
+        &self,
+        req: &'a pingora::http::RequestHeader,
+        client_ip: std::net::IpAddr,
+    ) -> std::borrow::Cow<'a, [u8]> {
+        use std::borrow::Cow;
+        match self {
+            HashOn::ClientIp => Cow::Owned(match client_ip {
+                std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+                std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+            }),
+            HashOn::Path => Cow::Borrowed(req.uri.path().as_bytes()),
+            HashOn::Header(name) => {
+                Cow::Borrowed(req.headers.get(name).map_or(&b""[..], |v| v.as_bytes()))
+            }
+            HashOn::Cookie(name) => Cow::Borrowed(
+                req.headers
+                    .get_all(http::header::COOKIE)
+                    .iter()
+                    .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+                    .find_map(|pair| {
+                        let pair = pair.trim_ascii_start();
+                        let rest = pair.strip_prefix(name.as_bytes())?;
+                        rest.strip_prefix(b"=")
+                    })
+                    .unwrap_or(b""),
+            ),
+        }
+    }
+
     pub fn parse(s: &str) -> Option<HashOn> {
         match s {
             "client_ip" => Some(HashOn::ClientIp),
@@ -132,6 +204,12 @@ where
     lb.select_with(key, MAX_SELECT_STEPS, accept)
 }
 
+/// Whether a checked pool has finished a round of checks, kept across reloads.
+#[derive(Default)]
+struct PoolState {
+    checked: AtomicBool,
+}
+
 /// A named pool of targets with its selection, health checks and connection settings.
 pub struct Upstream {
     pub name: Arc<str>,
@@ -140,41 +218,52 @@ pub struct Upstream {
     /// Extra attempts after the first (connect failures; 502/503/504 for idempotent methods).
     pub retries: usize,
     pub health_check: Option<HealthCheckConfig>,
-    /// The definition this pool was built from; an unchanged definition keeps the pool on reload.
-    pub config: UpstreamConfig,
-    pub metrics: crate::metrics::UpstreamMetrics,
-    /// Set once the first round of health checks has finished (at once without checks);
-    /// readiness waits for it.
-    checked: AtomicBool,
+    check: Option<Box<dyn HealthCheck + Send + Sync>>,
+    /// What learns from each attempt to a target ([`attempt`]).
+    pub observers: Box<[Arc<dyn AttemptObserver>]>,
+    state: Arc<PoolState>,
 }
 
 impl Upstream {
-    /// Build a pool from a validated definition.
-    pub fn build(name: &str, config: &UpstreamConfig) -> Result<Upstream, String> {
+    /// Build a pool from a validated definition, keeping the state of targets that stay.
+    pub fn build(
+        name: &str,
+        config: &UpstreamConfig,
+        keeper: &mut Keeper<'_>,
+    ) -> Result<Upstream, String> {
+        // A target a reload adds to a checked pool waits for its first passing check.
+        let gated = keeper.reloading() && config.health_check.is_some();
         let mut backends = BTreeSet::new();
         for t in &config.targets {
             let t = t.get_ref();
             let addr = crate::config::validate::resolve(t.addr())
                 .ok_or_else(|| format!("upstream `{name}`: cannot resolve {:?}", t.addr()))?;
-            let target = Target::new(addr, t.addr(), peer_for(addr, t.addr(), config));
+            let state = keeper.keep("target", &format!("{name}/{addr}"), (), || {
+                let health = if gated {
+                    Health::unknown()
+                } else {
+                    Health::healthy()
+                };
+                Ok::<_, String>(TargetState::new(health))
+            })?;
+            let target = Target::new(addr, t.addr(), peer_for(addr, t.addr(), config), state);
             let mut backend = Backend::new_with_weight(&addr.to_string(), t.weight())
                 .map_err(|e| format!("upstream `{name}`: {e}"))?;
             backend.ext.insert(Arc::clone(&target));
             backends.insert(backend);
         }
-        let view = || {
-            let mut b = Backends::new(Static::new(backends.clone()));
-            if let Some(hc) = &config.health_check {
-                b.set_health_check(health::build_check(name, hc, config));
-            }
-            b
-        };
+        let view = || Backends::new(Static::new(backends.clone()));
         let pool = match config.balancer {
             Balancer::RoundRobin => Pool::RoundRobin(LoadBalancer::from_backends(view())),
             Balancer::Random => Pool::Random(LoadBalancer::from_backends(view())),
             Balancer::ConsistentHash => Pool::Consistent(LoadBalancer::from_backends(view())),
             Balancer::LeastRequests => Pool::LeastRequests(LoadBalancer::from_backends(view())),
         };
+        let state =
+            keeper.keep_default::<_, PoolState>("upstream", name, config.health_check.is_some());
+        if config.health_check.is_none() {
+            state.checked.store(true, Ordering::Release);
+        }
         let upstream = Upstream {
             name: name.into(),
             pool,
@@ -190,9 +279,17 @@ impl Upstream {
             },
             retries: config.retries,
             health_check: config.health_check.clone(),
-            config: config.clone(),
-            metrics: crate::metrics::UpstreamMetrics::new(name),
-            checked: AtomicBool::new(config.health_check.is_none()),
+            check: config
+                .health_check
+                .as_ref()
+                .map(|hc| health::build_check(name, hc, config)),
+            observers: vec![Arc::new(attempt::DurationMetric(
+                crate::metrics::METRICS
+                    .upstream_duration
+                    .with_label_values(&[name]),
+            )) as Arc<dyn AttemptObserver>]
+            .into(),
+            state,
         };
         // Static discovery answers at once; this fills the selector before the first request.
         upstream
@@ -221,49 +318,72 @@ impl Upstream {
         }
     }
 
-    /// Run one round of active health checks over every target.
+    /// Run one round of active health checks over every target, all at once.
     pub async fn run_health_check(&self) {
-        self.backends().run_health_check(true).await;
-        self.checked.store(true, Ordering::Release);
+        let (Some(check), Some(hc)) = (&self.check, &self.health_check) else {
+            return;
+        };
+        let set = self.backends().get_backend();
+        let rounds = set.iter().filter_map(|b| Some((b, Target::of(b)?))).map(
+            |(backend, target)| async move {
+                let result = check.check(backend).await;
+                let flipped = target.state.health.observe(
+                    result.is_ok(),
+                    hc.healthy.get(),
+                    hc.unhealthy.get(),
+                );
+                match (flipped, result) {
+                    (Some(true), _) => {
+                        log::info!("upstream `{}`: {} is healthy", self.name, target.label)
+                    }
+                    (Some(false), Err(e)) => log::warn!(
+                        "upstream `{}`: {} is unhealthy: {e}",
+                        self.name,
+                        target.label
+                    ),
+                    _ => {}
+                }
+            },
+        );
+        futures::future::join_all(rounds).await;
+        self.state.checked.store(true, Ordering::Release);
     }
 
     /// Whether the first round of health checks has finished.
     pub fn checked(&self) -> bool {
-        self.checked.load(Ordering::Acquire)
+        self.state.checked.load(Ordering::Acquire)
     }
 
-    /// Every target with whether it is in rotation (healthy and enabled). Not for the request
-    /// path: it walks the pool.
-    pub fn target_states(&self) -> Vec<(Arc<Target>, bool)> {
-        let backends = self.backends();
-        backends
+    /// Every target of the pool. Not for the request path: it walks the pool.
+    pub fn targets(&self) -> Vec<Arc<Target>> {
+        self.backends()
             .get_backend()
             .iter()
-            .filter_map(|b| Target::of(b).map(|t| (Arc::clone(t), backends.ready(b))))
+            .filter_map(|b| Target::of(b).cloned())
             .collect()
     }
 
     /// Take a target out of rotation (`false`) or put it back; false when no target has that
-    /// label (the address as written in the config, or the resolved `IP:PORT`).
+    /// label (the address as written in the config, or the resolved `IP:PORT`). A drain is
+    /// kept across reloads while the target stays.
     pub fn set_enabled(&self, target: &str, enabled: bool) -> bool {
-        let backends = self.backends();
-        let set = backends.get_backend();
-        let found = set.iter().find(|b| {
-            Target::of(b).is_some_and(|t| &*t.label == target || t.addr.to_string() == target)
-        });
+        let found = self
+            .targets()
+            .into_iter()
+            .find(|t| &*t.label == target || t.addr.to_string() == target);
         match found {
-            Some(b) => {
-                backends.set_enable(b, enabled);
+            Some(t) => {
+                t.state.drained.store(!enabled, Ordering::Relaxed);
                 true
             }
             None => false,
         }
     }
 
-    /// Pick a healthy target for `key`, skipping those `skip` rejects (targets already tried).
+    /// Pick a target in rotation for `key`, skipping those `skip` rejects (targets tried).
     pub fn select(&self, key: &[u8], skip: impl Fn(&Target) -> bool) -> Option<Arc<Target>> {
         let accept =
-            |b: &Backend, healthy: bool| healthy && Target::of(b).is_some_and(|t| !skip(t));
+            |b: &Backend, _: bool| Target::of(b).is_some_and(|t| t.state.ready() && !skip(t));
         let chosen = match &self.pool {
             Pool::RoundRobin(lb) => select(lb, key, accept),
             Pool::Random(lb) => select(lb, key, accept),

@@ -10,7 +10,7 @@
 //! grows.
 
 use super::window::{Outcome, Window};
-use crate::policy::limit_key::Shards;
+use crate::shards::Shards;
 use std::collections::HashMap;
 
 #[derive(Default)]
@@ -70,7 +70,7 @@ mod tests {
         for key in 0..100_000u64 {
             w.hit(key, 1_000, 1000, 10);
         }
-        for key in 0..(crate::policy::limit_key::SHARDS as u64 * 1024) {
+        for key in 0..(crate::shards::SHARDS as u64 * 1024) {
             w.hit(1_000_000 + key, 60_000, 1000, 10);
         }
         assert!(w.len() < 100_000, "{}", w.len());

@@ -10,16 +10,146 @@ pub mod cluster;
 pub mod local;
 pub mod window;
 
-use super::limit_key::{Facts, KeySpec, KEY_HASHER};
-use super::Consumer;
-use crate::config::{OnStoreError, RateLimitConfig};
+use super::limit_key::{self, Facts, KeySpec, KEY_HASHER};
+use super::registry::Kind;
+use super::{Compile, Compiled, Source, Spec};
+use crate::config::{ConfTimeout, ConfigError};
+use crate::consumer::Consumer;
+use crate::error;
+use crate::filter::{Context, Filter, Phases, Reply};
+use crate::metrics::METRICS;
+use async_trait::async_trait;
 use cluster::ClusterWindows;
+use http::HeaderValue;
 use local::LocalWindows;
+use pingora::http::{RequestHeader, ResponseHeader};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use window::Outcome;
+
+pub const KIND: Kind = Kind {
+    name: "rate_limit",
+    parse,
+};
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests allowed per `window`.
+    pub limit: u64,
+    pub window: ConfTimeout,
+    /// Requests allowed on top of `limit` in a window.
+    #[serde(default)]
+    pub burst: u64,
+    /// What is limited: `consumer`, `client_ip`, `route`, `header:NAME`, combined in order.
+    #[serde(default = "limit_key::default_key")]
+    pub key: Vec<String>,
+    #[serde(default)]
+    pub scope: LimitScope,
+    /// The Redis shared by the gateways of a cluster (`scope = "cluster"`).
+    pub redis_url: Option<String>,
+    /// How long a request waits for Redis before `on_store_error` decides.
+    #[serde(default = "default_store_timeout")]
+    pub store_timeout: ConfTimeout,
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+    /// Delay a request over the limit, up to `max_delay`, instead of refusing it at once.
+    pub throttle: Option<ThrottleConfig>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LimitScope {
+    #[default]
+    Local,
+    Cluster,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    #[default]
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ThrottleConfig {
+    pub max_delay: ConfTimeout,
+}
+
+fn default_store_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_millis(20))
+}
+
+struct RateLimitSpec {
+    config: RateLimitConfig,
+    keys: Arc<KeySpec>,
+}
+
+fn parse(src: &mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>> {
+    let config: RateLimitConfig = src.settings()?;
+    let mut errors = Vec::new();
+    if config.limit == 0 {
+        errors.push(src.place.error("`limit` must be above zero"));
+    }
+    match (config.scope, &config.redis_url) {
+        (LimitScope::Cluster, None) => {
+            errors.push(src.place.error("`scope = \"cluster\"` needs a `redis_url`"))
+        }
+        (_, Some(url)) => {
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                errors.push(src.place.error(format!("invalid redis_url {url:?}: {e}")));
+            }
+        }
+        (LimitScope::Local, None) => {}
+    }
+    match KeySpec::parse(&config.key) {
+        Ok(keys) if errors.is_empty() => Ok(Arc::new(RateLimitSpec {
+            config,
+            keys: Arc::new(keys),
+        })),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            errors.push(src.place.error(e));
+            Err(errors)
+        }
+    }
+}
+
+impl Spec for RateLimitSpec {
+    fn describe(&self) -> serde_json::Value {
+        crate::policy::describe(&self.config)
+    }
+
+    fn compile(&self, cx: &mut Compile<'_, '_>) -> Result<Compiled, String> {
+        let c = &self.config;
+        let store = match (&c.scope, &c.redis_url) {
+            (LimitScope::Cluster, Some(url)) => {
+                let timeout = c.store_timeout.0;
+                // One connection per Redis and timeout, shared by the policies that use it.
+                Store::Cluster(
+                    cx.keeper
+                        .keep("redis", url, timeout, || ClusterWindows::new(url, timeout))?,
+                )
+            }
+            (LimitScope::Cluster, None) => return Err("no `redis_url`".into()),
+            (LimitScope::Local, _) => {
+                Store::Local(cx.keeper.keep_default("rate_limit", cx.name, c.clone()))
+            }
+        };
+        Ok(Compiled::Filter(Arc::new(RateLimit::new(
+            cx.name,
+            c,
+            Arc::clone(&self.keys),
+            store,
+        )?)))
+    }
+}
 
 pub enum Store {
     Local(Arc<LocalWindows>),
@@ -31,10 +161,12 @@ pub struct RateLimit {
     /// `limit + burst`: what a window admits.
     pub allowance: u64,
     pub window: Duration,
-    keys: KeySpec,
+    keys: Arc<KeySpec>,
     store: Store,
     on_store_error: OnStoreError,
     throttle: Option<Duration>,
+    /// This limit's `RateLimit-Policy` item, `"name";q=100;w=1`.
+    item: HeaderValue,
 }
 
 /// A rate limit's answer.
@@ -49,25 +181,55 @@ pub enum Checked {
     },
 }
 
+/// The rate limits a request met, for its response headers.
+struct LimitState {
+    /// The most restrictive of them.
+    tightest: LimitStatus,
+    /// `RateLimit-Policy` so far: each limit of the chain adds its item as the response
+    /// header is written.
+    policy: Option<String>,
+}
+
+/// Count a refusal by a rate or concurrency limit and note it for the access log.
+pub fn count_refusal(cx: &mut Context, policy: &str) {
+    METRICS
+        .rate_limited
+        .with_label_values(&[cx.route_name(), policy])
+        .inc();
+    cx.notes.push("rate_limited");
+}
+
 impl RateLimit {
-    pub fn new(name: &str, config: &RateLimitConfig, store: Store) -> Result<RateLimit, String> {
+    pub fn new(
+        name: &str,
+        config: &RateLimitConfig,
+        keys: Arc<KeySpec>,
+        store: Store,
+    ) -> Result<RateLimit, String> {
         if config.limit == 0 {
             return Err("`limit` must be above zero".into());
         }
+        let allowance = config.limit + config.burst;
+        let window = config.window.0.max(Duration::from_millis(1));
+        let item = format!(
+            "\"{name}\";q={allowance};w={}",
+            window.as_secs_f64().ceil().max(1.0) as u64
+        );
         Ok(RateLimit {
             name: name.into(),
-            allowance: config.limit + config.burst,
-            window: config.window.0.max(Duration::from_millis(1)),
-            keys: KeySpec::parse(&config.key)?,
+            allowance,
+            window,
+            keys,
             store,
             on_store_error: config.on_store_error,
             throttle: config.throttle.as_ref().map(|t| t.max_delay.0),
+            item: HeaderValue::from_str(&item).map_err(|e| e.to_string())?,
         })
     }
 
     pub async fn check(
         &self,
-        req: &pingora::http::RequestHeader,
+        req: &RequestHeader,
         facts: &Facts<'_>,
         consumer: Option<&Consumer>,
     ) -> Checked {
@@ -93,7 +255,7 @@ impl RateLimit {
 
     fn store_failed(&self, error: String) -> Checked {
         log::warn!("rate limit `{}`: store failed: {error}", self.name);
-        crate::metrics::METRICS
+        METRICS
             .rate_limit_store_errors
             .with_label_values(&[&*self.name])
             .inc();
@@ -104,7 +266,7 @@ impl RateLimit {
 
     async fn hit(
         &self,
-        req: &pingora::http::RequestHeader,
+        req: &RequestHeader,
         facts: &Facts<'_>,
         consumer: Option<&Consumer>,
     ) -> Result<Outcome, String> {
@@ -135,14 +297,79 @@ impl RateLimit {
         }
     }
 
-    /// `RateLimit-Policy` item: `"name";q=100;w=1`.
-    pub fn policy_item(&self) -> String {
-        format!(
-            "\"{}\";q={};w={}",
-            self.name,
-            self.allowance,
-            self.window.as_secs_f64().ceil().max(1.0) as u64
-        )
+    /// Remember `outcome` for the response headers if it is the tightest so far (or `force`,
+    /// for the limit that refused the request).
+    fn record(&self, cx: &mut Context, outcome: &Outcome, force: bool) {
+        let status = LimitStatus::new(self, outcome);
+        match cx.state.get_mut::<LimitState>() {
+            Some(s) if force || outcome.remaining < s.tightest.remaining => s.tightest = status,
+            Some(_) => {}
+            None => {
+                cx.state.insert(LimitState {
+                    tightest: status,
+                    policy: None,
+                });
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Filter for RateLimit {
+    fn phases(&self) -> Phases {
+        Phases::REQUEST | Phases::RESPONSE
+    }
+
+    async fn request(&self, req: &RequestHeader, cx: &mut Context) -> Result<(), Reply> {
+        let ip = cx.client_ip(&req.headers);
+        let checked = {
+            let facts = Facts::of(ip, cx);
+            self.check(req, &facts, cx.identity.counted()).await
+        };
+        match checked {
+            Checked::Admitted(o) => self.record(cx, &o, false),
+            Checked::Throttled(o) => {
+                cx.notes.push("throttled");
+                self.record(cx, &o, false);
+            }
+            Checked::Refused(o) => {
+                self.record(cx, &o, true);
+                count_refusal(cx, &self.name);
+                return Err(Reply::error(error::TOO_MANY_REQUESTS)
+                    .with(http::header::RETRY_AFTER, secs(o.retry_after).max(1).into()));
+            }
+            Checked::StoreFailed { admit: true } => {}
+            Checked::StoreFailed { admit: false } => {
+                count_refusal(cx, &self.name);
+                return Err(Reply::error(error::TOO_MANY_REQUESTS)
+                    .with(http::header::RETRY_AFTER, HeaderValue::from_static("1")));
+            }
+        }
+        Ok(())
+    }
+
+    fn response(&self, resp: &mut ResponseHeader, cx: &mut Context) -> pingora::Result<()> {
+        let Some(state) = cx.state.get_mut::<LimitState>() else {
+            return Ok(());
+        };
+        let policy = match &mut state.policy {
+            None => {
+                state.policy = Some(String::from_utf8_lossy(self.item.as_bytes()).into_owned());
+                self.item.clone()
+            }
+            Some(items) => {
+                items.push_str(", ");
+                items.push_str(&String::from_utf8_lossy(self.item.as_bytes()));
+                HeaderValue::from_str(items).unwrap_or_else(|_| self.item.clone())
+            }
+        };
+        resp.insert_header(RATELIMIT_POLICY, policy)?;
+        if state.tightest.name == self.name {
+            for (name, value) in state.tightest.headers() {
+                resp.insert_header(name, value)?;
+            }
+        }
+        Ok(())
     }
 }
 
@@ -171,18 +398,10 @@ impl LimitStatus {
         }
     }
 
-    /// `RateLimit` and `X-RateLimit-*`, plus `RateLimit-Policy` (the route's limits, built at
-    /// load) and `Retry-After` on a refusal.
-    pub fn headers(
-        &self,
-        policy: &http::HeaderValue,
-        retry_after: Option<Duration>,
-    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
-        use http::HeaderValue;
-        let secs = |d: Duration| d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    /// `RateLimit` and `X-RateLimit-*`.
+    pub fn headers(&self) -> [(http::HeaderName, HeaderValue); 4] {
         let reset = secs(self.reset);
-        let mut headers = vec![
-            (RATELIMIT_POLICY, policy.clone()),
+        [
             (
                 RATELIMIT,
                 HeaderValue::from_str(&format!("\"{}\";r={};t={reset}", self.name, self.remaining))
@@ -191,12 +410,13 @@ impl LimitStatus {
             (X_RATELIMIT_LIMIT, self.allowance.into()),
             (X_RATELIMIT_REMAINING, self.remaining.into()),
             (X_RATELIMIT_RESET, reset.into()),
-        ];
-        if let Some(after) = retry_after {
-            headers.push((http::header::RETRY_AFTER, secs(after).max(1).into()));
-        }
-        headers
+        ]
     }
+}
+
+/// Whole seconds, rounded up.
+fn secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
 
 const RATELIMIT_POLICY: http::HeaderName = http::HeaderName::from_static("ratelimit-policy");

@@ -1,0 +1,115 @@
+//! What a request carries through its filters: who it is, where it came from, what the filters
+//! found out, and each filter's own per-request state.
+
+use super::Reply;
+use crate::consumer::Identity;
+use crate::plumbing::{self, RequestId, TraceContext};
+use crate::router::Route;
+use crate::runtime::Snapshot;
+use http::HeaderMap;
+use std::any::{Any, TypeId};
+use std::net::{IpAddr, Ipv6Addr};
+use std::sync::Arc;
+
+/// Per-request values keyed by their type: each filter kind keeps its own private type here.
+/// Empty, it is one null pointer; a request rarely holds more than a few, so they sit in a
+/// short list rather than a hash map.
+#[derive(Default)]
+pub struct State(Vec<(TypeId, Box<dyn Any + Send + Sync>)>);
+
+impl State {
+    /// Store `value`, replacing one of the same type.
+    pub fn insert<T: Any + Send + Sync>(&mut self, value: T) {
+        match self.0.iter_mut().find(|(id, _)| *id == TypeId::of::<T>()) {
+            Some((_, slot)) => *slot = Box::new(value),
+            None => self.0.push((TypeId::of::<T>(), Box::new(value))),
+        }
+    }
+
+    pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
+        self.0
+            .iter()
+            .find(|(id, _)| *id == TypeId::of::<T>())
+            .and_then(|(_, v)| v.downcast_ref())
+    }
+
+    pub fn get_mut<T: Any + Send + Sync>(&mut self) -> Option<&mut T> {
+        self.0
+            .iter_mut()
+            .find(|(id, _)| *id == TypeId::of::<T>())
+            .and_then(|(_, v)| v.downcast_mut())
+    }
+
+    pub fn remove<T: Any + Send + Sync>(&mut self) -> Option<T> {
+        let i = self.0.iter().position(|(id, _)| *id == TypeId::of::<T>())?;
+        self.0.swap_remove(i).1.downcast().ok().map(|b| *b)
+    }
+}
+
+/// Per-request state shared by the gateway and the route's filters.
+///
+/// Filters keep state of their own in [`Context::state`], a map keyed by type, so a new kind
+/// needs no new field here; it costs nothing until a filter stores something.
+#[derive(Default)]
+pub struct Context {
+    pub request_id: RequestId,
+    pub trace: TraceContext,
+    /// The configuration this request is served by, from its first hook to its last.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// The route it matched, once routed.
+    pub route: Option<Arc<Route>>,
+    /// The address the connection came from.
+    pub peer: Option<IpAddr>,
+    client_ip: Option<IpAddr>,
+    /// Who the request is, as the authentication filters established.
+    pub identity: Identity,
+    /// Outcomes for the access log (`auth_failed`, `rate_limited`, `throttled`).
+    pub notes: Vec<&'static str>,
+    /// Filters' own per-request state, by type.
+    pub state: State,
+    /// A reply a filter asked for after the request went upstream (a body filter's 413); the
+    /// proxy's failure hook writes it.
+    pub pending: Option<Reply>,
+}
+
+impl Context {
+    /// The route's name, or `""` before routing.
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().map_or("", |r| &r.name)
+    }
+
+    /// The client's address after `trusted_proxies`, worked out once per request.
+    pub fn client_ip(&mut self, headers: &HeaderMap) -> IpAddr {
+        if let Some(ip) = self.client_ip {
+            return ip;
+        }
+        let ip = match (self.peer, &self.snapshot) {
+            (Some(peer), Some(s)) => plumbing::client_ip(peer, headers, &s.trusted_proxies),
+            (Some(peer), None) => peer,
+            (None, _) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        self.client_ip = Some(ip);
+        ip
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_by_type() {
+        struct A(u8);
+        struct B(&'static str);
+        let mut s = State::default();
+        assert!(s.get::<A>().is_none());
+        s.insert(A(1));
+        s.insert(B("b"));
+        s.insert(A(2));
+        assert_eq!(s.get::<A>().map(|a| a.0), Some(2));
+        s.get_mut::<B>().unwrap().0 = "c";
+        assert_eq!(s.remove::<B>().map(|b| b.0), Some("c"));
+        assert!(s.get::<B>().is_none());
+        assert_eq!(s.get::<A>().map(|a| a.0), Some(2));
+    }
+}

@@ -1,0 +1,318 @@
+//! Filters: what policies do to a request, phase by phase.
+//!
+//! A [`Filter`] has one method per phase of a proxied request that a policy may need, each a
+//! no-op by default, and says which phases it implements ([`Filter::phases`]). A route's
+//! [`Chain`] is compiled at load into one list per phase, so a phase no filter of the route
+//! implements costs nothing per request: not a call, not a dynamic dispatch.
+//!
+//! The phases, in the order a request meets them:
+//! 1. [`Filter::request`]: the request header arrived and the route is known. A filter may
+//!    answer the request itself (a 401, a 429), which ends the chain.
+//! 2. [`Filter::request_body`]: each chunk of the request body on its way upstream.
+//! 3. [`Filter::upstream_request`]: the header about to be sent to the target.
+//! 4. [`Filter::upstream_response`]: the target's response header, before anything is sent.
+//! 5. [`Filter::response`]: the response header about to be sent to the client, for proxied
+//!    responses *and* for the gateway's own ([`crate::reply`]): errors, fixed answers.
+//! 6. [`Filter::response_body`]: each chunk of the response body to the client.
+//! 7. [`Filter::log`]: the request is over.
+
+mod context;
+
+pub use context::Context;
+
+use crate::error::GatewayError;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use std::sync::Arc;
+
+bitflags::bitflags! {
+    /// The phases a filter takes part in.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Phases: u8 {
+        const REQUEST = 1;
+        const REQUEST_BODY = 1 << 1;
+        const UPSTREAM_REQUEST = 1 << 2;
+        const UPSTREAM_RESPONSE = 1 << 3;
+        const RESPONSE = 1 << 4;
+        const RESPONSE_BODY = 1 << 5;
+        const LOG = 1 << 6;
+    }
+}
+
+/// A response the gateway writes itself instead of proxying.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub body: Body,
+    /// Headers besides the framing ones, which the writer sets.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug)]
+pub enum Body {
+    /// The contract's JSON error, with the request id filled in when written.
+    Error(GatewayError),
+    Fixed(Bytes),
+}
+
+impl Reply {
+    pub fn error(error: GatewayError) -> Reply {
+        Reply {
+            status: error.status,
+            body: Body::Error(error),
+            headers: Vec::new(),
+        }
+    }
+
+    /// The reply with one more header.
+    pub fn with(mut self, name: HeaderName, value: HeaderValue) -> Reply {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// One policy's part in the phases of a request. Every method but [`Filter::phases`] has a
+/// default that does nothing; a filter implements the phases it names there.
+#[async_trait]
+pub trait Filter: Send + Sync {
+    /// The phases this filter implements; only those are called.
+    fn phases(&self) -> Phases;
+
+    /// The request header arrived. `Err` answers the request with that reply.
+    async fn request(&self, _req: &RequestHeader, _cx: &mut Context) -> Result<(), Reply> {
+        Ok(())
+    }
+
+    /// A chunk of the request body (`None` at the end of some bodies); `end` on the last.
+    async fn request_body(
+        &self,
+        _body: &mut Option<Bytes>,
+        _end: bool,
+        _cx: &mut Context,
+    ) -> Result<(), Reply> {
+        Ok(())
+    }
+
+    /// The request header as it will be sent to the target.
+    fn upstream_request(&self, _req: &mut RequestHeader, _cx: &mut Context) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// The target's response header.
+    fn upstream_response(
+        &self,
+        _resp: &mut ResponseHeader,
+        _cx: &mut Context,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// The response header as it will be sent to the client, proxied or the gateway's own.
+    fn response(&self, _resp: &mut ResponseHeader, _cx: &mut Context) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// A chunk of the response body to the client; `end` on the last.
+    fn response_body(
+        &self,
+        _body: &mut Option<Bytes>,
+        _end: bool,
+        _cx: &mut Context,
+    ) -> pingora::Result<()> {
+        Ok(())
+    }
+
+    /// The request is over; `status` is what the client got (499: it went away first).
+    fn log(&self, _cx: &Context, _status: u16) {}
+}
+
+type List = Box<[Arc<dyn Filter>]>;
+
+/// A route's filters, one list per phase, in chain order.
+#[derive(Default)]
+pub struct Chain {
+    request: List,
+    request_body: List,
+    upstream_request: List,
+    upstream_response: List,
+    response: List,
+    response_body: List,
+    log: List,
+}
+
+impl Chain {
+    pub fn new(filters: &[Arc<dyn Filter>]) -> Chain {
+        let phase = |p: Phases| -> List {
+            filters
+                .iter()
+                .filter(|f| f.phases().contains(p))
+                .cloned()
+                .collect()
+        };
+        Chain {
+            request: phase(Phases::REQUEST),
+            request_body: phase(Phases::REQUEST_BODY),
+            upstream_request: phase(Phases::UPSTREAM_REQUEST),
+            upstream_response: phase(Phases::UPSTREAM_RESPONSE),
+            response: phase(Phases::RESPONSE),
+            response_body: phase(Phases::RESPONSE_BODY),
+            log: phase(Phases::LOG),
+        }
+    }
+
+    /// Whether some filter reads or changes the request body. Without one, the body streams
+    /// through untouched and unbuffered.
+    pub fn has_request_body(&self) -> bool {
+        !self.request_body.is_empty()
+    }
+
+    /// Whether some filter reads or changes the response body.
+    pub fn has_response_body(&self) -> bool {
+        !self.response_body.is_empty()
+    }
+
+    pub async fn request(&self, req: &RequestHeader, cx: &mut Context) -> Result<(), Reply> {
+        for f in self.request.iter() {
+            f.request(req, cx).await?;
+        }
+        Ok(())
+    }
+
+    pub async fn request_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        cx: &mut Context,
+    ) -> Result<(), Reply> {
+        for f in self.request_body.iter() {
+            f.request_body(body, end, cx).await?;
+        }
+        Ok(())
+    }
+
+    pub fn upstream_request(
+        &self,
+        req: &mut RequestHeader,
+        cx: &mut Context,
+    ) -> pingora::Result<()> {
+        self.upstream_request
+            .iter()
+            .try_for_each(|f| f.upstream_request(req, cx))
+    }
+
+    pub fn upstream_response(
+        &self,
+        resp: &mut ResponseHeader,
+        cx: &mut Context,
+    ) -> pingora::Result<()> {
+        self.upstream_response
+            .iter()
+            .try_for_each(|f| f.upstream_response(resp, cx))
+    }
+
+    pub fn response(&self, resp: &mut ResponseHeader, cx: &mut Context) -> pingora::Result<()> {
+        self.response.iter().try_for_each(|f| f.response(resp, cx))
+    }
+
+    pub fn response_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        cx: &mut Context,
+    ) -> pingora::Result<()> {
+        self.response_body
+            .iter()
+            .try_for_each(|f| f.response_body(body, end, cx))
+    }
+
+    pub fn log(&self, cx: &Context, status: u16) {
+        self.log.iter().for_each(|f| f.log(cx, status));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts the calls of the phases it names.
+    struct Probe {
+        phases: Phases,
+        calls: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Filter for Probe {
+        fn phases(&self) -> Phases {
+            self.phases
+        }
+        async fn request(&self, _req: &RequestHeader, _cx: &mut Context) -> Result<(), Reply> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        async fn request_body(
+            &self,
+            body: &mut Option<Bytes>,
+            _end: bool,
+            _cx: &mut Context,
+        ) -> Result<(), Reply> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            *body = Some(Bytes::from_static(b"changed"));
+            Ok(())
+        }
+        fn response(&self, resp: &mut ResponseHeader, _cx: &mut Context) -> pingora::Result<()> {
+            self.calls.fetch_add(1, Ordering::Relaxed);
+            resp.insert_header("x-probe", "1")
+        }
+    }
+
+    fn probe(phases: Phases) -> Arc<Probe> {
+        Arc::new(Probe {
+            phases,
+            calls: AtomicUsize::new(0),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_route_without_body_filters_leaves_the_body_alone() {
+        let header_only = probe(Phases::REQUEST | Phases::RESPONSE);
+        let chain = Chain::new(&[header_only.clone() as Arc<dyn Filter>]);
+        assert!(!chain.has_request_body(), "nothing asks for the body");
+        assert!(!chain.has_response_body());
+        let original = Bytes::from(vec![7u8; 4096]);
+        let mut body = Some(original.clone());
+        let mut cx = Context::default();
+        chain.request_body(&mut body, true, &mut cx).await.unwrap();
+        chain.response_body(&mut body, true, &mut cx).unwrap();
+        let after = body.as_ref().unwrap();
+        // The very same buffer: not copied, not buffered, not looked at.
+        assert_eq!(after.as_ptr(), original.as_ptr());
+        assert_eq!(after.len(), original.len());
+        assert_eq!(header_only.calls.load(Ordering::Relaxed), 0);
+
+        let body_filter = probe(Phases::REQUEST_BODY);
+        let chain = Chain::new(&[header_only.clone() as Arc<dyn Filter>, body_filter.clone()]);
+        assert!(chain.has_request_body());
+        chain.request_body(&mut body, true, &mut cx).await.unwrap();
+        assert_eq!(body.as_deref(), Some(&b"changed"[..]));
+        assert_eq!(body_filter.calls.load(Ordering::Relaxed), 1);
+        assert_eq!(header_only.calls.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn phases_run_only_their_filters_in_order() {
+        let a = probe(Phases::REQUEST);
+        let b = probe(Phases::RESPONSE);
+        let chain = Chain::new(&[a.clone() as Arc<dyn Filter>, b.clone()]);
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        let mut cx = Context::default();
+        chain.request(&req, &mut cx).await.unwrap();
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        chain.response(&mut resp, &mut cx).unwrap();
+        assert_eq!(a.calls.load(Ordering::Relaxed), 1);
+        assert_eq!(b.calls.load(Ordering::Relaxed), 1);
+        assert_eq!(resp.headers.get("x-probe").unwrap(), "1");
+    }
+}

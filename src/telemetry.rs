@@ -1,0 +1,90 @@
+//! What a finished request leaves behind: its access-log line and its trace span.
+
+use crate::access_log::{AccessLog, Entry};
+use crate::filter::Context;
+use crate::otlp::{Exporter, Finished};
+use crate::plumbing;
+use crate::upstream::Attempts;
+use pingora::http::RequestHeader;
+use pingora_proxy::Session;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// The access log and the span exporter, each when configured.
+pub struct Telemetry {
+    pub access_log: Option<AccessLog>,
+    pub tracer: Option<Arc<Exporter>>,
+}
+
+/// The `Host` a request named: its header, or the authority of an absolute URI.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
+impl Telemetry {
+    /// Share of new traces to record (a client's sampled flag decides for its own).
+    pub fn sample_ratio(&self) -> f64 {
+        self.tracer.as_ref().map_or(1.0, |t| t.sample_ratio)
+    }
+
+    /// Log and trace one finished request.
+    pub fn record(
+        &self,
+        session: &Session,
+        cx: &mut Context,
+        attempts: &Attempts,
+        status: u16,
+        took: Duration,
+    ) {
+        if self.access_log.is_none() && self.tracer.is_none() {
+            return;
+        }
+        let req = session.req_header();
+        let client = cx.client_ip(&req.headers);
+        let client = cx.peer.is_some().then(|| plumbing::ip_text(client));
+        let route = cx.route.as_deref();
+        let upstream = route.and_then(|r| r.upstream()).map(|u| &*u.name);
+        let target = attempts.target().map(|t| &*t.label);
+        if let Some(tracer) = &self.tracer {
+            let end = SystemTime::now();
+            tracer.export(&Finished {
+                trace: &cx.trace,
+                start: end - took,
+                end,
+                method: req.method.as_str(),
+                path: req.uri.path(),
+                host: request_host(req),
+                route: route.map(|r| &*r.name),
+                status,
+                client: client.clone(),
+                upstream,
+                target,
+                request_id: cx.request_id.as_str(),
+            });
+        }
+        if let Some(log) = &self.access_log {
+            log.log(&Entry {
+                time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                request_id: cx.request_id.as_str(),
+                trace_id: cx.trace.trace_id(),
+                client,
+                method: req.method.as_str(),
+                host: request_host(req),
+                path: req.uri.path(),
+                status,
+                bytes_in: session.body_bytes_read(),
+                bytes_out: session.body_bytes_sent(),
+                duration_ms: took.as_secs_f64() * 1e3,
+                upstream_ms: attempts.took.map(|d| d.as_secs_f64() * 1e3),
+                route: route.map(|r| &*r.name),
+                upstream,
+                target,
+                consumer: cx.identity.consumer.as_deref().map(|c| &*c.name),
+                decisions: &cx.notes,
+            });
+        }
+    }
+}

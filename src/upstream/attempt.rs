@@ -1,0 +1,204 @@
+//! Attempts to reach a target: which target each one went to, how it ended, and whether the
+//! request may be tried again.
+//!
+//! Pingora reports an attempt's end in several hooks: a failed connect, a response header, an
+//! error while proxying. Each hands it to [`Attempts`], which reports the [`Outcome`] once to
+//! the pool's [`AttemptObserver`]s (the seam for passive health: outlier detection, circuit
+//! breakers) and answers the retry question, in one place ([`Attempts::may_retry`]).
+
+use super::{InflightGuard, Target, Upstream};
+use pingora::upstreams::peer::HttpPeer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How one attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// No connection: refused, reset, TLS failure, or (`timeout`) no answer to the connect.
+    /// The target saw nothing of the request.
+    Connect { timeout: bool },
+    /// Connected, then no answer in time.
+    Timeout,
+    /// The target answered with this status.
+    Status(u16),
+    /// Connected, then the exchange broke (reset, a malformed response).
+    Broken,
+}
+
+/// One ended attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Attempt {
+    pub outcome: Outcome,
+    /// From picking the target to the outcome.
+    pub took: Duration,
+}
+
+/// Something that learns from every attempt to a pool's targets.
+pub trait AttemptObserver: Send + Sync {
+    fn observe(&self, target: &Target, attempt: &Attempt);
+}
+
+/// `pylon_upstream_duration_seconds{upstream}`: every attempt, answered or not, so the p99
+/// does not hide timeouts and resets.
+pub struct DurationMetric(pub prometheus::Histogram);
+
+impl AttemptObserver for DurationMetric {
+    fn observe(&self, _target: &Target, attempt: &Attempt) {
+        self.0.observe(attempt.took.as_secs_f64());
+    }
+}
+
+/// The attempt in progress.
+struct Current {
+    guard: InflightGuard,
+    started: Instant,
+    reported: bool,
+}
+
+/// A request's attempts to reach its upstream.
+#[derive(Default)]
+pub struct Attempts {
+    count: usize,
+    /// Targets already tried, so a retry goes elsewhere (no allocation for the first).
+    first_tried: Option<SocketAddr>,
+    more_tried: Vec<SocketAddr>,
+    current: Option<Current>,
+    /// The last attempt's time to its response header, for the access log.
+    pub took: Option<Duration>,
+}
+
+impl Attempts {
+    fn tried(&self, addr: &SocketAddr) -> bool {
+        self.first_tried.as_ref() == Some(addr) || self.more_tried.contains(addr)
+    }
+
+    /// Pick a target for the next attempt: one not tried yet, else (every target was tried)
+    /// any ready one. `None`: no target can take the request.
+    pub fn pick(&mut self, upstream: &Upstream, key: &[u8]) -> Option<Box<HttpPeer>> {
+        let target = upstream.select(key, |t| self.tried(&t.addr)).or_else(|| {
+            self.first_tried
+                .is_some()
+                .then(|| upstream.select(key, |_| false))
+                .flatten()
+        })?;
+        self.count += 1;
+        if self.first_tried.is_none() {
+            self.first_tried = Some(target.addr);
+        } else {
+            self.more_tried.push(target.addr);
+        }
+        let peer = Box::new(target.peer.clone());
+        self.current = Some(Current {
+            guard: target.acquire(),
+            started: Instant::now(),
+            reported: false,
+        });
+        Some(peer)
+    }
+
+    /// The target of the current (or last) attempt.
+    pub fn target(&self) -> Option<&Arc<Target>> {
+        self.current.as_ref().map(|c| c.guard.target())
+    }
+
+    /// Report how the current attempt ended, once, to the pool's observers.
+    pub fn report(&mut self, upstream: &Upstream, outcome: Outcome) {
+        let Some(current) = self.current.as_mut().filter(|c| !c.reported) else {
+            return;
+        };
+        current.reported = true;
+        let attempt = Attempt {
+            outcome,
+            took: current.started.elapsed(),
+        };
+        if matches!(outcome, Outcome::Status(_)) {
+            self.took = Some(attempt.took);
+        }
+        let target = current.guard.target();
+        for observer in upstream.observers.iter() {
+            observer.observe(target, &attempt);
+        }
+    }
+
+    /// Whether the request may go to another attempt after `outcome`. `replayable`: the method
+    /// is idempotent and the body, if any, is still whole in the retry buffer.
+    pub fn may_retry(&self, upstream: &Upstream, outcome: Outcome, replayable: bool) -> bool {
+        if self.count > upstream.retries {
+            return false;
+        }
+        match outcome {
+            // The target saw nothing: safe for every method.
+            Outcome::Connect { .. } => true,
+            // The client has seen nothing yet: another target may answer better.
+            Outcome::Status(502..=504) => replayable,
+            Outcome::Status(_) | Outcome::Timeout | Outcome::Broken => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::UpstreamConfig;
+    use std::sync::Mutex;
+
+    struct Seen(Mutex<Vec<(String, Outcome)>>);
+
+    impl AttemptObserver for Seen {
+        fn observe(&self, target: &Target, attempt: &Attempt) {
+            let mut seen = self.0.lock().unwrap();
+            seen.push((target.label.to_string(), attempt.outcome));
+        }
+    }
+
+    fn pool(retries: usize) -> (Upstream, Arc<Seen>) {
+        let config: UpstreamConfig = toml::from_str(&format!(
+            "targets = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nretries = {retries}"
+        ))
+        .unwrap();
+        let mut keeper = crate::state::Keeper::new(None);
+        let mut upstream = Upstream::build("u", &config, &mut keeper).unwrap();
+        let seen = Arc::new(Seen(Mutex::new(Vec::new())));
+        upstream.observers = vec![seen.clone() as Arc<dyn AttemptObserver>].into();
+        (upstream, seen)
+    }
+
+    #[test]
+    fn each_attempt_is_reported_once_to_its_target() {
+        let (pool, seen) = pool(1);
+        let mut attempts = Attempts::default();
+        attempts.pick(&pool, b"").unwrap();
+        let first = attempts.target().unwrap().label.to_string();
+        attempts.report(&pool, Outcome::Connect { timeout: false });
+        attempts.report(&pool, Outcome::Broken);
+        assert!(attempts.may_retry(&pool, Outcome::Connect { timeout: false }, false));
+        attempts.pick(&pool, b"").unwrap();
+        let second = attempts.target().unwrap().label.to_string();
+        assert_ne!(first, second, "a retry goes to another target");
+        attempts.report(&pool, Outcome::Status(503));
+        let seen = seen.0.lock().unwrap();
+        assert_eq!(
+            *seen,
+            [
+                (first, Outcome::Connect { timeout: false }),
+                (second, Outcome::Status(503))
+            ]
+        );
+        assert!(attempts.took.is_some());
+    }
+
+    #[test]
+    fn retry_rules() {
+        let (pool, _) = pool(1);
+        let mut attempts = Attempts::default();
+        attempts.pick(&pool, b"").unwrap();
+        assert!(attempts.may_retry(&pool, Outcome::Status(502), true));
+        assert!(!attempts.may_retry(&pool, Outcome::Status(502), false));
+        assert!(!attempts.may_retry(&pool, Outcome::Status(500), true));
+        assert!(!attempts.may_retry(&pool, Outcome::Timeout, true));
+        attempts.pick(&pool, b"").unwrap();
+        // Out of retries.
+        assert!(!attempts.may_retry(&pool, Outcome::Connect { timeout: true }, true));
+    }
+}

@@ -22,6 +22,7 @@ pub mod jwt;
 pub mod limit_key;
 pub mod rate_limit;
 pub mod registry;
+pub mod security_headers;
 pub mod verified;
 
 use crate::config::{Config, ConfigError, ConsumerConfig, Located};

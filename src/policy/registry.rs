@@ -21,6 +21,7 @@ pub const KINDS: &[Kind] = &[
     super::acl::KIND,
     super::rate_limit::KIND,
     super::concurrency::KIND,
+    super::security_headers::KIND,
 ];
 
 pub fn find(name: &str) -> Option<&'static Kind> {

@@ -10,6 +10,7 @@ use pingora_memory_cache::MemoryCache;
 use sha2::{Digest, Sha256};
 use std::sync::LazyLock;
 use std::time::Duration;
+use tokio::time::Instant;
 
 pub type CredentialDigest = [u8; 32];
 
@@ -31,6 +32,9 @@ pub fn digest(parts: &[&[u8]]) -> CredentialDigest {
 struct Entry<T> {
     digest: CredentialDigest,
     value: T,
+    /// Checked on every hit, on tokio's clock (so tests can move it); the cache's own TTL
+    /// only frees the memory.
+    expires: Instant,
 }
 
 /// Outcomes of checks, by credential digest, each for its own time to live.
@@ -48,11 +52,18 @@ impl<T: Clone + Send + Sync + 'static> Verified<T> {
 
     pub fn get(&self, digest: &CredentialDigest) -> Option<T> {
         let (entry, _) = self.cache.get(digest);
-        entry.filter(|e| e.digest == *digest).map(|e| e.value)
+        entry
+            .filter(|e| e.digest == *digest && Instant::now() < e.expires)
+            .map(|e| e.value)
     }
 
     pub fn put(&self, digest: CredentialDigest, value: T, ttl: Duration) {
-        self.cache.put(&digest, Entry { digest, value }, Some(ttl));
+        let entry = Entry {
+            digest,
+            value,
+            expires: Instant::now() + ttl,
+        };
+        self.cache.put(&digest, entry, Some(ttl));
     }
 }
 
@@ -60,15 +71,17 @@ impl<T: Clone + Send + Sync + 'static> Verified<T> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn remembers_until_expiry() {
+    #[tokio::test(start_paused = true)]
+    async fn remembers_until_expiry() {
         let v = Verified::new(10);
         let d = digest(&[b"alice", b"secret"]);
         assert_eq!(v.get(&d), None);
         v.put(d, 7, Duration::from_millis(50));
         assert_eq!(v.get(&d), Some(7));
         assert_eq!(v.get(&digest(&[b"alice", b"other"])), None);
-        std::thread::sleep(Duration::from_millis(80));
+        tokio::time::advance(Duration::from_millis(40)).await;
+        assert_eq!(v.get(&d), Some(7));
+        tokio::time::advance(Duration::from_millis(20)).await;
         assert_eq!(v.get(&d), None);
     }
 

@@ -52,6 +52,11 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 UPSTREAM = 18000
 REDIS = 18010
 PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004, "pingora": 18007}
+# Another Pylon binary (an earlier build) to measure beside this one in `plain` and `policies`:
+# before/after figures from one run.
+BASELINE = os.environ.get("BENCH_BASELINE")
+if BASELINE:
+    PORTS.update({"pylon-before": 18005, "pylon-before-1000-routes": 18006})
 # The `instructions` scenario runs its own copy of each proxy under callgrind, on these ports.
 CALLGRIND_PORTS = {"nginx": 18011, "pingora": 18012, "pylon": 18013}
 POLICY_PATH = "/svc500/items"
@@ -457,6 +462,15 @@ def main():
         PIDS["pingora"] = procs.start("pingora", [BARE, f"127.0.0.1:{PORTS['pingora']}", f"127.0.0.1:{UPSTREAM}"], PROXY_CPU).pid
         PIDS["pylon-local-limit"] = PIDS["pylon-cluster-limit"] = PIDS["pylon"]
         PIDS["pylon-1000-routes"] = procs.start("pylon-1000-routes", [PYLON, "-c", f"{tmp}/pylon-1000.toml"], PROXY_CPU).pid
+        if BASELINE:
+            for name, conf, like in [("pylon-before", "pylon-before.toml", "pylon"), ("pylon-before-1000-routes", "pylon-before-1000.toml", "pylon-1000-routes")]:
+                with open(f"{tmp}/{'pylon.toml' if like == 'pylon' else 'pylon-1000.toml'}") as f:
+                    text = f.read()
+                text = (text.replace(f"127.0.0.1:{PORTS[like]}", f"127.0.0.1:{PORTS[name]}")
+                        .replace(".sock", "-before.sock").replace(".pid", "-before.pid")
+                        .replace("access.log", "access-before.log"))
+                write(f"{tmp}/{conf}", text)
+                PIDS[name] = procs.start(name, [BASELINE, "-c", f"{tmp}/{conf}"], PROXY_CPU).pid
         for port in [UPSTREAM, REDIS, *PORTS.values()]:
             wait_port(port)
         # Warm up connection pools.
@@ -468,14 +482,15 @@ def main():
         nginx_peak = None
         if "plain" in SCENARIOS or "latency" in SCENARIOS:
             print("## plain: one route, keep-alive, 32 connections (pingora: the bare Pingora yardstick)", flush=True)
-            plain = alternate(["nginx", "haproxy", "pingora", "pylon"], lambda p: wrk(PORTS[p]))
+            plain = alternate(["nginx", "haproxy", "pingora", "pylon"] + (["pylon-before"] if BASELINE else []), lambda p: wrk(PORTS[p]))
             nginx_peak = plain["nginx"]["rps"]
             if "plain" in SCENARIOS:
                 report("plain", plain)
         if "policies" in SCENARIOS:
             print(f"## policies: pylon with 1,000 routes, a JWT check, an ACL, a rate limit and a JSON access log to a file (path {POLICY_PATH}) against nginx's plain proxy", flush=True)
             key = (f"authorization: Bearer {TOKEN}",)
-            report("policies", alternate(["nginx", "pylon-1000-routes"], lambda p: wrk(PORTS[p], POLICY_PATH, headers=key)))
+            policies = ["nginx", "pylon-1000-routes"] + (["pylon-before-1000-routes"] if BASELINE else [])
+            report("policies", alternate(policies, lambda p: wrk(PORTS[p], POLICY_PATH, headers=key)))
         if "limits" in SCENARIOS:
             print("## limits: pylon's plain route against the same with a local and with a Redis rate limit (never reached)", flush=True)
             paths = {"pylon": "/", "pylon-local-limit": "/local/x", "pylon-cluster-limit": "/cluster/x"}

@@ -6,10 +6,12 @@
 //! then checked for meaning (see [`validate`]) and handed to the runtime compiler; nothing here is
 //! used on the request path.
 
+mod pattern;
 mod secret;
 mod units;
 pub mod validate;
 
+pub use pattern::{PathSpec, Pattern};
 pub use secret::Secret;
 pub use units::{ConfDuration, ConfTimeout};
 
@@ -375,7 +377,7 @@ pub struct RouteConfig {
     #[serde(default)]
     pub hosts: Vec<Spanned<String>>,
     #[serde(default)]
-    pub paths: Vec<Spanned<String>>,
+    pub paths: Vec<Spanned<PathSpec>>,
     #[serde(default)]
     pub methods: Vec<Spanned<String>>,
     #[serde(default)]
@@ -412,7 +414,7 @@ fn default_status() -> Spanned<u16> {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RewriteConfig {
-    pub pattern: Spanned<String>,
+    pub pattern: Spanned<Pattern>,
     pub to: Spanned<String>,
 }
 

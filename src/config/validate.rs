@@ -323,9 +323,6 @@ fn check_route(
             ));
         }
     }
-    for path in &route.paths {
-        check_path(path, errors);
-    }
     for method in &route.methods {
         if !valid_method(method.get_ref()) {
             errors.push(ConfigError::at(
@@ -338,11 +335,21 @@ fn check_route(
         }
     }
     check_headers(&route.headers, &route.span, name, "header", errors);
+    for path in &route.paths {
+        if let super::PathSpec::Regex(re) = path.get_ref() {
+            if let Err(e) = re.regex() {
+                errors.push(ConfigError::at(
+                    path.span(),
+                    format!("invalid path regex: {e}"),
+                ));
+            }
+        }
+    }
     if let Some(rw) = &route.rewrite {
-        if let Err(e) = regex::Regex::new(rw.pattern.get_ref()) {
+        if let Err(e) = rw.pattern.get_ref().regex() {
             errors.push(ConfigError::at(
                 rw.pattern.span(),
-                format!("invalid rewrite pattern: {}", first_line(&e.to_string())),
+                format!("invalid rewrite pattern: {e}"),
             ));
         }
         if !rw.to.get_ref().starts_with('/') {
@@ -418,34 +425,6 @@ fn check_headers(
             ));
         }
     }
-}
-
-fn check_path(path: &Spanned<String>, errors: &mut Vec<ConfigError>) {
-    let p = path.get_ref();
-    if let Some(re) = p.strip_prefix('~') {
-        if let Err(e) = regex::Regex::new(re) {
-            errors.push(ConfigError::at(
-                path.span(),
-                format!("invalid path regex: {}", first_line(&e.to_string())),
-            ));
-        }
-    } else {
-        let literal = p.strip_prefix('=').unwrap_or(p);
-        if !literal.starts_with('/') {
-            errors.push(ConfigError::at(
-                path.span(),
-                format!("invalid path {p:?}: expected \"/prefix\", \"=/exact\" or \"~regex\""),
-            ));
-        }
-    }
-}
-
-fn first_line(s: &str) -> String {
-    s.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(str::trim)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 fn valid_host(h: &str) -> bool {

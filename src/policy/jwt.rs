@@ -760,6 +760,26 @@ mod tests {
     }
 
     #[test]
+    fn verified_tokens_survive_a_reload_that_keeps_the_policy() {
+        use crate::runtime::Snapshot;
+        let config = |secret: &str, cache: usize| {
+            let text = format!(
+                "[policies.j]\nkind = \"jwt\"\nalgorithms = [\"HS256\"]\nsecret = \"{secret}\"\ncache_size = {cache}\n[[routes]]\nname = \"r\"\nrespond = {{}}\npolicies = [\"j\"]\n"
+            );
+            crate::config::parse(std::path::Path::new("t.toml"), text).unwrap()
+        };
+        let tokens = |s: &Snapshot| s.carried.all::<Tokens>().next().unwrap();
+        let first = Snapshot::build(&config("a", 10), None).unwrap();
+        let same = Snapshot::build(&config("a", 10), Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(&tokens(&first), &tokens(&same)));
+        // A new secret: what the old one verified no longer holds.
+        let rekeyed = Snapshot::build(&config("b", 10), Some(&same)).unwrap();
+        assert!(!Arc::ptr_eq(&tokens(&same), &tokens(&rekeyed)));
+        let resized = Snapshot::build(&config("b", 20), Some(&rekeyed)).unwrap();
+        assert!(!Arc::ptr_eq(&tokens(&rekeyed), &tokens(&resized)));
+    }
+
+    #[test]
     fn bearer_credential() {
         let mut req = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("authorization", "bearer abc.def.ghi")

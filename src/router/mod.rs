@@ -17,7 +17,7 @@ mod route;
 pub use normalize::normalize_path;
 pub use route::{Action, Matched, Responder, Rewrite, Route};
 
-use crate::config::{ConfigError, Located, RouteConfig};
+use crate::config::{ConfigError, Located, PathSpec, RouteConfig};
 use crate::policy::Compiled;
 use crate::upstream::Upstream;
 use radix::RadixTree;
@@ -119,33 +119,42 @@ impl Router {
                     }
                 };
                 let rank = |path_rank| (base.0, host_rank, path_rank, base.1, base.2, base.3);
-                let paths: Vec<&str> = if config.paths.is_empty() {
-                    vec![""]
+                let any = [toml::Spanned::new(0..0, PathSpec::Prefix(String::new()))];
+                let paths = if config.paths.is_empty() {
+                    &any[..]
                 } else {
-                    config.paths.iter().map(|p| p.get_ref().as_str()).collect()
+                    &config.paths[..]
                 };
                 for path in paths {
-                    if let Some(exact) = path.strip_prefix('=') {
-                        index.exact.entry(exact.into()).or_default().push(Entry {
-                            route: order,
-                            rank: rank(PATH_EXACT),
-                            regex: None,
-                        });
-                    } else if let Some(re) = path.strip_prefix('~') {
-                        index.regex_entries.push(Entry {
-                            route: order,
-                            rank: rank(PATH_REGEX),
-                            regex: Some(index.regexes.len()),
-                        });
-                        let compiled = regex::Regex::new(re)
-                            .map_err(|e| ConfigError::at(config.span.clone(), e.to_string()))?;
-                        index.regexes.push(compiled);
-                    } else {
-                        index.prefixes.entry(path.as_bytes(), Vec::new).push(Entry {
-                            route: order,
-                            rank: rank(PATH_PREFIX + path.len() as u32),
-                            regex: None,
-                        });
+                    match path.get_ref() {
+                        PathSpec::Exact(exact) => index
+                            .exact
+                            .entry(exact.as_str().into())
+                            .or_default()
+                            .push(Entry {
+                                route: order,
+                                rank: rank(PATH_EXACT),
+                                regex: None,
+                            }),
+                        PathSpec::Regex(re) => {
+                            index.regex_entries.push(Entry {
+                                route: order,
+                                rank: rank(PATH_REGEX),
+                                regex: Some(index.regexes.len()),
+                            });
+                            let re = re
+                                .regex()
+                                .map_err(|e| ConfigError::at(path.span(), e.to_string()))?;
+                            index.regexes.push(re.clone());
+                        }
+                        PathSpec::Prefix(prefix) => index
+                            .prefixes
+                            .entry(prefix.as_bytes(), Vec::new)
+                            .push(Entry {
+                                route: order,
+                                rank: rank(PATH_PREFIX + prefix.len() as u32),
+                                regex: None,
+                            }),
                     }
                 }
             }

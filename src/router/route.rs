@@ -98,7 +98,7 @@ impl Route {
         };
         let rewrite = match &config.rewrite {
             Some(rw) => Some(Rewrite {
-                pattern: regex::Regex::new(rw.pattern.get_ref()).map_err(|e| e.to_string())?,
+                pattern: rw.pattern.get_ref().regex()?.clone(),
                 to: rw.to.get_ref().clone(),
             }),
             None => None,

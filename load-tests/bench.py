@@ -519,6 +519,9 @@ def main():
                 "pingora": [BARE, f"127.0.0.1:{CALLGRIND_PORTS['pingora']}", f"127.0.0.1:{UPSTREAM}"],
                 "pylon": [PYLON, "-c", f"{tmp}/pylon-callgrind.toml"],
             }
+            if BASELINE:
+                argv["pylon-before"] = [BASELINE, "-c", f"{tmp}/pylon-callgrind.toml"]
+                CALLGRIND_PORTS["pylon-before"] = CALLGRIND_PORTS["pylon"]
             res = {p: instructions(p, argv[p], CALLGRIND_PORTS[p], tmp) for p in argv}
             report("instructions", res, key="instr_per_request")
     finally:

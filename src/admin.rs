@@ -111,7 +111,7 @@ impl Admin {
                 METRICS
                     .target_healthy
                     .with_label_values(&[name.as_str(), &target.label])
-                    .set(target.state.ready() as i64);
+                    .set(upstream.in_rotation(&target) as i64);
             }
         }
         let body = METRICS.render();
@@ -133,8 +133,8 @@ impl Admin {
                 .into_iter()
                 .map(|t| {
                     json!({"target": &*t.label, "address": t.addr.to_string(),
-                           "healthy": t.state.ready(),
-                           "drained": t.state.drained.load(std::sync::atomic::Ordering::Relaxed),
+                           "healthy": upstream.in_rotation(&t),
+                           "drained": t.state.drained(),
                            "inflight": t.inflight()})
                 })
                 .collect();

@@ -206,6 +206,13 @@ const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 /// One consumer's usage series on one route, by status class, each made on first use.
 type Usage = [OnceLock<IntCounter>; 5];
 
+/// The usage of the consumer at one index, with its name: a consumer kept in a credential
+/// cache across a reload carries the index it had then, which may now be another's.
+struct Slot {
+    name: Arc<str>,
+    usage: Usage,
+}
+
 /// The series of one route, resolved once and then updated with atomics only.
 pub struct RouteMetrics {
     name: Arc<str>,
@@ -218,7 +225,7 @@ pub struct RouteMetrics {
     anonymous: Usage,
     /// Usage per consumer, by the consumer's index; a slot's counters are made when that
     /// consumer first uses the route.
-    consumers: OnceLock<Box<[OnceLock<Box<Usage>>]>>,
+    consumers: OnceLock<Box<[OnceLock<Box<Slot>>]>>,
     consumer_count: usize,
 }
 
@@ -251,18 +258,26 @@ impl RouteMetrics {
                 .inc();
             return;
         };
-        let slots = consumer
+        let slot = consumer
             .index
             .filter(|i| *i < self.consumer_count)
             .map(|i| {
                 let all = self
                     .consumers
                     .get_or_init(|| (0..self.consumer_count).map(|_| OnceLock::new()).collect());
-                all[i].get_or_init(Box::default)
+                all[i].get_or_init(|| {
+                    Box::new(Slot {
+                        name: Arc::clone(&consumer.name),
+                        usage: Default::default(),
+                    })
+                })
             });
-        match slots {
-            Some(usage) => usage[class].get_or_init(|| series(&consumer.name)).inc(),
-            // A consumer only an htpasswd file knows: the labelled lookup.
+        match slot.filter(|s| s.name == consumer.name) {
+            Some(slot) => slot.usage[class]
+                .get_or_init(|| series(&consumer.name))
+                .inc(),
+            // A consumer only an htpasswd file knows, or one from before a reload whose index
+            // is now another's: the labelled lookup.
             None => series(&consumer.name).inc(),
         }
     }

@@ -3,15 +3,15 @@
 //! writer of the gateway's own responses ([`crate::reply`]).
 
 use crate::error::{self, GatewayError};
-use crate::filter::{Context, Reply};
+use crate::filter::{Context, Phases, Reply};
 use crate::metrics::{self, InflightRoute, RouteMetrics};
 use crate::plumbing::{self, RequestId, TraceContext};
 use crate::reply;
-use crate::router::{Action, Lookup, Matched};
+use crate::router::{Action, Lookup, Matched, Route};
 use crate::runtime::SharedSnapshot;
 use crate::telemetry::Telemetry;
 use crate::upgrade::Lifecycle;
-use crate::upstream::{Attempts, Outcome, Upstream};
+use crate::upstream::{Attempts, Outcome};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -51,8 +51,14 @@ pub struct RequestCtx {
 }
 
 impl RequestCtx {
-    fn upstream(&self) -> Option<&Arc<Upstream>> {
-        self.cx.route.as_deref()?.upstream()
+    /// The route, to run its chain in `phase` with the context lent out; `None` when no
+    /// filter of it takes part (then nothing is cloned).
+    fn route_with(&self, phase: Phases) -> Option<Arc<Route>> {
+        self.cx
+            .route
+            .as_ref()
+            .filter(|r| r.chain.has(phase))
+            .cloned()
     }
 }
 
@@ -113,13 +119,19 @@ impl ProxyHttp for Gateway {
         };
         cx.snapshot = Some(snapshot);
         ctx.route_inflight = Some(route.metrics.enter());
-        cx.route = Some(Arc::clone(&route));
-        if let Err(reply) = route.chain.request(session.req_header(), cx).await {
-            reply::send(session, cx, reply).await?;
-            return Ok(true);
+        cx.route = Some(route);
+        if let Some(route) = ctx.route_with(Phases::REQUEST) {
+            if let Err(reply) = route.chain.request(session.req_header(), &mut ctx.cx).await {
+                reply::send(session, &mut ctx.cx, reply).await?;
+                return Ok(true);
+            }
         }
-        if let Action::Respond(r) = &route.action {
-            reply::send(session, cx, r.reply()).await?;
+        let respond = match ctx.cx.route.as_deref().map(|r| &r.action) {
+            Some(Action::Respond(r)) => Some(r.reply()),
+            _ => None,
+        };
+        if let Some(reply) = respond {
+            reply::send(session, &mut ctx.cx, reply).await?;
             return Ok(true);
         }
         ctx.matched = matched;
@@ -133,7 +145,7 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(route) = ctx.cx.route.clone().filter(|r| r.chain.has_request_body()) else {
+        let Some(route) = ctx.route_with(Phases::REQUEST_BODY) else {
             return Ok(());
         };
         match route
@@ -156,15 +168,16 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(upstream) = ctx.upstream().cloned() else {
+        let RequestCtx { cx, attempts, .. } = ctx;
+        let Some(upstream) = cx.route.as_deref().and_then(|r| r.upstream()) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream route in context");
         };
         let req = session.req_header();
         let key = match &upstream.hash_on {
-            Some(h) => h.key(req, ctx.cx.client_ip(&req.headers)),
+            Some(h) => h.key(req, cx.peek_client_ip(&req.headers)),
             None => std::borrow::Cow::Borrowed(&b""[..]),
         };
-        match ctx.attempts.pick(&upstream, &key) {
+        match attempts.pick(upstream, &key) {
             Some(peer) => Ok(peer),
             None => Error::e_explain(HTTPStatus(503), "no healthy target"),
         }
@@ -182,9 +195,10 @@ impl ProxyHttp for Gateway {
             ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout
         );
         let outcome = Outcome::Connect { timeout };
-        if let Some(upstream) = ctx.upstream().cloned() {
-            ctx.attempts.report(&upstream, outcome);
-            if ctx.attempts.may_retry(&upstream, outcome, true) {
+        let RequestCtx { cx, attempts, .. } = ctx;
+        if let Some(upstream) = cx.route.as_deref().and_then(|r| r.upstream()) {
+            attempts.report(upstream, outcome);
+            if attempts.may_retry(upstream, outcome, true) {
                 e.set_retry(true);
             }
         }
@@ -199,12 +213,14 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         client_reused: bool,
     ) -> Box<Error> {
-        if let (Some(upstream), ErrorSource::Upstream) = (ctx.upstream().cloned(), e.esource()) {
+        let RequestCtx { cx, attempts, .. } = ctx;
+        let upstream = cx.route.as_deref().and_then(|r| r.upstream());
+        if let (Some(upstream), ErrorSource::Upstream) = (upstream, e.esource()) {
             let outcome = match e.etype() {
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout => Outcome::Timeout,
                 _ => Outcome::Broken,
             };
-            ctx.attempts.report(&upstream, outcome);
+            attempts.report(upstream, outcome);
         }
         // Pingora's own rule: only a replayable request, and errors on a reused connection
         // only where it allows.
@@ -223,7 +239,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(route) = ctx.cx.route.clone() else {
+        let Some(route) = ctx.cx.route.as_deref() else {
             return Ok(());
         };
         route.rewrite_uri(upstream_request, &ctx.matched)?;
@@ -234,7 +250,10 @@ impl ProxyHttp for Gateway {
             &ctx.cx,
             target.map(|t| &t.host_header),
         )?;
-        route.chain.upstream_request(upstream_request, &mut ctx.cx)
+        match ctx.route_with(Phases::UPSTREAM_REQUEST) {
+            Some(route) => route.chain.upstream_request(upstream_request, &mut ctx.cx),
+            None => Ok(()),
+        }
     }
 
     async fn upstream_response_filter(
@@ -243,16 +262,17 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let Some(upstream) = ctx.upstream().cloned() else {
+        let RequestCtx { cx, attempts, .. } = &mut *ctx;
+        let Some(upstream) = cx.route.as_deref().and_then(|r| r.upstream()) else {
             return Ok(());
         };
+        if reply::interim(upstream_response) {
+            return Ok(());
+        }
         let outcome = Outcome::Status(upstream_response.status.as_u16());
-        ctx.attempts.report(&upstream, outcome);
+        attempts.report(upstream, outcome);
         if let Outcome::Status(status @ 502..=504) = outcome {
-            if ctx
-                .attempts
-                .may_retry(&upstream, outcome, replayable(session))
-            {
+            if attempts.may_retry(upstream, outcome, replayable(session)) {
                 // The client has seen nothing yet: Pingora turns the error into a retry and
                 // calls `upstream_peer` again.
                 let mut e = Error::explain(HTTPStatus(status), "retryable upstream status");
@@ -260,7 +280,7 @@ impl ProxyHttp for Gateway {
                 return Err(e);
             }
         }
-        match ctx.cx.route.clone() {
+        match ctx.route_with(Phases::UPSTREAM_RESPONSE) {
             Some(route) => route
                 .chain
                 .upstream_response(upstream_response, &mut ctx.cx),
@@ -295,8 +315,14 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map_or(499, |r| r.status.as_u16());
         let took = ctx.started.elapsed();
+        let RequestCtx { cx, attempts, .. } = &mut *ctx;
+        if let Some(upstream) = cx.route.as_deref().and_then(|r| r.upstream()) {
+            // An attempt still open here ended without an outcome of its own: the client
+            // left, or the gateway gave up on it.
+            attempts.report(upstream, Outcome::Abandoned);
+        }
         let method = &session.req_header().method;
-        match ctx.cx.route.clone() {
+        match ctx.cx.route.as_deref() {
             Some(route) => {
                 route.metrics.record(method, status, took);
                 route.metrics.record_usage(&ctx.cx.identity, status);

@@ -5,39 +5,56 @@
 //! and the response-phase filters run (the route's, or the global policies' for a request that
 //! matched no route), so a CORS or security-header policy sees every response the client gets.
 
-use crate::filter::{Body, Chain, Context, Reply};
+use crate::filter::{Body, Chain, Context, Phases, Reply};
 use crate::plumbing::titled;
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora_proxy::Session;
 
-/// Run `f` with the chain whose response phases apply to this request: the route's, or the
-/// global policies' when it matched none.
-fn with_chain<T>(cx: &mut Context, f: impl FnOnce(&Chain, &mut Context) -> T) -> Option<T> {
-    if let Some(route) = cx.route.clone() {
-        return Some(f(&route.chain, cx));
+/// Run `f` with the chain whose response phases apply to this request (the route's, or the
+/// global policies' when it matched none) when some filter of it takes part in `phase`.
+fn with_chain(
+    cx: &mut Context,
+    phase: Phases,
+    f: impl FnOnce(&Chain, &mut Context) -> Result<()>,
+) -> Result<()> {
+    let chain = match (&cx.route, &cx.snapshot) {
+        (Some(route), _) => &route.chain,
+        (None, Some(snapshot)) => &snapshot.global,
+        (None, None) => return Ok(()),
+    };
+    if !chain.has(phase) {
+        return Ok(());
     }
-    let snapshot = cx.snapshot.clone()?;
-    Some(f(&snapshot.global, cx))
+    // The chain lives as long as its route or snapshot; hold one while `cx` is lent out.
+    match (cx.route.clone(), cx.snapshot.clone()) {
+        (Some(route), _) => f(&route.chain, cx),
+        (None, Some(snapshot)) => f(&snapshot.global, cx),
+        (None, None) => Ok(()),
+    }
 }
 
 /// Finish a response header for the client: the request id, then the response-phase filters.
 pub fn finish(resp: &mut ResponseHeader, cx: &mut Context) -> Result<()> {
     resp.insert_header(titled::X_REQUEST_ID, cx.request_id.header())?;
-    with_chain(cx, |chain, cx| chain.response(resp, cx)).unwrap_or(Ok(()))
+    if interim(resp) {
+        return Ok(());
+    }
+    with_chain(cx, Phases::RESPONSE, |chain, cx| chain.response(resp, cx))
+}
+
+/// A `100 Continue` or `103 Early Hints` before the real response: filters run on the final
+/// one only. (`101` is final: the protocol switches.)
+pub fn interim(resp: &ResponseHeader) -> bool {
+    resp.status.is_informational() && resp.status != http::StatusCode::SWITCHING_PROTOCOLS
 }
 
 /// Run the response-body filters over one chunk of a response.
 pub fn body(body: &mut Option<Bytes>, end: bool, cx: &mut Context) -> Result<()> {
-    with_chain(cx, |chain, cx| {
-        if chain.has_response_body() {
-            chain.response_body(body, end, cx)
-        } else {
-            Ok(())
-        }
+    with_chain(cx, Phases::RESPONSE_BODY, |chain, cx| {
+        chain.response_body(body, end, cx)
     })
-    .unwrap_or(Ok(()))
 }
 
 /// Write `reply` as the whole response.

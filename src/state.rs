@@ -24,10 +24,12 @@ struct Entry {
     value: Arc<dyn Any + Send + Sync>,
 }
 
-/// Everything a configuration kept, for the reload after it.
+/// Everything a configuration kept, for the reload after it. A slot may hold several values
+/// under different keys: two policies sharing a JWKS URL with different intervals each keep
+/// their own set.
 #[derive(Default)]
 pub struct Carried {
-    entries: HashMap<Slot, Entry>,
+    entries: HashMap<Slot, Vec<Entry>>,
 }
 
 impl Carried {
@@ -35,12 +37,13 @@ impl Carried {
     pub fn all<T: Any + Send + Sync>(&self) -> impl Iterator<Item = Arc<T>> + '_ {
         self.entries
             .values()
+            .flatten()
             .filter_map(|e| Arc::clone(&e.value).downcast::<T>().ok())
     }
 
     /// How many pieces are kept, for tests and logs.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.values().map(Vec::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -82,10 +85,12 @@ impl<'a> Keeper<'a> {
         T: Send + Sync + 'static,
     {
         let slot = (kind, name.to_string());
-        let matching = |e: &Entry| {
-            let same = e.key.downcast_ref::<K>().is_some_and(|k| *k == key);
-            same.then(|| Arc::clone(&e.value).downcast::<T>().ok())
-                .flatten()
+        let matching = |entries: &Vec<Entry>| {
+            entries.iter().find_map(|e| {
+                let same = e.key.downcast_ref::<K>().is_some_and(|k| *k == key);
+                same.then(|| Arc::clone(&e.value).downcast::<T>().ok())
+                    .flatten()
+            })
         };
         if let Some(v) = self.next.entries.get(&slot).and_then(matching) {
             return Ok(v);
@@ -98,13 +103,10 @@ impl<'a> Keeper<'a> {
             Some(v) => v,
             None => Arc::new(make()?),
         };
-        self.next.entries.insert(
-            slot,
-            Entry {
-                key: Box::new(key),
-                value: Arc::clone(&value) as Arc<dyn Any + Send + Sync>,
-            },
-        );
+        self.next.entries.entry(slot).or_default().push(Entry {
+            key: Box::new(key),
+            value: Arc::clone(&value) as Arc<dyn Any + Send + Sync>,
+        });
         Ok(value)
     }
 
@@ -151,9 +153,17 @@ mod tests {
         // A different type under the same slot is not mistaken for the old one.
         let other: Arc<String> = second.keep_default("count", "a", 10u64);
         assert_eq!(*other, "");
+        // Two keys in one slot are two values, both kept.
+        let c1: Arc<AtomicU64> = second.keep_default("shared", "url", 1u8);
+        let c2: Arc<AtomicU64> = second.keep_default("shared", "url", 2u8);
+        assert!(!Arc::ptr_eq(&c1, &c2));
         let two = second.finish();
-        assert_eq!(two.all::<AtomicU64>().count(), 1);
-        drop((one, two, a2));
+        assert_eq!(two.all::<AtomicU64>().count(), 4);
+        let mut third = Keeper::new(Some(&two));
+        assert!(Arc::ptr_eq(&c1, &third.keep_default("shared", "url", 1u8)));
+        assert!(Arc::ptr_eq(&c2, &third.keep_default("shared", "url", 2u8)));
+        let three = third.finish();
+        drop((one, two, three, a2));
         // Nothing but the test holds `a` now: what is no longer named is dropped.
         assert_eq!(Arc::strong_count(&a), 1);
     }

@@ -489,3 +489,45 @@ fn a_flood_of_new_passwords_is_turned_away_with_429() {
     assert!(busy.iter().all(|(_, retry)| retry.as_deref() == Some("1")));
     assert!(statuses.iter().all(|(s, _)| matches!(s, 401 | 429)));
 }
+
+/// Pingora builds the upstream request again for a retry: the credential must be stripped
+/// from every attempt, not only the first.
+#[test]
+fn credentials_are_stripped_on_retries_too() {
+    let e = echo("e", &[]);
+    let failing = echo("failing", &["--status", "503"]);
+    let gw = gateway(&format!(
+        r#"[upstreams.pool]
+targets = ["{failing}", "{live}"]
+retries = 1
+
+[consumers.alice]
+api_keys = ["alice-key-123"]
+
+[policies.keys]
+kind = "api_key"
+query = "api_key"
+
+[[routes]]
+name = "r"
+paths = ["/"]
+upstream = "pool"
+policies = ["keys"]
+"#,
+        failing = failing.addr,
+        live = e.addr
+    ));
+    // Round robin over a target answering 503 and a good one: half the requests are sent
+    // twice, each time built anew from the client's request.
+    for i in 0..8 {
+        let r = get_with(&gw.url("/x"), &[("x-api-key", "alice-key-123")]);
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        let seen = r.json();
+        assert_eq!(seen["server"], "e");
+        assert!(seen["headers"].get("x-api-key").is_none(), "{seen}");
+        assert_eq!(seen["headers"]["x-consumer"], "alice");
+        let r = get(&gw.url("/x?api_key=alice-key-123&a=1"));
+        assert_eq!(r.status, 200, "request {i}: {}", r.body);
+        assert_eq!(r.json()["query"], "a=1");
+    }
+}

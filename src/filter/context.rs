@@ -80,16 +80,21 @@ impl Context {
 
     /// The client's address after `trusted_proxies`, worked out once per request.
     pub fn client_ip(&mut self, headers: &HeaderMap) -> IpAddr {
+        let ip = self.peek_client_ip(headers);
+        self.client_ip = Some(ip);
+        ip
+    }
+
+    /// Like [`Context::client_ip`], without keeping the answer (for a shared borrow).
+    pub fn peek_client_ip(&self, headers: &HeaderMap) -> IpAddr {
         if let Some(ip) = self.client_ip {
             return ip;
         }
-        let ip = match (self.peer, &self.snapshot) {
+        match (self.peer, &self.snapshot) {
             (Some(peer), Some(s)) => plumbing::client_ip(peer, headers, &s.trusted_proxies),
             (Some(peer), None) => peer,
             (None, _) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        };
-        self.client_ip = Some(ip);
-        ip
+        }
     }
 }
 

@@ -162,15 +162,20 @@ impl Chain {
         }
     }
 
-    /// Whether some filter reads or changes the request body. Without one, the body streams
-    /// through untouched and unbuffered.
-    pub fn has_request_body(&self) -> bool {
-        !self.request_body.is_empty()
-    }
-
-    /// Whether some filter reads or changes the response body.
-    pub fn has_response_body(&self) -> bool {
-        !self.response_body.is_empty()
+    /// Whether some filter of the chain takes part in `phase`. Without a request- or
+    /// response-body filter, the body streams through untouched and unbuffered.
+    pub fn has(&self, phase: Phases) -> bool {
+        let list = match phase {
+            Phases::REQUEST => &self.request,
+            Phases::REQUEST_BODY => &self.request_body,
+            Phases::UPSTREAM_REQUEST => &self.upstream_request,
+            Phases::UPSTREAM_RESPONSE => &self.upstream_response,
+            Phases::RESPONSE => &self.response,
+            Phases::RESPONSE_BODY => &self.response_body,
+            Phases::LOG => &self.log,
+            _ => return false,
+        };
+        !list.is_empty()
     }
 
     pub async fn request(&self, req: &RequestHeader, cx: &mut Context) -> Result<(), Reply> {
@@ -279,8 +284,11 @@ mod tests {
     async fn a_route_without_body_filters_leaves_the_body_alone() {
         let header_only = probe(Phases::REQUEST | Phases::RESPONSE);
         let chain = Chain::new(&[header_only.clone() as Arc<dyn Filter>]);
-        assert!(!chain.has_request_body(), "nothing asks for the body");
-        assert!(!chain.has_response_body());
+        assert!(
+            !chain.has(Phases::REQUEST_BODY),
+            "nothing asks for the body"
+        );
+        assert!(!chain.has(Phases::RESPONSE_BODY));
         let original = Bytes::from(vec![7u8; 4096]);
         let mut body = Some(original.clone());
         let mut cx = Context::default();
@@ -294,7 +302,7 @@ mod tests {
 
         let body_filter = probe(Phases::REQUEST_BODY);
         let chain = Chain::new(&[header_only.clone() as Arc<dyn Filter>, body_filter.clone()]);
-        assert!(chain.has_request_body());
+        assert!(chain.has(Phases::REQUEST_BODY));
         chain.request_body(&mut body, true, &mut cx).await.unwrap();
         assert_eq!(body.as_deref(), Some(&b"changed"[..]));
         assert_eq!(body_filter.calls.load(Ordering::Relaxed), 1);

@@ -170,13 +170,14 @@ impl Filter for Authentication {
     }
 
     fn upstream_request(&self, req: &mut RequestHeader, cx: &mut Context) -> Result<()> {
-        match cx.state.remove::<Strip>() {
+        // Read, not taken: Pingora builds the upstream request anew for every attempt.
+        match cx.state.get::<Strip>() {
             Some(Strip(Found::Header(name))) => {
-                req.remove_header(&name);
+                req.remove_header(name);
             }
             Some(Strip(Found::Query(name))) => {
                 if let Some(query) = req.uri.query() {
-                    let kept = strip_query_param(query, &name);
+                    let kept = strip_query_param(query, name);
                     let uri = match kept.is_empty() {
                         true => req.uri.path().to_string(),
                         false => format!("{}?{kept}", req.uri.path()),
@@ -298,6 +299,11 @@ mod tests {
         up.insert_header("x-a", "ok").unwrap();
         auth.upstream_request(&mut up, &mut cx).unwrap();
         assert!(up.headers.get("x-a").is_none());
+        // A retry builds the upstream request again: stripped again.
+        let mut retry = RequestHeader::build("GET", b"/x", None).unwrap();
+        retry.insert_header("x-a", "ok").unwrap();
+        auth.upstream_request(&mut retry, &mut cx).unwrap();
+        assert!(retry.headers.get("x-a").is_none());
         cx.state.insert(Strip(Found::Query("k".into())));
         auth.upstream_request(&mut up, &mut cx).unwrap();
         assert_eq!(up.uri, "/x");

@@ -14,6 +14,9 @@ use tokio::time::Instant;
 
 pub type CredentialDigest = [u8; 32];
 
+/// The longest an outcome is remembered.
+const MAX_TTL: Duration = Duration::from_secs(24 * 3600);
+
 /// A per-process key, so digests in memory cannot be matched against a precomputed table.
 static KEY: LazyLock<[u8; 16]> = LazyLock::new(rand::random);
 
@@ -57,11 +60,14 @@ impl<T: Clone + Send + Sync + 'static> Verified<T> {
             .map(|e| e.value)
     }
 
+    /// Remember `value` for `ttl`, at most a day (a token may claim to be valid for ever).
     pub fn put(&self, digest: CredentialDigest, value: T, ttl: Duration) {
+        let ttl = ttl.min(MAX_TTL);
+        let expires = Instant::now() + ttl;
         let entry = Entry {
             digest,
             value,
-            expires: Instant::now() + ttl,
+            expires,
         };
         self.cache.put(&digest, entry, Some(ttl));
     }
@@ -82,6 +88,11 @@ mod tests {
         tokio::time::advance(Duration::from_millis(40)).await;
         assert_eq!(v.get(&d), Some(7));
         tokio::time::advance(Duration::from_millis(20)).await;
+        assert_eq!(v.get(&d), None);
+        // A token valid until the end of time: remembered for a day, not a panic.
+        v.put(d, 8, Duration::MAX);
+        assert_eq!(v.get(&d), Some(8));
+        tokio::time::advance(MAX_TTL).await;
         assert_eq!(v.get(&d), None);
     }
 

@@ -24,6 +24,9 @@ pub enum Outcome {
     Status(u16),
     /// Connected, then the exchange broke (reset, a malformed response).
     Broken,
+    /// The request ended before the target answered, for a reason not the target's (the
+    /// client went away): not a failure of the target.
+    Abandoned,
 }
 
 /// One ended attempt.
@@ -132,7 +135,7 @@ impl Attempts {
             Outcome::Connect { .. } => true,
             // The client has seen nothing yet: another target may answer better.
             Outcome::Status(502..=504) => replayable,
-            Outcome::Status(_) | Outcome::Timeout | Outcome::Broken => false,
+            Outcome::Status(_) | Outcome::Timeout | Outcome::Broken | Outcome::Abandoned => false,
         }
     }
 }

@@ -48,7 +48,7 @@ impl Health {
     }
 
     /// Out of rotation until a check passes: targets a reload adds to a checked pool.
-    pub fn unknown() -> Health {
+    pub fn starting_unknown() -> Health {
         Health {
             state: AtomicU8::new(UNKNOWN),
             streak: AtomicUsize::new(0),
@@ -57,6 +57,11 @@ impl Health {
 
     pub fn ready(&self) -> bool {
         self.state.load(Ordering::Relaxed) == HEALTHY
+    }
+
+    /// Not checked yet.
+    pub fn unknown(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == UNKNOWN
     }
 
     /// Record one check. An unknown target takes the first verdict at once; otherwise it
@@ -184,8 +189,10 @@ async fn check_loop(snapshot: SharedSnapshot, name: String) {
             let step = SCAN_INTERVAL.min(interval - waited);
             tokio::time::sleep(step).await;
             waited += step;
-            // A reload rebuilt (or removed) the pool: check the new one now.
-            if current(&snapshot, &name).is_none_or(|p| Arc::as_ptr(&p) as usize != checked) {
+            // A reload removed the pool, or added targets that wait for their first check:
+            // go on now, not after the interval.
+            let now = current(&snapshot, &name);
+            if now.is_none_or(|p| Arc::as_ptr(&p) as usize != checked && p.awaits_checks()) {
                 break;
             }
         }
@@ -232,11 +239,11 @@ mod tests {
         assert_eq!(h.observe(true, 2, 3), None);
         assert_eq!(h.observe(true, 2, 3), Some(true));
 
-        let new = Health::unknown();
+        let new = Health::starting_unknown();
         assert!(!new.ready(), "an unchecked target gets no traffic");
         assert_eq!(new.observe(true, 2, 3), Some(true));
         assert!(new.ready());
-        let bad = Health::unknown();
+        let bad = Health::starting_unknown();
         assert_eq!(bad.observe(false, 2, 3), Some(false));
         assert!(!bad.ready());
     }

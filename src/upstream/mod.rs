@@ -57,9 +57,8 @@ impl TargetState {
         }
     }
 
-    /// In rotation: healthy and not drained.
-    pub fn ready(&self) -> bool {
-        self.health.ready() && !self.drained.load(Ordering::Relaxed)
+    pub fn drained(&self) -> bool {
+        self.drained.load(Ordering::Relaxed)
     }
 }
 
@@ -240,7 +239,7 @@ impl Upstream {
                 .ok_or_else(|| format!("upstream `{name}`: cannot resolve {:?}", t.addr()))?;
             let state = keeper.keep("target", &format!("{name}/{addr}"), (), || {
                 let health = if gated {
-                    Health::unknown()
+                    Health::starting_unknown()
                 } else {
                     Health::healthy()
                 };
@@ -349,6 +348,17 @@ impl Upstream {
         self.state.checked.store(true, Ordering::Release);
     }
 
+    /// Whether `target` may get traffic: not drained, and healthy when the pool is checked (a
+    /// pool whose checks a reload removed ignores what they said).
+    pub fn in_rotation(&self, target: &Target) -> bool {
+        (self.check.is_none() || target.state.health.ready()) && !target.state.drained()
+    }
+
+    /// Whether some target waits for its first check (a reload added it).
+    pub fn awaits_checks(&self) -> bool {
+        self.check.is_some() && self.targets().iter().any(|t| t.state.health.unknown())
+    }
+
     /// Whether the first round of health checks has finished.
     pub fn checked(&self) -> bool {
         self.state.checked.load(Ordering::Acquire)
@@ -383,7 +393,7 @@ impl Upstream {
     /// Pick a target in rotation for `key`, skipping those `skip` rejects (targets tried).
     pub fn select(&self, key: &[u8], skip: impl Fn(&Target) -> bool) -> Option<Arc<Target>> {
         let accept =
-            |b: &Backend, _: bool| Target::of(b).is_some_and(|t| t.state.ready() && !skip(t));
+            |b: &Backend, _: bool| Target::of(b).is_some_and(|t| self.in_rotation(t) && !skip(t));
         let chosen = match &self.pool {
             Pool::RoundRobin(lb) => select(lb, key, accept),
             Pool::Random(lb) => select(lb, key, accept),
@@ -424,4 +434,50 @@ fn peer_for(addr: SocketAddr, written: &str, config: &UpstreamConfig) -> HttpPee
     o.verify_cert = config.verify;
     o.verify_hostname = config.verify;
     peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{Carried, Keeper};
+
+    fn build(config: &str, previous: Option<&Carried>) -> (Upstream, Carried) {
+        let config: UpstreamConfig = toml::from_str(config).unwrap();
+        let mut keeper = Keeper::new(previous);
+        let upstream = Upstream::build("u", &config, &mut keeper).unwrap();
+        (upstream, keeper.finish())
+    }
+
+    const CHECKED: &str = "targets = [\"127.0.0.1:1\"]\nhealth_check = { kind = \"tcp\" }";
+
+    #[test]
+    fn targets_keep_their_state_and_new_ones_wait_for_a_check() {
+        let (first, carried) = build(CHECKED, None);
+        let t = first.select(b"", |_| false).expect("healthy at start");
+        t.state.drained.store(true, Ordering::Relaxed);
+        t.state.inflight.fetch_add(1, Ordering::Relaxed);
+        // Another key changes: the same state, drain and count included.
+        let edited = format!("{CHECKED}\nread_timeout = \"5s\"");
+        let (second, carried) = build(&edited, Some(&carried));
+        let kept = &second.targets()[0];
+        assert!(Arc::ptr_eq(&kept.state, &t.state));
+        assert!(second.select(b"", |_| false).is_none(), "still drained");
+        kept.state.drained.store(false, Ordering::Relaxed);
+        assert!(second.select(b"", |_| false).is_some());
+        // A target added by a reload waits for its first passing check.
+        let grown =
+            "targets = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nhealth_check = { kind = \"tcp\" }";
+        let (third, carried) = build(grown, Some(&carried));
+        let new = third
+            .targets()
+            .into_iter()
+            .find(|t| t.addr.port() == 2)
+            .unwrap();
+        assert!(new.state.health.unknown() && !third.in_rotation(&new));
+        assert!(third.awaits_checks());
+        // Without checks any more, what they said no longer keeps a target out.
+        let unchecked = "targets = [\"127.0.0.1:1\", \"127.0.0.1:2\"]";
+        let (fourth, _) = build(unchecked, Some(&carried));
+        assert!(fourth.targets().iter().all(|t| fourth.in_rotation(t)));
+    }
 }

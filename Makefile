@@ -8,8 +8,9 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # System packages the build and the tests need (cmake: Pingora's zlib-ng; curl: h2c tests).
 BUILD_PKGS := cmake pkg-config libssl-dev curl
 # What only the tests need: systemd-analyze for the unit check, redis-server for cluster rate
-# limits (each test starts its own on a free loopback port).
-TEST_PKGS := systemd redis-server
+# limits and a Redis Cluster (redis-cli --cluster create), dnsmasq for DNS and SRV discovery;
+# each test starts its own on free loopback ports.
+TEST_PKGS := systemd redis-server redis-tools dnsmasq-base
 TEST_MARK := target/.apt-test-installed
 # What `make bench` compares against and loads with.
 BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind

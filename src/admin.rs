@@ -106,12 +106,18 @@ impl Admin {
         let snapshot = self.snapshot.load();
         // Health is read from the live pools at scrape time; pools gone after a reload drop out.
         METRICS.target_healthy.reset();
+        METRICS.breaker_state.reset();
         for (name, upstream) in &snapshot.upstreams {
             for target in upstream.targets() {
+                let labels = [name.as_str(), &target.label];
                 METRICS
                     .target_healthy
-                    .with_label_values(&[name.as_str(), &target.label])
+                    .with_label_values(&labels)
                     .set(upstream.in_rotation(&target) as i64);
+                METRICS
+                    .breaker_state
+                    .with_label_values(&labels)
+                    .set(upstream.breaker_state(&target).gauge());
             }
         }
         let body = METRICS.render();
@@ -132,15 +138,23 @@ impl Admin {
                 .targets()
                 .into_iter()
                 .map(|t| {
+                    let breaker = upstream.breaker_state(&t);
                     json!({"target": &*t.label, "address": t.addr.to_string(),
+                           "source": t.source,
                            "healthy": upstream.in_rotation(&t),
+                           "breaker": breaker.as_str(),
+                           "ejected": breaker != crate::upstream::breaker::State::Closed,
+                           "weight": (upstream.effective_weight(&t) * 100.0).round() / 100.0,
+                           "configured_weight": t.weight,
                            "drained": t.state.drained(),
                            "inflight": t.inflight()})
                 })
                 .collect();
             out.insert(
                 name.clone(),
-                json!({"health_checked": upstream.checked(), "targets": targets}),
+                json!({"health_checked": upstream.checked(),
+                       "discovery": upstream.discovered().map(|d| d.kind),
+                       "targets": targets}),
             );
         }
         json_response(StatusCode::OK, serde_json::Value::Object(out))

@@ -35,6 +35,12 @@ pub struct Metrics {
     pub rate_limited: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
     pub consumer_requests: IntCounterVec,
+    pub breaker_state: IntGaugeVec,
+    pub upstream_retries: IntCounterVec,
+    pub retry_budget_exhausted: IntCounterVec,
+    pub upstream_ejections: IntCounterVec,
+    pub upstream_unavailable: IntCounterVec,
+    pub discovery_errors: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -53,7 +59,49 @@ impl Metrics {
             )
             .expect("valid histogram")
         };
+        let counters = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+            )
+        };
         Metrics {
+            breaker_state: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pylon_circuit_breaker_state",
+                        "Circuit breaker of each target: 0 closed, 1 half-open, 2 open",
+                    ),
+                    &["upstream", "target"],
+                )
+                .expect("valid gauge"),
+            ),
+            upstream_retries: counters(
+                "pylon_upstream_retries_total",
+                "Retries to another target, by what failed",
+                &["upstream", "reason"],
+            ),
+            retry_budget_exhausted: counters(
+                "pylon_retry_budget_exhausted_total",
+                "Retries not made because the upstream's retry budget was spent",
+                &["upstream"],
+            ),
+            upstream_ejections: counters(
+                "pylon_upstream_ejections_total",
+                "Targets taken out of rotation by their circuit breaker",
+                &["upstream"],
+            ),
+            upstream_unavailable: counters(
+                "pylon_upstream_unavailable_total",
+                "Requests no target could take: no target in rotation, or max_inflight reached",
+                &["upstream", "reason"],
+            ),
+            discovery_errors: counters(
+                "pylon_discovery_errors_total",
+                "Service discovery lookups that failed (the last good targets are kept)",
+                &["upstream"],
+            ),
             requests: register(
                 &registry,
                 IntCounterVec::new(

@@ -172,14 +172,21 @@ impl ProxyHttp for Gateway {
         let Some(upstream) = cx.route.as_deref().and_then(|r| r.upstream()) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream route in context");
         };
+        if let Some(wait) = attempts.backoff(upstream) {
+            tokio::time::sleep(wait).await;
+        }
         let req = session.req_header();
         let key = match &upstream.hash_on {
             Some(h) => h.key(req, cx.peek_client_ip(&req.headers)),
             None => std::borrow::Cow::Borrowed(&b""[..]),
         };
         match attempts.pick(upstream, &key) {
-            Some(peer) => Ok(peer),
-            None => Error::e_explain(HTTPStatus(503), "no healthy target"),
+            Ok(peer) => Ok(peer),
+            Err(why) => {
+                // Answered at once, through the one writer (`fail_to_proxy`).
+                cx.pending = cx.route.as_deref().map(Route::unavailable);
+                Error::e_explain(HTTPStatus(503), format!("{why:?}"))
+            }
         }
     }
 
@@ -196,10 +203,14 @@ impl ProxyHttp for Gateway {
         );
         let outcome = Outcome::Connect { timeout };
         let RequestCtx { cx, attempts, .. } = ctx;
-        if let Some(upstream) = cx.route.as_deref().and_then(|r| r.upstream()) {
-            attempts.report(upstream, outcome);
-            if attempts.may_retry(upstream, outcome, true) {
-                e.set_retry(true);
+        if let Some(route) = cx.route.as_deref() {
+            if let Some(upstream) = route.upstream() {
+                attempts.report(upstream, outcome);
+                if attempts.may_retry(upstream, outcome, true) {
+                    e.set_retry(true);
+                } else {
+                    cx.pending = route.fallback();
+                }
             }
         }
         e
@@ -227,6 +238,9 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("Peer: {peer}"));
         if replayable(session) {
             e.retry.decide_reuse(client_reused);
+            if let (Some(upstream), true) = (upstream, e.retry()) {
+                crate::upstream::attempt::count_retry(upstream, "stale_connection");
+            }
         } else {
             e.set_retry(false);
         }

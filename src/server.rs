@@ -9,7 +9,7 @@ use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::upgrade::{Drain, Lifecycle, SelfUpgrade};
-use crate::upstream::HealthSupervisor;
+use crate::upstream::PoolSupervisor;
 use arc_swap::ArcSwap;
 use pingora::apps::http_app::HttpServer;
 use pingora::apps::HttpServerOptions;
@@ -106,8 +106,8 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
     }
     server.add_service(proxy).add_dependency(&bootstrap);
     server.add_service(background_service(
-        "health checks",
-        HealthSupervisor::new(Arc::clone(&shared)),
+        "upstream health checks and discovery",
+        PoolSupervisor::new(Arc::clone(&shared)),
     ));
     server.add_service(background_service(
         "jwks refresh",

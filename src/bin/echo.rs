@@ -2,8 +2,10 @@
 //! JSON, and `/healthz` with 200. Used by `make run`, the tests and the benchmarks.
 //!
 //! Knobs for tests: `--name` (echoed as `server`), `--delay` (wait before answering),
-//! `--status` (answer with this status), `--upgrade-delay` (wait before a 101). WebSocket
-//! upgrades are accepted and echo their bytes.
+//! `--status` (answer with this status), `--status-file` (answer with the status written in
+//! this file, read at each request, so a test can make a live target fail and recover),
+//! `--upgrade-delay` (wait before a 101). WebSocket upgrades are accepted and echo their
+//! bytes. `GET /_hits` answers how many requests (besides health checks) it has served.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -15,6 +17,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -35,9 +38,25 @@ struct Args {
     /// Answer every request (not /healthz) with this status.
     #[arg(long)]
     status: Option<u16>,
+    /// Answer with the status this file holds, when it exists (read at each request).
+    #[arg(long)]
+    status_file: Option<std::path::PathBuf>,
     /// Wait this long before answering a WebSocket upgrade with 101.
     #[arg(long, value_parser = humantime::parse_duration)]
     upgrade_delay: Option<Duration>,
+    #[arg(skip)]
+    hits: AtomicU64,
+}
+
+impl Args {
+    fn status(&self) -> Option<u16> {
+        let from_file = self
+            .status_file
+            .as_ref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|s| s.trim().parse().ok());
+        from_file.or(self.status)
+    }
 }
 
 async fn handle(
@@ -47,6 +66,11 @@ async fn handle(
     if req.uri().path() == "/healthz" {
         return Ok(Response::new(Full::new(Bytes::from_static(b"ok"))));
     }
+    if req.uri().path() == "/_hits" {
+        let hits = args.hits.load(Ordering::Relaxed).to_string();
+        return Ok(Response::new(Full::new(Bytes::from(hits))));
+    }
+    args.hits.fetch_add(1, Ordering::Relaxed);
     if is_websocket(&req) {
         if let Some(d) = args.upgrade_delay {
             tokio::time::sleep(d).await;
@@ -80,7 +104,7 @@ async fn handle(
     });
     let mut resp = Response::new(Full::new(Bytes::from(json.to_string())));
     *resp.status_mut() = args
-        .status
+        .status()
         .and_then(|s| StatusCode::from_u16(s).ok())
         .unwrap_or(StatusCode::OK);
     resp.headers_mut()

@@ -10,7 +10,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 /// Weighted selection expands each target `weight` times; this bounds its memory.
-const MAX_WEIGHT: usize = 1000;
+pub const MAX_WEIGHT: usize = 1000;
 /// Pingora tries a request at most 16 times; stay below it so our count decides.
 pub const MAX_RETRIES: usize = 10;
 
@@ -210,10 +210,24 @@ fn check_upstream(name: &str, upstream: &Located<UpstreamConfig>, errors: &mut V
             format!("upstream `{name}`: retries must be at most {MAX_RETRIES}"),
         ));
     }
-    if upstream.targets.is_empty() {
+    if upstream.targets.is_empty() && upstream.discovery.is_none() {
         errors.push(ConfigError::at(
             upstream.span.clone(),
-            format!("upstream `{name}` has no targets"),
+            format!("upstream `{name}` has no targets and no discovery"),
+        ));
+    }
+    if let Some(cb) = &upstream.circuit_breaker {
+        for message in crate::upstream::breaker::check(cb.get_ref()) {
+            errors.push(ConfigError::at(cb.span(), message));
+        }
+    }
+    if let Some(d) = &upstream.discovery {
+        errors.extend(crate::upstream::discovery::check(d));
+    }
+    if upstream.retry_backoff.max.0 < upstream.retry_backoff.base.0 {
+        errors.push(ConfigError::at(
+            upstream.span.clone(),
+            format!("upstream `{name}`: retry_backoff.max must be at least its base"),
         ));
     }
     for target in &upstream.targets {
@@ -387,6 +401,41 @@ fn check_route(
                 respond.status.span(),
                 format!("a {status} response cannot have a body"),
             ));
+        }
+    }
+    if let Some(fallback) = &route.fallback {
+        let status = *fallback.status.get_ref();
+        let span = if fallback.status.span().is_empty() {
+            route.span.clone()
+        } else {
+            fallback.status.span()
+        };
+        if !(200..=599).contains(&status) || matches!(status, 204 | 304) {
+            errors.push(ConfigError::at(
+                span.clone(),
+                format!("invalid fallback status {status}: expected 200 to 599, not 204 or 304"),
+            ));
+        }
+        if route.upstream.is_none() {
+            errors.push(ConfigError::at(
+                span,
+                format!("route `{name}`: `fallback` needs an `upstream`"),
+            ));
+        }
+        check_headers(
+            &fallback.headers,
+            &route.span,
+            name,
+            "fallback header",
+            errors,
+        );
+        if let Some(ct) = &fallback.content_type {
+            if http::HeaderValue::from_str(ct).is_err() {
+                errors.push(ConfigError::at(
+                    route.span.clone(),
+                    format!("route `{name}`: invalid fallback content_type {ct:?}"),
+                ));
+            }
         }
     }
 }

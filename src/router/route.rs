@@ -28,6 +28,8 @@ pub struct Route {
     pub(super) allow: Option<HeaderValue>,
     pub(super) headers: Box<[(HeaderName, HeaderValue)]>,
     pub(super) priority: i32,
+    /// The answer when no target can take the request (`fallback`).
+    fallback: Option<Responder>,
 }
 
 pub enum Action {
@@ -133,7 +135,36 @@ impl Route {
             allow,
             headers: header_pairs(&config.headers)?,
             priority: config.priority,
+            fallback: match &config.fallback {
+                Some(f) => {
+                    let mut headers = header_pairs(&f.headers)?.into_vec();
+                    if let Some(ct) = &f.content_type {
+                        let value = HeaderValue::from_str(ct).map_err(|e| e.to_string())?;
+                        headers.push((http::header::CONTENT_TYPE, value));
+                    }
+                    Some(Responder {
+                        status: *f.status.get_ref(),
+                        headers: headers.into(),
+                        body: Bytes::from(f.body.clone()),
+                    })
+                }
+                None => None,
+            },
         })
+    }
+
+    /// What the client gets when the upstream cannot take its request: the route's
+    /// `fallback`, else `503 upstream_unavailable`.
+    pub fn unavailable(&self) -> Reply {
+        match &self.fallback {
+            Some(f) => f.reply(),
+            None => Reply::error(crate::error::UPSTREAM_UNAVAILABLE),
+        }
+    }
+
+    /// The `fallback` for a request whose last attempt could not connect, if the route has one.
+    pub fn fallback(&self) -> Option<Reply> {
+        self.fallback.as_ref().map(Responder::reply)
     }
 
     /// The request's headers carry every value this route requires.

@@ -4,9 +4,11 @@
 //! Pingora reports an attempt's end in several hooks: a failed connect, a response header, an
 //! error while proxying. Each hands it to [`Attempts`], which reports the [`Outcome`] once to
 //! the pool's [`AttemptObserver`]s (the seam for passive health: outlier detection, circuit
-//! breakers) and answers the retry question, in one place ([`Attempts::may_retry`]).
+//! breakers) and answers the retry question, in one place ([`Attempts::may_retry`]): within
+//! `retries`, within the pool's retry budget, never a request the target may have acted on
+//! unless it is idempotent, and after a backoff with jitter ([`Attempts::backoff`]).
 
-use super::{InflightGuard, Target, Upstream};
+use super::{InflightGuard, PoolSlot, Target, Upstream};
 use pingora::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -39,7 +41,16 @@ pub struct Attempt {
 
 /// Something that learns from every attempt to a pool's targets.
 pub trait AttemptObserver: Send + Sync {
-    fn observe(&self, target: &Target, attempt: &Attempt);
+    fn observe(&self, upstream: &Upstream, target: &Target, attempt: &Attempt);
+}
+
+/// Why no attempt could be made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// Every target is unhealthy, drained or held out by its breaker.
+    NoTarget,
+    /// The pool has `max_inflight` requests in flight.
+    MaxInflight,
 }
 
 /// `pylon_upstream_duration_seconds{upstream}`: every attempt, answered or not, so the p99
@@ -47,7 +58,7 @@ pub trait AttemptObserver: Send + Sync {
 pub struct DurationMetric(pub prometheus::Histogram);
 
 impl AttemptObserver for DurationMetric {
-    fn observe(&self, _target: &Target, attempt: &Attempt) {
+    fn observe(&self, _upstream: &Upstream, _target: &Target, attempt: &Attempt) {
         self.0.observe(attempt.took.as_secs_f64());
     }
 }
@@ -67,6 +78,8 @@ pub struct Attempts {
     first_tried: Option<SocketAddr>,
     more_tried: Vec<SocketAddr>,
     current: Option<Current>,
+    /// The request's place under the pool's `max_inflight`.
+    slot: Option<PoolSlot>,
     /// The last attempt's time to its response header, for the access log.
     pub took: Option<Duration>,
 }
@@ -77,14 +90,25 @@ impl Attempts {
     }
 
     /// Pick a target for the next attempt: one not tried yet, else (every target was tried)
-    /// any ready one. `None`: no target can take the request.
-    pub fn pick(&mut self, upstream: &Upstream, key: &[u8]) -> Option<Box<HttpPeer>> {
+    /// any ready one. The first attempt also takes the request's place under `max_inflight`
+    /// and counts it in the retry budget.
+    pub fn pick(&mut self, upstream: &Upstream, key: &[u8]) -> Result<Box<HttpPeer>, Unavailable> {
+        if self.count == 0 {
+            self.slot = upstream.enter()?;
+        }
         let target = upstream.select(key, |t| self.tried(&t.addr)).or_else(|| {
             self.first_tried
                 .is_some()
                 .then(|| upstream.select(key, |_| false))
                 .flatten()
-        })?;
+        });
+        let Some(target) = target else {
+            upstream.refused();
+            return Err(Unavailable::NoTarget);
+        };
+        if self.count == 0 {
+            upstream.deposit();
+        }
         self.count += 1;
         if self.first_tried.is_none() {
             self.first_tried = Some(target.addr);
@@ -97,7 +121,21 @@ impl Attempts {
             started: Instant::now(),
             reported: false,
         });
-        Some(peer)
+        Ok(peer)
+    }
+
+    /// How long to wait before this attempt: nothing for the first; before a retry a random
+    /// wait up to `base` doubled per retry, capped at `max` (full jitter, so that requests
+    /// failing together do not retry together).
+    pub fn backoff(&self, upstream: &Upstream) -> Option<Duration> {
+        let retry = u32::try_from(self.count).ok().filter(|&n| n > 0)?;
+        let b = &upstream.retry_backoff;
+        let ceiling = b
+            .base
+            .0
+            .saturating_mul(1 << (retry - 1).min(16))
+            .min(b.max.0);
+        (!ceiling.is_zero()).then(|| ceiling.mul_f64(rand::random::<f64>()))
     }
 
     /// The target of the current (or last) attempt.
@@ -120,24 +158,44 @@ impl Attempts {
         }
         let target = current.guard.target();
         for observer in upstream.observers.iter() {
-            observer.observe(target, &attempt);
+            observer.observe(upstream, target, &attempt);
         }
     }
 
     /// Whether the request may go to another attempt after `outcome`. `replayable`: the method
-    /// is idempotent and the body, if any, is still whole in the retry buffer.
+    /// is idempotent and the body, if any, is still whole in the retry buffer. A retry this
+    /// allows is taken from the pool's budget and counted.
     pub fn may_retry(&self, upstream: &Upstream, outcome: Outcome, replayable: bool) -> bool {
         if self.count > upstream.retries {
             return false;
         }
-        match outcome {
+        let reason = match outcome {
             // The target saw nothing: safe for every method.
-            Outcome::Connect { .. } => true,
+            Outcome::Connect { timeout: false } => "connect_error",
+            Outcome::Connect { timeout: true } => "connect_timeout",
             // The client has seen nothing yet: another target may answer better.
-            Outcome::Status(502..=504) => replayable,
-            Outcome::Status(_) | Outcome::Timeout | Outcome::Broken | Outcome::Abandoned => false,
+            Outcome::Status(502) if replayable => "status_502",
+            Outcome::Status(503) if replayable => "status_503",
+            Outcome::Status(504) if replayable => "status_504",
+            Outcome::Status(_) | Outcome::Timeout | Outcome::Broken | Outcome::Abandoned => {
+                return false
+            }
+        };
+        if !upstream.withdraw() {
+            return false;
         }
+        count_retry(upstream, reason);
+        true
     }
+}
+
+/// `pylon_upstream_retries_total{upstream,reason}`; also for the retries Pingora decides (a
+/// reused connection the target had closed).
+pub fn count_retry(upstream: &Upstream, reason: &str) {
+    crate::metrics::METRICS
+        .upstream_retries
+        .with_label_values(&[&upstream.name, reason])
+        .inc();
 }
 
 #[cfg(test)]
@@ -149,7 +207,7 @@ mod tests {
     struct Seen(Mutex<Vec<(String, Outcome)>>);
 
     impl AttemptObserver for Seen {
-        fn observe(&self, target: &Target, attempt: &Attempt) {
+        fn observe(&self, _upstream: &Upstream, target: &Target, attempt: &Attempt) {
             let mut seen = self.0.lock().unwrap();
             seen.push((target.label.to_string(), attempt.outcome));
         }

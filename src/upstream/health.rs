@@ -6,24 +6,20 @@
 //! puts a dead target back into rotation nor forgets what the checks learned. A target that a
 //! reload adds to a checked pool starts *unknown* and gets no traffic until a check passes.
 //!
-//! One [`HealthSupervisor`] runs one check loop per checked pool name. Each round checks the
-//! pool the live snapshot holds under that name; a reload that rebuilds the pool starts a
-//! round at once, so new targets are checked promptly. A loop ends when its pool is gone.
+//! The [`PoolSupervisor`](super::PoolSupervisor) runs one check loop per checked pool name.
+//! Each round checks the pool the live snapshot holds under that name; targets that a reload or
+//! discovery adds start a round at once, so they are checked promptly. A loop ends when its
+//! pool is gone.
 
 use super::Upstream;
 use crate::config::{HealthCheckConfig, HealthCheckKind, UpstreamConfig};
 use crate::runtime::SharedSnapshot;
-use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
 
-/// How often the supervisor looks for pools that a reload added or rebuilt.
+/// How often a waiting loop looks for targets that wait for their first check.
 const SCAN_INTERVAL: Duration = Duration::from_millis(200);
 
 const UNKNOWN: u8 = 0;
@@ -153,17 +149,6 @@ pub(super) fn build_check(
     }
 }
 
-/// Background service running the health checks of every live pool.
-pub struct HealthSupervisor {
-    snapshot: SharedSnapshot,
-}
-
-impl HealthSupervisor {
-    pub fn new(snapshot: SharedSnapshot) -> Self {
-        HealthSupervisor { snapshot }
-    }
-}
-
 /// The checked pool the live snapshot holds under `name`.
 fn current(snapshot: &SharedSnapshot, name: &str) -> Option<Arc<Upstream>> {
     snapshot
@@ -174,48 +159,24 @@ fn current(snapshot: &SharedSnapshot, name: &str) -> Option<Arc<Upstream>> {
         .cloned()
 }
 
-async fn check_loop(snapshot: SharedSnapshot, name: String) {
+/// Check the pool named `name` every interval until it is gone.
+pub(super) async fn check_loop(snapshot: SharedSnapshot, name: String) {
     while let Some(pool) = current(&snapshot, &name) {
         pool.run_health_check().await;
         let interval = pool
             .health_check
             .as_ref()
             .map_or(SCAN_INTERVAL, |h| h.interval.0);
-        // Compared by address only, never dereferenced.
-        let checked = Arc::as_ptr(&pool) as usize;
         drop(pool);
         let mut waited = Duration::ZERO;
         while waited < interval {
             let step = SCAN_INTERVAL.min(interval - waited);
             tokio::time::sleep(step).await;
             waited += step;
-            // A reload removed the pool, or added targets that wait for their first check:
-            // go on now, not after the interval.
-            let now = current(&snapshot, &name);
-            if now.is_none_or(|p| Arc::as_ptr(&p) as usize != checked && p.awaits_checks()) {
+            // A reload removed the pool, or a reload or discovery added targets that wait for
+            // their first check: go on now, not after the interval.
+            if current(&snapshot, &name).is_none_or(|p| p.awaits_checks()) {
                 break;
-            }
-        }
-    }
-}
-
-#[async_trait]
-impl BackgroundService for HealthSupervisor {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let mut running: HashMap<String, JoinHandle<()>> = HashMap::new();
-        loop {
-            running.retain(|_, task| !task.is_finished());
-            let snapshot = self.snapshot.load_full();
-            for (name, upstream) in &snapshot.upstreams {
-                if upstream.health_check.is_some() && !running.contains_key(name) {
-                    let task = tokio::spawn(check_loop(Arc::clone(&self.snapshot), name.clone()));
-                    running.insert(name.clone(), task);
-                }
-            }
-            drop(snapshot);
-            tokio::select! {
-                _ = tokio::time::sleep(SCAN_INTERVAL) => {}
-                _ = shutdown.changed() => return,
             }
         }
     }

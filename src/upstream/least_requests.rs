@@ -80,13 +80,17 @@ mod tests {
     use super::*;
 
     fn backend(addr: &str, inflight: usize) -> Backend {
-        let mut b = Backend::new(addr).unwrap();
-        let peer = pingora::upstreams::peer::HttpPeer::new(addr, false, String::new());
-        let t = Target::new(addr.parse().unwrap(), addr, peer, Arc::default());
+        let found = crate::upstream::discovery::Found {
+            addr: addr.parse().unwrap(),
+            weight: 1,
+            host: addr.to_string(),
+        };
+        let config: crate::config::UpstreamConfig = toml::from_str("").unwrap();
+        let b = Target::backend(&found, addr, "static", Arc::default(), &config).unwrap();
+        let t = Target::of(&b).unwrap();
         for _ in 0..inflight {
             std::mem::forget(t.acquire());
         }
-        b.ext.insert(t);
         b
     }
 

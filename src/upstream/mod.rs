@@ -5,22 +5,39 @@
 //! (the prepared [`HttpPeer`], its [`TargetState`]) lives in the [`Backend`]'s extensions, built
 //! once at load, so selecting a target allocates nothing of ours.
 //!
-//! A pool is rebuilt by every reload; what must survive one (health, drain, requests in
-//! flight) is each target's [`TargetState`], carried by upstream name and address.
+//! A pool is rebuilt by every reload; what must survive one (health, breaker, drain, requests
+//! in flight) is each target's [`TargetState`], carried by upstream name and address (static
+//! targets) or by the pool's discovery [`Members`](discovery::Members).
+//!
+//! Selection ([`Upstream::select`]) is where every gate meets: the active checks' verdict,
+//! drains, the circuit breakers ([`breaker`]) and slow start ([`slow_start`]).
 
 pub mod attempt;
+pub mod breaker;
+mod budget;
+pub mod discovery;
 mod health;
 mod least_requests;
+mod slow_start;
+mod supervisor;
+mod window;
 
-pub use attempt::{AttemptObserver, Attempts, Outcome};
-pub use health::{Health, HealthSupervisor};
+pub use attempt::{Attempt, AttemptObserver, Attempts, Outcome, Unavailable};
+pub use health::Health;
 pub use least_requests::LeastRequests;
+pub use supervisor::PoolSupervisor;
 
-use crate::config::{Balancer, HealthCheckConfig, UpstreamConfig};
+use crate::clock::now_ms;
+use crate::config::{
+    BackoffConfig, Balancer, HealthCheckConfig, RetryBudgetConfig, UpstreamConfig,
+};
 use crate::state::Keeper;
+use breaker::Breakers;
+use budget::RetryBudget;
+use discovery::{Discovered, Found, Members};
 use futures::FutureExt;
 use pingora::upstreams::peer::HttpPeer;
-use pingora_load_balancing::discovery::Static;
+use pingora_load_balancing::discovery::{ServiceDiscovery, Static};
 use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::selection::{
     BackendIter, BackendSelection, Consistent, Random, RoundRobin,
@@ -34,12 +51,15 @@ use std::sync::Arc;
 /// How far selection looks for a usable target before giving up.
 const MAX_SELECT_STEPS: usize = 256;
 
-/// What outlives a reload of one target: its health, its drain, its requests in flight.
+/// What outlives a reload of one target: its health, breaker, drain, requests in flight, and
+/// when it last joined the pool (slow start).
 pub struct TargetState {
     pub health: Health,
+    pub breaker: breaker::Breaker,
     /// Taken out of rotation by the admin API.
     pub drained: AtomicBool,
     inflight: AtomicUsize,
+    pub joined: slow_start::Joined,
 }
 
 impl Default for TargetState {
@@ -52,8 +72,24 @@ impl TargetState {
     pub fn new(health: Health) -> TargetState {
         TargetState {
             health,
+            breaker: breaker::Breaker::default(),
             drained: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
+            joined: slow_start::Joined::default(),
+        }
+    }
+
+    /// A target joining a running pool: it ramps up (slow start) and, in a checked pool
+    /// (`gated`), waits for its first passing check.
+    pub fn joining(gated: bool) -> TargetState {
+        let health = if gated {
+            Health::starting_unknown()
+        } else {
+            Health::healthy()
+        };
+        TargetState {
+            joined: slow_start::Joined::at(now_ms()),
+            ..TargetState::new(health)
         }
     }
 
@@ -65,31 +101,42 @@ impl TargetState {
 /// One target of a pool, shared by every selector that holds its [`Backend`].
 pub struct Target {
     pub addr: SocketAddr,
-    /// The target as written in the config (`api.internal:8443`): the upstream `Host` header,
-    /// and the label in logs and metrics.
+    /// The label in logs, metrics and the admin API: a static target as written in the config
+    /// (`api.internal:8443`), a discovered one by address.
     pub label: Arc<str>,
-    /// `label` as the upstream `Host` header value, built once.
+    /// The name it is known by, with its port, as the upstream `Host` header, built once.
     pub host_header: http::HeaderValue,
     /// The peer requests are sent to: address, timeouts and TLS settings, prepared at load.
     pub peer: HttpPeer,
     pub state: Arc<TargetState>,
+    /// `static`, or the discovery kind that found it.
+    pub source: &'static str,
+    pub weight: usize,
 }
 
 impl Target {
-    pub fn new(
-        addr: SocketAddr,
-        written: &str,
-        peer: HttpPeer,
+    /// The balancer's entry for one target, carrying the target.
+    pub(crate) fn backend(
+        found: &Found,
+        label: &str,
+        source: &'static str,
         state: Arc<TargetState>,
-    ) -> Arc<Self> {
-        Arc::new(Target {
-            addr,
-            label: written.into(),
-            host_header: http::HeaderValue::from_str(written)
+        config: &UpstreamConfig,
+    ) -> Result<Backend, String> {
+        let target = Arc::new(Target {
+            addr: found.addr,
+            label: label.into(),
+            host_header: http::HeaderValue::from_str(&found.host)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("")),
-            peer,
+            peer: peer_for(found.addr, &found.host, config),
             state,
-        })
+            source,
+            weight: found.weight,
+        });
+        let mut backend = Backend::new_with_weight(&found.addr.to_string(), found.weight)
+            .map_err(|e| e.to_string())?;
+        backend.ext.insert(target);
+        Ok(backend)
     }
 
     /// The target a backend of ours carries.
@@ -203,10 +250,28 @@ where
     lb.select_with(key, MAX_SELECT_STEPS, accept)
 }
 
-/// Whether a checked pool has finished a round of checks, kept across reloads.
+/// What a pool keeps across reloads: whether its first round of checks is done, its requests
+/// in flight (`max_inflight`), its retry budget.
 #[derive(Default)]
 struct PoolState {
     checked: AtomicBool,
+    inflight: AtomicUsize,
+    budget: RetryBudget,
+}
+
+/// One request counted against a pool's `max_inflight`; dropping it ends the count.
+pub struct PoolSlot(Arc<PoolState>);
+
+impl Drop for PoolSlot {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `pylon_upstream_unavailable_total` of one pool, resolved at load.
+struct Refusals {
+    no_target: prometheus::IntCounter,
+    max_inflight: prometheus::IntCounter,
 }
 
 /// A named pool of targets with its selection, health checks and connection settings.
@@ -220,6 +285,13 @@ pub struct Upstream {
     check: Option<Box<dyn HealthCheck + Send + Sync>>,
     /// What learns from each attempt to a target ([`attempt`]).
     pub observers: Box<[Arc<dyn AttemptObserver>]>,
+    breakers: Option<Arc<Breakers>>,
+    max_inflight: Option<usize>,
+    pub retry_budget: RetryBudgetConfig,
+    pub retry_backoff: BackoffConfig,
+    slow_start_ms: Option<u64>,
+    discovered: Option<Arc<Discovered>>,
+    refusals: Refusals,
     state: Arc<PoolState>,
 }
 
@@ -231,27 +303,53 @@ impl Upstream {
         keeper: &mut Keeper<'_>,
     ) -> Result<Upstream, String> {
         // A target a reload adds to a checked pool waits for its first passing check.
-        let gated = keeper.reloading() && config.health_check.is_some();
+        let gated = config.health_check.is_some();
+        let reloading = keeper.reloading();
         let mut backends = BTreeSet::new();
         for t in &config.targets {
             let t = t.get_ref();
             let addr = crate::config::validate::resolve(t.addr())
                 .ok_or_else(|| format!("upstream `{name}`: cannot resolve {:?}", t.addr()))?;
             let state = keeper.keep("target", &format!("{name}/{addr}"), (), || {
-                let health = if gated {
-                    Health::starting_unknown()
+                Ok::<_, String>(if reloading {
+                    TargetState::joining(gated)
                 } else {
-                    Health::healthy()
-                };
-                Ok::<_, String>(TargetState::new(health))
+                    TargetState::new(Health::healthy())
+                })
             })?;
-            let target = Target::new(addr, t.addr(), peer_for(addr, t.addr(), config), state);
-            let mut backend = Backend::new_with_weight(&addr.to_string(), t.weight())
+            let found = Found {
+                addr,
+                weight: t.weight(),
+                host: t.addr().to_string(),
+            };
+            let backend = Target::backend(&found, t.addr(), "static", state, config)
                 .map_err(|e| format!("upstream `{name}`: {e}"))?;
-            backend.ext.insert(Arc::clone(&target));
             backends.insert(backend);
         }
-        let view = || Backends::new(Static::new(backends.clone()));
+        let discovered = match &config.discovery {
+            Some(d) => {
+                let members =
+                    keeper.keep_default::<_, Members>("discovery", name, d.get_ref().clone());
+                let kind = discovery::kind_label(d.get_ref().kind);
+                let peers = config.clone();
+                let make: discovery::MakeBackend = Box::new(move |found, state| {
+                    let label = found.addr.to_string();
+                    Target::backend(found, &label, kind, state, &peers).ok()
+                });
+                let discovered =
+                    Discovered::new(d.get_ref(), backends.clone(), members, make, gated)
+                        .map_err(|e| format!("upstream `{name}`: {e}"))?;
+                Some(Arc::new(discovered))
+            }
+            None => None,
+        };
+        let view = || -> Backends {
+            let source: Box<dyn ServiceDiscovery + Send + Sync> = match &discovered {
+                Some(d) => Box::new(discovery::Shared(Arc::clone(d))),
+                None => Static::new(backends.clone()),
+            };
+            Backends::new(source)
+        };
         let pool = match config.balancer {
             Balancer::RoundRobin => Pool::RoundRobin(LoadBalancer::from_backends(view())),
             Balancer::Random => Pool::Random(LoadBalancer::from_backends(view())),
@@ -263,6 +361,23 @@ impl Upstream {
         if config.health_check.is_none() {
             state.checked.store(true, Ordering::Release);
         }
+        let breakers = config
+            .circuit_breaker
+            .as_ref()
+            .map(|cb| Arc::new(Breakers::new(name, cb.get_ref())));
+        let mut observers: Vec<Arc<dyn AttemptObserver>> = vec![Arc::new(attempt::DurationMetric(
+            crate::metrics::METRICS
+                .upstream_duration
+                .with_label_values(&[name]),
+        ))];
+        if let Some(b) = &breakers {
+            observers.push(Arc::clone(b) as Arc<dyn AttemptObserver>);
+        }
+        let refused = |reason: &str| {
+            crate::metrics::METRICS
+                .upstream_unavailable
+                .with_label_values(&[name, reason])
+        };
         let upstream = Upstream {
             name: name.into(),
             pool,
@@ -282,19 +397,25 @@ impl Upstream {
                 .health_check
                 .as_ref()
                 .map(|hc| health::build_check(name, hc, config)),
-            observers: vec![Arc::new(attempt::DurationMetric(
-                crate::metrics::METRICS
-                    .upstream_duration
-                    .with_label_values(&[name]),
-            )) as Arc<dyn AttemptObserver>]
-            .into(),
+            observers: observers.into(),
+            breakers,
+            max_inflight: config.max_inflight.map(|m| m.get()),
+            retry_budget: config.retry_budget.clone(),
+            retry_backoff: config.retry_backoff.clone(),
+            slow_start_ms: config.slow_start.map(|d| d.0.as_millis() as u64),
+            discovered,
+            refusals: Refusals {
+                no_target: refused("no_target"),
+                max_inflight: refused("max_inflight"),
+            },
             state,
         };
-        // Static discovery answers at once; this fills the selector before the first request.
+        // Static targets, and discovery's first answer (the last good lookup, kept across
+        // reloads), come at once: this fills the selector before the first request.
         upstream
             .update()
             .now_or_never()
-            .ok_or("static discovery blocked")?
+            .ok_or("discovery blocked")?
             .map_err(|e| format!("upstream `{name}`: {e}"))?;
         Ok(upstream)
     }
@@ -306,6 +427,20 @@ impl Upstream {
             Pool::Consistent(lb) => lb.update().await,
             Pool::LeastRequests(lb) => lb.update().await,
         }
+    }
+
+    /// Look the pool's targets up again (discovery); the wait until the next lookup.
+    pub async fn refresh(&self) -> Result<std::time::Duration, String> {
+        let Some(d) = &self.discovered else {
+            return Err("no discovery".into());
+        };
+        self.update().await.map_err(|e| e.to_string())?;
+        Ok(d.next_wait())
+    }
+
+    /// The pool's discovery, if it has one.
+    pub fn discovered(&self) -> Option<&Arc<Discovered>> {
+        self.discovered.as_ref()
     }
 
     fn backends(&self) -> &Backends {
@@ -333,6 +468,7 @@ impl Upstream {
                 );
                 match (flipped, result) {
                     (Some(true), _) => {
+                        target.state.joined.set(now_ms());
                         log::info!("upstream `{}`: {} is healthy", self.name, target.label)
                     }
                     (Some(false), Err(e)) => log::warn!(
@@ -359,9 +495,42 @@ impl Upstream {
         self.check.is_some() && self.targets().iter().any(|t| t.state.health.unknown())
     }
 
-    /// Whether the first round of health checks has finished.
+    /// Whether the first round of health checks has finished, and the first lookup of a
+    /// discovered pool succeeded.
     pub fn checked(&self) -> bool {
         self.state.checked.load(Ordering::Acquire)
+            && self.discovered.as_ref().is_none_or(|d| d.members.found())
+    }
+
+    /// The number of targets.
+    pub fn size(&self) -> usize {
+        self.backends().get_backend().len()
+    }
+
+    /// The number of targets their breakers hold out.
+    pub fn ejected(&self) -> usize {
+        self.backends()
+            .get_backend()
+            .iter()
+            .filter_map(Target::of)
+            .filter(|t| t.state.breaker.ejected())
+            .count()
+    }
+
+    /// A target's breaker state; closed when the pool has no breakers.
+    pub fn breaker_state(&self, target: &Target) -> breaker::State {
+        match &self.breakers {
+            Some(_) => target.state.breaker.state(now_ms()),
+            None => breaker::State::Closed,
+        }
+    }
+
+    /// A target's weight now: its configured weight, scaled down while it ramps up.
+    pub fn effective_weight(&self, target: &Target) -> f64 {
+        let share = self
+            .slow_start_ms
+            .map_or(1.0, |ramp| target.state.joined.share(now_ms(), ramp));
+        target.weight as f64 * share
     }
 
     /// Every target of the pool. Not for the request path: it walks the pool.
@@ -383,24 +552,96 @@ impl Upstream {
             .find(|t| &*t.label == target || t.addr.to_string() == target);
         match found {
             Some(t) => {
-                t.state.drained.store(!enabled, Ordering::Relaxed);
+                let was_drained = t.state.drained.swap(!enabled, Ordering::Relaxed);
+                if enabled && was_drained {
+                    t.state.joined.set(now_ms());
+                }
                 true
             }
             None => false,
         }
     }
 
+    /// Count a request against `max_inflight`; `None` when the pool is full.
+    pub fn enter(&self) -> Result<Option<PoolSlot>, Unavailable> {
+        let Some(max) = self.max_inflight else {
+            return Ok(None);
+        };
+        if self.state.inflight.fetch_add(1, Ordering::Relaxed) >= max {
+            self.state.inflight.fetch_sub(1, Ordering::Relaxed);
+            self.refusals.max_inflight.inc();
+            return Err(Unavailable::MaxInflight);
+        }
+        Ok(Some(PoolSlot(Arc::clone(&self.state))))
+    }
+
+    /// Count a request's first attempt in the retry budget.
+    pub fn deposit(&self) {
+        if self.retries > 0 {
+            self.state.budget.deposit(now_ms());
+        }
+    }
+
+    /// Take a retry from the budget; false (and counted) when it is spent.
+    pub fn withdraw(&self) -> bool {
+        let granted = self.state.budget.withdraw(&self.retry_budget, now_ms());
+        if !granted {
+            crate::metrics::METRICS
+                .retry_budget_exhausted
+                .with_label_values(&[&self.name])
+                .inc();
+        }
+        granted
+    }
+
+    /// Count a request no target could take.
+    pub fn refused(&self) {
+        self.refusals.no_target.inc();
+    }
+
     /// Pick a target in rotation for `key`, skipping those `skip` rejects (targets tried).
+    /// Each candidate passes the gates in order: health and drain, `skip`, slow start, then
+    /// its breaker (last, since a half-open breaker counts what it admits as a probe). Slow
+    /// start only thins a target's share: when it turns every candidate away, a second pass
+    /// goes without it.
     pub fn select(&self, key: &[u8], skip: impl Fn(&Target) -> bool) -> Option<Arc<Target>> {
-        let accept =
-            |b: &Backend, _: bool| Target::of(b).is_some_and(|t| self.in_rotation(t) && !skip(t));
-        let chosen = match &self.pool {
-            Pool::RoundRobin(lb) => select(lb, key, accept),
-            Pool::Random(lb) => select(lb, key, accept),
-            Pool::Consistent(lb) => select(lb, key, accept),
-            Pool::LeastRequests(lb) => select(lb, key, accept),
-        }?;
+        let now = if self.breakers.is_some() || self.slow_start_ms.is_some() {
+            now_ms()
+        } else {
+            0
+        };
+        let pick = |ramp: Option<u64>| {
+            let accept = |b: &Backend, _: bool| {
+                Target::of(b).is_some_and(|t| {
+                    self.in_rotation(t)
+                        && !skip(t)
+                        && ramp.is_none_or(|ms| t.state.joined.admits(now, ms))
+                        && self.breaker_admits(t, now)
+                })
+            };
+            match &self.pool {
+                Pool::RoundRobin(lb) => select(lb, key, accept),
+                Pool::Random(lb) => select(lb, key, accept),
+                Pool::Consistent(lb) => select(lb, key, accept),
+                Pool::LeastRequests(lb) => select(lb, key, accept),
+            }
+        };
+        let chosen = pick(self.slow_start_ms).or_else(|| {
+            self.slow_start_ms?;
+            pick(None)
+        })?;
         Target::of(&chosen).cloned()
+    }
+
+    fn breaker_admits(&self, target: &Target, now: u64) -> bool {
+        let Some(breakers) = &self.breakers else {
+            return true;
+        };
+        let (admitted, change) = target.state.breaker.admit(&breakers.settings, now);
+        if let Some(change) = change {
+            breaker::log_change(self, target, change);
+        }
+        admitted
     }
 }
 

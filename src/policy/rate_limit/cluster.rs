@@ -3,16 +3,67 @@
 //! One round trip per check: a Lua script (sent as `EVALSHA`, loaded on `NOSCRIPT`) rolls the
 //! window, checks and counts atomically, on Redis's clock so gateways with skewed clocks still
 //! agree. Each key is one hash (`i`, `p`, `c`) with a TTL of two windows, named
-//! `pylon:rl:{...}` so that Redis Cluster places it by the whole braced part. Requests share
-//! one multiplexed, pipelining connection that reconnects on its own; every call is bounded by
-//! `store_timeout`. The script needs Redis 5 or later (`TIME` before writes). Pylon speaks to
-//! one endpoint: a standalone Redis, a replicated primary, or a cluster proxy; it does not
-//! follow Redis Cluster `MOVED` redirections itself.
+//! `pylon:rl:{...}` so that Redis Cluster places it by the whole braced part: the script
+//! touches one key, so it always runs on the one node that owns the key's slot. Requests
+//! share one multiplexed, pipelining connection that reconnects on its own; every call is
+//! bounded by `store_timeout`. The script needs Redis 5 or later (`TIME` before writes).
+//!
+//! Two kinds of store: one endpoint (`redis_url`: a standalone Redis, a replicated primary or
+//! a cluster proxy), or a Redis Cluster (`redis_cluster`: seed nodes), through the `redis`
+//! crate's cluster client, which learns the slot map, follows `MOVED` and `ASK`, and talks to
+//! each node directly. With a node down, the keys it owns fail (and `on_store_error`
+//! decides) while keys on the live nodes go on being counted.
 
 use super::window::{self, Outcome};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use std::time::Duration;
 use tokio::sync::OnceCell;
+
+/// How the store reaches Redis.
+enum Endpoint {
+    Single(redis::Client),
+    Cluster(Box<ClusterClient>),
+}
+
+/// The shared connection of either kind.
+#[derive(Clone)]
+enum Link {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Link::Single(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Single(c) => c.get_db(),
+            Link::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 const SCRIPT: &str = r"
 local w = tonumber(ARGV[1])
@@ -43,20 +94,49 @@ return {allowed, p, c, into}
 ";
 
 pub struct ClusterWindows {
-    pub url: String,
     pub timeout: Duration,
-    client: redis::Client,
-    connection: OnceCell<ConnectionManager>,
+    endpoint: Endpoint,
+    connection: OnceCell<Link>,
     script: redis::Script,
 }
 
 impl ClusterWindows {
-    pub fn new(url: &str, timeout: Duration) -> Result<ClusterWindows, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("invalid redis_url: {e}"))?;
+    /// Check the addresses while the file is read.
+    pub fn check(url: Option<&str>, seeds: &[String]) -> Result<(), String> {
+        if let Some(url) = url {
+            redis::Client::open(url).map_err(|e| format!("invalid redis_url {url:?}: {e}"))?;
+        }
+        for seed in seeds {
+            redis::Client::open(seed.as_str())
+                .map_err(|e| format!("invalid redis_cluster node {seed:?}: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// A store on one endpoint (`url`), else on the cluster of `seeds`.
+    pub fn new(
+        url: Option<&str>,
+        seeds: &[String],
+        timeout: Duration,
+    ) -> Result<ClusterWindows, String> {
+        let endpoint = match url {
+            Some(url) => Endpoint::Single(
+                redis::Client::open(url).map_err(|e| format!("invalid redis_url: {e}"))?,
+            ),
+            None => Endpoint::Cluster(Box::new(
+                ClusterClient::builder(seeds.iter().map(String::as_str))
+                    .connection_timeout(Duration::from_secs(1))
+                    .response_timeout(timeout)
+                    .retries(1)
+                    .min_retry_wait(10)
+                    .max_retry_wait(100)
+                    .build()
+                    .map_err(|e| format!("invalid redis_cluster: {e}"))?,
+            )),
+        };
         Ok(ClusterWindows {
-            url: url.to_string(),
             timeout,
-            client,
+            endpoint,
             connection: OnceCell::new(),
             script: redis::Script::new(SCRIPT),
         })
@@ -66,7 +146,7 @@ impl ClusterWindows {
     /// slow (over `store_timeout`) or answering nonsense.
     pub async fn hit(&self, key: &str, window_ms: u64, allowance: u64) -> Result<Outcome, String> {
         let call = async {
-            let mut conn = self.connection().await?;
+            let mut link = self.connection().await?;
             let (allowed, prev, curr, into): (u8, u64, u64, u64) = self
                 .script
                 .key(key)
@@ -74,7 +154,7 @@ impl ClusterWindows {
                 .arg(allowance)
                 // Two windows, as an integer: Lua would print large numbers as `1e+08`.
                 .arg(window_ms.saturating_mul(2))
-                .invoke_async(&mut conn)
+                .invoke_async(&mut link)
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(window::outcome(
@@ -91,16 +171,27 @@ impl ClusterWindows {
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
     }
 
-    /// The shared connection, set up on first use (inside the proxy's runtime).
-    async fn connection(&self) -> Result<ConnectionManager, String> {
+    /// The shared connection, set up on first use (inside the proxy's runtime). A cluster
+    /// whose seeds cannot be reached is tried again by the next request.
+    async fn connection(&self) -> Result<Link, String> {
         self.connection
             .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(1)))
-                    .set_number_of_retries(1)
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_lazy_with_config(self.client.clone(), config)
-                    .map_err(|e| e.to_string())
+                match &self.endpoint {
+                    Endpoint::Single(client) => {
+                        let config = ConnectionManagerConfig::new()
+                            .set_connection_timeout(Some(Duration::from_secs(1)))
+                            .set_number_of_retries(1)
+                            .set_max_delay(Duration::from_millis(500));
+                        ConnectionManager::new_lazy_with_config(client.clone(), config)
+                            .map(Link::Single)
+                            .map_err(|e| e.to_string())
+                    }
+                    Endpoint::Cluster(client) => client
+                        .get_async_connection()
+                        .await
+                        .map(Link::Cluster)
+                        .map_err(|e| format!("redis cluster: {e}")),
+                }
             })
             .await
             .cloned()

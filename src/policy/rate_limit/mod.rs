@@ -51,6 +51,9 @@ pub struct RateLimitConfig {
     pub scope: LimitScope,
     /// The Redis shared by the gateways of a cluster (`scope = "cluster"`).
     pub redis_url: Option<String>,
+    /// Instead of `redis_url`: seed nodes of a Redis Cluster.
+    #[serde(default)]
+    pub redis_cluster: Vec<String>,
     /// How long a request waits for Redis before `on_store_error` decides.
     #[serde(default = "default_store_timeout")]
     pub store_timeout: ConfTimeout,
@@ -97,16 +100,31 @@ fn parse(src: &mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>> {
     if config.limit == 0 {
         errors.push(src.place.error("`limit` must be above zero"));
     }
-    match (config.scope, &config.redis_url) {
-        (LimitScope::Cluster, None) => {
-            errors.push(src.place.error("`scope = \"cluster\"` needs a `redis_url`"))
+    match (
+        config.scope,
+        &config.redis_url,
+        config.redis_cluster.is_empty(),
+    ) {
+        (LimitScope::Cluster, None, true) => errors.push(
+            src.place
+                .error("`scope = \"cluster\"` needs a `redis_url` or `redis_cluster`"),
+        ),
+        (_, Some(_), false) => errors.push(
+            src.place
+                .error("give either `redis_url` or `redis_cluster`, not both"),
+        ),
+        (LimitScope::Local, _, _)
+            if config.redis_url.is_some() || !config.redis_cluster.is_empty() =>
+        {
+            errors.push(
+                src.place
+                    .error("`redis_url` and `redis_cluster` need `scope = \"cluster\"`"),
+            )
         }
-        (_, Some(url)) => {
-            if let Err(e) = redis::Client::open(url.as_str()) {
-                errors.push(src.place.error(format!("invalid redis_url {url:?}: {e}")));
-            }
-        }
-        (LimitScope::Local, None) => {}
+        _ => {}
+    }
+    if let Err(e) = ClusterWindows::check(config.redis_url.as_deref(), &config.redis_cluster) {
+        errors.push(src.place.error(e));
     }
     match KeySpec::parse(&config.key) {
         Ok(keys) if errors.is_empty() => Ok(Arc::new(RateLimitSpec {
@@ -128,17 +146,17 @@ impl Spec for RateLimitSpec {
 
     fn compile(&self, cx: &mut Compile<'_, '_>) -> Result<Compiled, String> {
         let c = &self.config;
-        let store = match (&c.scope, &c.redis_url) {
-            (LimitScope::Cluster, Some(url)) => {
+        let store = match c.scope {
+            LimitScope::Cluster => {
                 let timeout = c.store_timeout.0;
+                let (url, seeds) = (c.redis_url.as_deref(), c.redis_cluster.as_slice());
+                let name = url.map_or_else(|| seeds.join(","), str::to_string);
                 // One connection per Redis and timeout, shared by the policies that use it.
-                Store::Cluster(
-                    cx.keeper
-                        .keep("redis", url, timeout, || ClusterWindows::new(url, timeout))?,
-                )
+                Store::Cluster(cx.keeper.keep("redis", &name, timeout, || {
+                    ClusterWindows::new(url, seeds, timeout)
+                })?)
             }
-            (LimitScope::Cluster, None) => return Err("no `redis_url`".into()),
-            (LimitScope::Local, _) => {
+            LimitScope::Local => {
                 Store::Local(cx.keeper.keep_default("rate_limit", cx.name, c.clone()))
             }
         };

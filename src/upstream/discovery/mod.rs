@@ -1,0 +1,294 @@
+//! Service discovery: targets found by DNS, SRV records or a watched file, fed to the pool's
+//! `pingora-load-balancing` selection through its [`ServiceDiscovery`] seam.
+//!
+//! A [`Source`] looks the targets up once; adding a kind is one file and one line in
+//! [`source`]. [`Discovered`] is the pool's `ServiceDiscovery`: each call asks the source,
+//! adds the static targets, and gives every target the [`TargetState`] it had (kept in the
+//! pool's [`Members`], which outlive reloads), so a target that stays keeps its health,
+//! breaker, drain and in-flight count. A target that is new starts unknown when the pool has
+//! health checks, and gets traffic once a check passed.
+//!
+//! One loop per pool name ([`refresh_loop`]) runs the lookups on their own schedule: every
+//! `interval`, sooner when the answer's TTL runs out first, never more often than `min_ttl`.
+//! A failed lookup (the server is down, the name is gone, the file does not parse) keeps the
+//! last good targets; it is logged and counted in `pylon_discovery_errors_total`, where
+//! Pingora's own background updater would drop it silently.
+
+mod dns;
+mod file;
+mod srv;
+
+use super::{TargetState, Upstream};
+use crate::config::{ConfigError, DiscoveryConfig, DiscoveryKind};
+use crate::runtime::SharedSnapshot;
+use async_trait::async_trait;
+use pingora_load_balancing::discovery::ServiceDiscovery;
+use pingora_load_balancing::Backend;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use toml::Spanned;
+
+/// One target a source found.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Found {
+    pub addr: SocketAddr,
+    pub weight: usize,
+    /// The name it was found under, with its port: the upstream `Host` and TLS name.
+    pub host: String,
+}
+
+/// What one lookup found, and for how long the answer holds (DNS TTLs).
+pub struct Answer {
+    pub found: Vec<Found>,
+    pub ttl: Option<Duration>,
+}
+
+/// One kind of discovery.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// Look the targets up once. An empty answer is an error: a pool is not emptied by a
+    /// name that briefly resolves to nothing.
+    async fn find(&self) -> Result<Answer, String>;
+}
+
+/// The source a `discovery` table describes.
+pub fn source(config: &DiscoveryConfig) -> Result<Box<dyn Source>, String> {
+    Ok(match config.kind {
+        DiscoveryKind::Dns => Box::new(dns::Dns::new(config)?),
+        DiscoveryKind::Srv => Box::new(srv::Srv::new(config)?),
+        DiscoveryKind::File => Box::new(file::File::new(config)?),
+    })
+}
+
+/// The `source` label of a discovered target.
+pub fn kind_label(kind: DiscoveryKind) -> &'static str {
+    match kind {
+        DiscoveryKind::Dns => "dns",
+        DiscoveryKind::Srv => "srv",
+        DiscoveryKind::File => "file",
+    }
+}
+
+/// Checks of a `discovery` table, run while the file is read.
+pub fn check(d: &Spanned<DiscoveryConfig>) -> Vec<ConfigError> {
+    let c = d.get_ref();
+    let at = |message: String| ConfigError::at(d.span(), message);
+    let mut errors = Vec::new();
+    let kind = kind_label(c.kind);
+    match c.kind {
+        DiscoveryKind::Dns | DiscoveryKind::Srv => {
+            if c.name.is_none() {
+                errors.push(at(format!("discovery kind = \"{kind}\" needs a `name`")));
+            }
+            if c.path.is_some() {
+                errors.push(at(format!("discovery kind = \"{kind}\" takes no `path`")));
+            }
+            match (c.kind, c.port) {
+                (DiscoveryKind::Dns, None | Some(0)) => errors.push(at(
+                    "discovery kind = \"dns\" needs the targets' `port`".to_string(),
+                )),
+                (DiscoveryKind::Srv, Some(_)) => errors.push(at(
+                    "discovery kind = \"srv\" takes no `port`: the records carry it".to_string(),
+                )),
+                _ => {}
+            }
+            if let Some(r) = &c.resolver {
+                if dns::resolver_addr(r.get_ref()).is_none() {
+                    errors.push(ConfigError::at(
+                        r.span(),
+                        format!("invalid resolver {:?}: expected IP or IP:PORT", r.get_ref()),
+                    ));
+                }
+            }
+        }
+        DiscoveryKind::File => {
+            if c.path.is_none() {
+                errors.push(at("discovery kind = \"file\" needs a `path`".to_string()));
+            }
+            if c.name.is_some() || c.port.is_some() || c.resolver.is_some() {
+                errors.push(at(
+                    "discovery kind = \"file\" takes only `path` and `interval`".to_string(),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+/// What a pool's discovery keeps across reloads: the last good answer, for a rebuilt pool to
+/// start from, and the state of each discovered target.
+#[derive(Default)]
+pub struct Members {
+    last: Mutex<Option<Vec<Found>>>,
+    states: Mutex<HashMap<SocketAddr, Arc<TargetState>>>,
+}
+
+impl Members {
+    /// Whether a lookup has succeeded yet.
+    pub fn found(&self) -> bool {
+        lock(&self.last).is_some()
+    }
+
+    /// The state of each target found, keeping those that stay; targets gone are forgotten.
+    fn states_for(&self, found: &[Found], gated: bool) -> Vec<Arc<TargetState>> {
+        let mut states = lock(&self.states);
+        let mut next = HashMap::with_capacity(found.len());
+        let picked = found
+            .iter()
+            .map(|f| {
+                let state = next
+                    .get(&f.addr)
+                    .or_else(|| states.get(&f.addr))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(TargetState::joining(gated)));
+                next.insert(f.addr, Arc::clone(&state));
+                state
+            })
+            .collect();
+        *states = next;
+        picked
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Builds the balancer's entry for a discovered target.
+pub type MakeBackend = Box<dyn Fn(&Found, Arc<TargetState>) -> Option<Backend> + Send + Sync>;
+
+/// A pool's discovery: its source, its static targets, its members.
+pub struct Discovered {
+    pub kind: &'static str,
+    source: Box<dyn Source>,
+    fixed: BTreeSet<Backend>,
+    pub members: Arc<Members>,
+    make: MakeBackend,
+    /// New targets wait for a passing health check.
+    gated: bool,
+    /// The first call (while the pool is built) answers from the last good lookup.
+    seeded: AtomicBool,
+    interval: Duration,
+    min_ttl: Duration,
+    /// Until the next lookup, in milliseconds, from the last answer.
+    next_ms: AtomicU64,
+}
+
+impl Discovered {
+    pub fn new(
+        config: &DiscoveryConfig,
+        fixed: BTreeSet<Backend>,
+        members: Arc<Members>,
+        make: MakeBackend,
+        gated: bool,
+    ) -> Result<Discovered, String> {
+        Ok(Discovered {
+            kind: kind_label(config.kind),
+            source: source(config)?,
+            fixed,
+            members,
+            make,
+            gated,
+            seeded: AtomicBool::new(false),
+            interval: config.interval.0,
+            min_ttl: config.min_ttl.0,
+            next_ms: AtomicU64::new(config.interval.0.as_millis() as u64),
+        })
+    }
+
+    /// How long to wait before the next lookup.
+    pub fn next_wait(&self) -> Duration {
+        Duration::from_millis(self.next_ms.load(Ordering::Relaxed))
+    }
+
+    /// The error wait: the interval.
+    pub fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    async fn lookup(&self) -> Result<Vec<Found>, String> {
+        if !self.seeded.swap(true, Ordering::AcqRel) {
+            return Ok(lock(&self.members.last).clone().unwrap_or_default());
+        }
+        let answer = self.source.find().await?;
+        if answer.found.is_empty() {
+            return Err("the lookup found no targets".into());
+        }
+        let wait = answer
+            .ttl
+            .map_or(self.interval, |ttl| ttl.clamp(self.min_ttl, self.interval));
+        self.next_ms
+            .store(wait.as_millis() as u64, Ordering::Relaxed);
+        *lock(&self.members.last) = Some(answer.found.clone());
+        Ok(answer.found)
+    }
+}
+
+/// The `ServiceDiscovery` the pool's `Backends` owns, sharing the pool's [`Discovered`].
+pub struct Shared(pub Arc<Discovered>);
+
+#[async_trait]
+impl ServiceDiscovery for Shared {
+    async fn discover(&self) -> pingora::Result<(BTreeSet<Backend>, HashMap<u64, bool>)> {
+        let d = &self.0;
+        let found = d.lookup().await.map_err(|e| {
+            pingora::Error::explain(pingora::ErrorType::Custom("discovery failed"), e)
+        })?;
+        let states = d.members.states_for(&found, d.gated);
+        let mut set = d.fixed.clone();
+        for (f, state) in found.iter().zip(states) {
+            // A target listed statically keeps its static entry.
+            if !set.iter().any(|b| b.addr.as_inet() == Some(&f.addr)) {
+                set.extend((d.make)(f, state));
+            }
+        }
+        Ok((set, HashMap::new()))
+    }
+}
+
+/// How often the loop looks for a reload that replaced its pool.
+const SCAN_INTERVAL: Duration = Duration::from_millis(200);
+
+/// The pool with discovery the live snapshot holds under `name`.
+fn current(snapshot: &SharedSnapshot, name: &str) -> Option<Arc<Upstream>> {
+    snapshot
+        .load()
+        .upstreams
+        .get(name)
+        .filter(|u| u.discovered().is_some())
+        .cloned()
+}
+
+/// Refresh the targets of the pool named `name` until it is gone.
+pub async fn refresh_loop(snapshot: SharedSnapshot, name: String) {
+    let errors = crate::metrics::METRICS
+        .discovery_errors
+        .with_label_values(&[&name]);
+    while let Some(pool) = current(&snapshot, &name) {
+        let wait = match pool.refresh().await {
+            Ok(wait) => wait,
+            Err(e) => {
+                errors.inc();
+                log::warn!("upstream `{name}`: discovery failed, keeping the last targets: {e}");
+                pool.discovered().map_or(SCAN_INTERVAL, |d| d.interval())
+            }
+        };
+        // Compared by address only, never dereferenced.
+        let refreshed = Arc::as_ptr(&pool) as usize;
+        drop(pool);
+        let mut waited = Duration::ZERO;
+        while waited < wait {
+            let step = SCAN_INTERVAL.min(wait - waited);
+            tokio::time::sleep(step).await;
+            waited += step;
+            // A reload rebuilt the pool (perhaps with another name to look up): look now.
+            let now = current(&snapshot, &name);
+            if now.is_none_or(|p| Arc::as_ptr(&p) as usize != refreshed) {
+                break;
+            }
+        }
+    }
+}

@@ -379,3 +379,53 @@ fn anonymous_clients_are_counted_by_address() {
     assert_eq!(alice("192.0.2.9"), 200);
     assert_eq!(alice("192.0.2.7"), 429);
 }
+
+#[test]
+fn cluster_limits_are_exact_on_a_redis_cluster_and_survive_a_dead_node() {
+    let e = echo("e", &[]);
+    let mut cluster = RedisCluster::start();
+    let seeds: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let policy = format!(
+        "[policies.rc]\nkind = \"rate_limit\"\nlimit = 3\nwindow = \"10s\"\nkey = [\"header:x-user\"]\n\
+         scope = \"cluster\"\nredis_cluster = [{}]\nstore_timeout = \"200ms\"\non_store_error = \"deny\"\n",
+        seeds.join(", ")
+    );
+    let config = format!("{}{policy}{}", upstream(&e), route("r", "\"rc\""));
+    let (one, two) = (gateway(&config), gateway(&config));
+    align(Duration::from_secs(10), Duration::from_millis(20));
+    // Thirty keys spread over the three nodes' slots; two gateways share each count.
+    for user in 0..30 {
+        let u = [("x-user", format!("user-{user}"))];
+        let u = [(u[0].0, u[0].1.as_str())];
+        let admitted = (0..5)
+            .filter(|i| {
+                let gw = if i % 2 == 0 { &one } else { &two };
+                get_with(&gw.url("/r"), &u).status == 200
+            })
+            .count();
+        assert_eq!(admitted, 3, "user-{user}");
+    }
+
+    // One node dies: its keys fail closed (`on_store_error = "deny"`), the others stay exact.
+    let dead = cluster.ports[1];
+    cluster.kill(dead);
+    std::thread::sleep(Duration::from_secs(3));
+    align(Duration::from_secs(10), Duration::from_millis(20));
+    let (mut exact, mut refused) = (0, 0);
+    for user in 0..30 {
+        let name = format!("fresh-{user}");
+        let u = [("x-user", name.as_str())];
+        let statuses: Vec<u16> = (0..5)
+            .map(|_| get_with(&one.url("/r"), &u).status)
+            .collect();
+        match ok(&statuses) {
+            3 => exact += 1,
+            0 => refused += 1,
+            n => panic!("{name}: {n} admitted: {statuses:?}"),
+        }
+    }
+    assert!(
+        exact >= 10 && refused >= 3,
+        "exact {exact}, refused {refused}"
+    );
+}

@@ -495,11 +495,14 @@ impl Upstream {
         self.check.is_some() && self.targets().iter().any(|t| t.state.health.unknown())
     }
 
-    /// Whether the first round of health checks has finished, and the first lookup of a
-    /// discovered pool succeeded.
+    /// Whether the first round of health checks has finished, the first lookup of a
+    /// discovered pool succeeded, and the targets it found have had their first check.
     pub fn checked(&self) -> bool {
         self.state.checked.load(Ordering::Acquire)
-            && self.discovered.as_ref().is_none_or(|d| d.members.found())
+            && self
+                .discovered
+                .as_ref()
+                .is_none_or(|d| d.members.found() && !self.awaits_checks())
     }
 
     /// The number of targets.

@@ -299,3 +299,189 @@ impl Redis {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 }
+
+/// Requests an echo upstream has served (besides health checks).
+pub fn hits(e: &Echo) -> u64 {
+    get(&format!("http://{}/_hits", e.addr))
+        .body
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The value of one series in the admin's `/metrics` (the line that starts with `series`),
+/// 0 when absent.
+pub fn metric(admin: u16, series: &str) -> f64 {
+    get(&format!("http://127.0.0.1:{admin}/metrics"))
+        .body
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// The admin's `GET /upstreams` entry of one target (by its label).
+pub fn target_state(admin: u16, upstream: &str, target: &str) -> serde_json::Value {
+    let all = get(&format!("http://127.0.0.1:{admin}/upstreams")).json();
+    all[upstream]["targets"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["target"] == target).cloned())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// A private DNS server (dnsmasq) on a loopback port, answering from files the test edits:
+/// `hosts` (A/AAAA, re-read on `reload`) and SRV records (applied by `restart`).
+pub struct Dns {
+    pub proc: Option<Proc>,
+    pub port: u16,
+    dir: PathBuf,
+    srv: Vec<String>,
+}
+
+impl Dns {
+    pub fn start(hosts: &str, srv: &[&str]) -> Dns {
+        let mut dns = Dns {
+            proc: None,
+            port: free_port(),
+            dir: scratch(),
+            srv: srv.iter().map(|s| s.to_string()).collect(),
+        };
+        dns.set_hosts(hosts);
+        dns.restart();
+        dns
+    }
+
+    /// Replace the A/AAAA records (`IP NAME` lines); `reload` applies them.
+    pub fn set_hosts(&self, hosts: &str) {
+        std::fs::write(self.dir.join("hosts"), hosts).unwrap();
+    }
+
+    /// Re-read the hosts file (dnsmasq does on SIGHUP).
+    pub fn reload(&self) {
+        let pid = self.proc.as_ref().unwrap().0.id().to_string();
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success());
+    }
+
+    /// Stop answering.
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    /// (Re)start on the same port.
+    pub fn restart(&mut self) {
+        self.proc = None;
+        let mut cmd = Command::new("dnsmasq");
+        cmd.arg("--keep-in-foreground")
+            .arg(format!("--port={}", self.port))
+            .args(["--listen-address=127.0.0.1", "--bind-interfaces"])
+            .args(["--no-resolv", "--no-hosts", "--conf-file=/dev/null"])
+            .arg(format!("--addn-hosts={}", self.dir.join("hosts").display()))
+            .arg(format!("--pid-file={}", self.dir.join("pid").display()))
+            .stderr(Stdio::null());
+        for record in &self.srv {
+            cmd.arg(format!("--srv-host={record}"));
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let proc = Proc(cmd.spawn().expect("start dnsmasq (make test installs it)"));
+            std::thread::sleep(Duration::from_millis(200));
+            let mut proc = proc;
+            if proc.0.try_wait().unwrap().is_none() {
+                self.proc = Some(proc);
+                return;
+            }
+            // The old process may still hold the port.
+            assert!(Instant::now() < deadline, "dnsmasq did not start");
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// A Redis Cluster of three primaries on loopback ports, made by `redis-cli --cluster create`.
+pub struct RedisCluster {
+    pub nodes: Vec<Option<Proc>>,
+    pub ports: Vec<u16>,
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = scratch();
+        // Each node also listens on its port + 10000 (the cluster bus): pick ports with both free.
+        let mut ports = Vec::new();
+        while ports.len() < 3 {
+            let p = free_port();
+            if p < 55_000
+                && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok()
+                && !ports.contains(&p)
+            {
+                ports.push(p);
+            }
+        }
+        let nodes = ports
+            .iter()
+            .map(|p| {
+                let node_dir = dir.join(p.to_string());
+                std::fs::create_dir_all(&node_dir).unwrap();
+                let child = Command::new("redis-server")
+                    .args(["--port", &p.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+                    // With a node down, the others keep serving the slots they own.
+                    .args(["--cluster-require-full-coverage", "no"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .arg("--dir")
+                    .arg(&node_dir)
+                    .stdout(Stdio::null())
+                    .spawn()
+                    .expect("start redis-server");
+                Some(Proc(child))
+            })
+            .collect();
+        for p in &ports {
+            wait_for_port(*p);
+        }
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("run redis-cli (make test installs redis-tools)");
+        assert!(created.success(), "redis-cli --cluster create failed");
+        let cluster = RedisCluster { nodes, ports };
+        wait_until(Duration::from_secs(20), "cluster_state:ok", || {
+            cluster
+                .ports
+                .iter()
+                .all(|p| cluster.info(*p).contains("cluster_state:ok"))
+        });
+        cluster
+    }
+
+    fn info(&self, port: u16) -> String {
+        Command::new("redis-cli")
+            .args(["-p", &port.to_string(), "cluster", "info"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    }
+
+    pub fn urls(&self) -> Vec<String> {
+        self.ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    /// Kill the node on `port`.
+    pub fn kill(&mut self, port: u16) {
+        let i = self.ports.iter().position(|p| *p == port).unwrap();
+        self.nodes[i] = None;
+    }
+}

@@ -7,7 +7,8 @@ CPU 1. Each scenario runs the proxies in turn, A B C A B C, for ROUNDS rounds an
 median. One `RESULT` line is printed per scenario and proxy.
 
 Scenarios: plain, policies (pylon with 1,000 routes against nginx's plain proxy), limits
-(pylon with a local and a Redis rate limit against pylon without), latency
+(pylon with a local and a Redis rate limit against pylon without), resilience (a circuit
+breaker, max_inflight and slow start on the target against pylon without), latency
 (fixed arrival rate at 50% of nginx's peak, corrected for coordinated omission), connections
 (idle keep-alive connections: memory per connection), large (1 MiB responses), instructions
 (user-space instructions per request under callgrind: the same count on a quiet or a busy
@@ -42,7 +43,7 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 if FD_LIMIT == resource.RLIM_INFINITY:
     FD_LIMIT = 1 << 20
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,latency,connections,large,instructions").split(",")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,latency,connections,large,instructions").split(",")
 # CPU lists for taskset; on a bigger machine give the proxies more cores and threads, e.g.
 # BENCH_PROXY_CPUS=0-3 BENCH_LOAD_CPUS=4-7 BENCH_THREADS=4.
 PROXY_CPU = os.environ.get("BENCH_PROXY_CPUS", "0")
@@ -255,7 +256,18 @@ name = "cluster-limit"
 paths = ["/cluster/"]
 upstream = "backend"
 policies = ["cluster-limit"]
-""" % REDIS)
+
+[upstreams.resilient]
+targets = ["127.0.0.1:%d"]
+circuit_breaker = { failures = 5, failure_rate = 0.5, min_requests = 20, window = "10s", open_for = "30s" }
+max_inflight = 100000
+slow_start = "30s"
+
+[[routes]]
+name = "resilient"
+paths = ["/resilient/"]
+upstream = "resilient"
+""" % (REDIS, UPSTREAM))
     write(os.path.join(tmp, "nginx-callgrind.conf"), f"""
 master_process off; daemon off; pid {tmp}/nginx-callgrind.pid; error_log /dev/null;
 events {{ worker_connections 1000; }}
@@ -460,7 +472,7 @@ def main():
         PIDS["haproxy"] = procs.start("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], PROXY_CPU).pid
         PIDS["pylon"] = procs.start("pylon", [PYLON, "-c", f"{tmp}/pylon.toml"], PROXY_CPU).pid
         PIDS["pingora"] = procs.start("pingora", [BARE, f"127.0.0.1:{PORTS['pingora']}", f"127.0.0.1:{UPSTREAM}"], PROXY_CPU).pid
-        PIDS["pylon-local-limit"] = PIDS["pylon-cluster-limit"] = PIDS["pylon"]
+        PIDS["pylon-local-limit"] = PIDS["pylon-cluster-limit"] = PIDS["pylon-resilient"] = PIDS["pylon"]
         PIDS["pylon-1000-routes"] = procs.start("pylon-1000-routes", [PYLON, "-c", f"{tmp}/pylon-1000.toml"], PROXY_CPU).pid
         if BASELINE:
             for name, conf, like in [("pylon-before", "pylon-before.toml", "pylon"), ("pylon-before-1000-routes", "pylon-before-1000.toml", "pylon-1000-routes")]:
@@ -495,6 +507,10 @@ def main():
             print("## limits: pylon's plain route against the same with a local and with a Redis rate limit (never reached)", flush=True)
             paths = {"pylon": "/", "pylon-local-limit": "/local/x", "pylon-cluster-limit": "/cluster/x"}
             report("limits", alternate(list(paths), lambda p: wrk(PORTS["pylon"], paths[p])), reference="pylon")
+        if "resilience" in SCENARIOS:
+            print("## resilience: pylon's plain route against the same upstream with a circuit breaker (consecutive and rate), max_inflight and slow start", flush=True)
+            paths = {"pylon": "/", "pylon-resilient": "/resilient/x"}
+            report("resilience", alternate(list(paths), lambda p: wrk(PORTS["pylon"], paths[p])), reference="pylon")
         if "latency" in SCENARIOS:
             # 50% of nginx's peak, capped: the generator shares its core with the upstream and
             # itself falls behind above ~25k requests/s here, which would measure oha, not the

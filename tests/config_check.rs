@@ -45,7 +45,7 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         // 9: path regex that does not compile
         (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\npaths = [\"~^/(unclosed\"]\n"), 6, "invalid path regex"),
         // 10: empty target list
-        ("[upstreams.a]\ntargets = []\n".into(), 1, "no targets"),
+        ("[upstreams.a]\ntargets = []\n".into(), 1, "no targets and no discovery"),
         // 11: route without an action
         (format!("{UP}[[routes]]\nname = \"r\"\npaths = [\"/\"]\n"), 4, "exactly one of"),
         // 12: route with two actions
@@ -144,6 +144,30 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[server]\nkeepalive_timeout = \"500ms\"\n".into(), 2, "at least 1s"),
         // 59: a request limit of zero
         ("[server]\nkeepalive_requests = 0\n".into(), 2, "nonzero"),
+        // 60: a failure rate above one
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\ncircuit_breaker = { failure_rate = 1.5 }\n".into(), 3, "failure_rate must be above 0"),
+        // 61: an ejection share above 100%
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\ncircuit_breaker = { max_ejection_percent = 150 }\n".into(), 3, "at most 100"),
+        // 62: an unknown breaker key
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\ncircuit_breaker = { fails = 3 }\n".into(), 3, "fails"),
+        // 63: dns discovery without a port
+        ("[upstreams.a]\ndiscovery = { kind = \"dns\", name = \"svc.internal\" }\n".into(), 2, "needs the targets' `port`"),
+        // 64: a resolver that is not an address
+        ("[upstreams.a]\ndiscovery = { kind = \"srv\", name = \"_http._tcp.svc\", resolver = \"dns-server\" }\n".into(), 2, "invalid resolver"),
+        // 65: file discovery without a path
+        ("[upstreams.a]\ndiscovery = { kind = \"file\" }\n".into(), 2, "needs a `path`"),
+        // 66: an unknown discovery kind
+        ("[upstreams.a]\ndiscovery = { kind = \"consul\", name = \"x\" }\n".into(), 2, "consul"),
+        // 67: a fallback on a fixed-response route
+        ("[[routes]]\nname = \"r\"\nrespond = { status = 200 }\nfallback = { status = 503 }\n".into(), 4, "`fallback` needs an `upstream`"),
+        // 68: a fallback status out of range
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\nfallback = {{ status = 99 }}\n"), 6, "invalid fallback status"),
+        // 69: both a single Redis and a cluster
+        ("[policies.p]\nkind = \"rate_limit\"\nlimit = 1\nwindow = \"1s\"\nscope = \"cluster\"\nredis_url = \"redis://127.0.0.1:1\"\nredis_cluster = [\"redis://127.0.0.1:2\"]\n".into(), 1, "not both"),
+        // 70: a cluster node that is not a Redis URL
+        ("[policies.p]\nkind = \"rate_limit\"\nlimit = 1\nwindow = \"1s\"\nscope = \"cluster\"\nredis_cluster = [\"127.0.0.1:7000\"]\n".into(), 1, "invalid redis_cluster node"),
+        // 71: a backoff whose cap is below its base
+        ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nretry_backoff = { base = \"1s\", max = \"10ms\" }\n".into(), 1, "retry_backoff.max"),
     ]
 }
 

@@ -214,8 +214,12 @@ mod tests {
     }
 
     fn pool(retries: usize) -> (Upstream, Arc<Seen>) {
+        pool_with(&format!("retries = {retries}"))
+    }
+
+    fn pool_with(extra: &str) -> (Upstream, Arc<Seen>) {
         let config: UpstreamConfig = toml::from_str(&format!(
-            "targets = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\nretries = {retries}"
+            "targets = [\"127.0.0.1:1\", \"127.0.0.1:2\"]\n{extra}"
         ))
         .unwrap();
         let mut keeper = crate::state::Keeper::new(None);
@@ -261,5 +265,45 @@ mod tests {
         attempts.pick(&pool, b"").unwrap();
         // Out of retries.
         assert!(!attempts.may_retry(&pool, Outcome::Connect { timeout: true }, true));
+    }
+
+    #[test]
+    fn max_inflight_counts_requests_not_attempts() {
+        let (pool, _) = pool_with("retries = 1\nmax_inflight = 1");
+        let mut first = Attempts::default();
+        first.pick(&pool, b"").unwrap();
+        // A retry of the same request does not take a second place.
+        first.pick(&pool, b"").unwrap();
+        let mut second = Attempts::default();
+        assert_eq!(
+            second.pick(&pool, b"").err(),
+            Some(Unavailable::MaxInflight)
+        );
+        drop(first);
+        assert!(second.pick(&pool, b"").is_ok());
+    }
+
+    #[test]
+    fn retries_wait_a_jittered_doubling_backoff_and_spend_the_budget() {
+        let (pool, _) =
+            pool_with("retries = 3\nretry_budget = { percent = 0, min_per_second = 0 }\nretry_backoff = { base = \"10ms\", max = \"25ms\" }");
+        let mut attempts = Attempts::default();
+        assert_eq!(
+            attempts.backoff(&pool),
+            None,
+            "no wait before the first attempt"
+        );
+        attempts.pick(&pool, b"").unwrap();
+        for _ in 0..50 {
+            assert!(attempts.backoff(&pool).unwrap() <= Duration::from_millis(10));
+        }
+        attempts.pick(&pool, b"").unwrap();
+        attempts.pick(&pool, b"").unwrap();
+        // Third retry: 10 ms doubled twice is 40 ms, capped at 25.
+        let waits: Vec<_> = (0..200).map(|_| attempts.backoff(&pool).unwrap()).collect();
+        assert!(waits.iter().all(|w| *w <= Duration::from_millis(25)));
+        assert!(waits.iter().any(|w| *w > Duration::from_millis(10)));
+        // An empty budget refuses a retry the rules would allow.
+        assert!(!attempts.may_retry(&pool, Outcome::Connect { timeout: false }, true));
     }
 }

@@ -109,9 +109,20 @@ pub(super) fn build_check(
         }
         HealthCheckKind::Http => {
             // Pingora sends one Host (and SNI) to every target of a pool: the configured one,
-            // else the pool's `sni`, else the first target's host as written.
+            // else the pool's `sni`, else the first target's host as written, else the name
+            // discovery looks up.
+            let discovered_name = || {
+                let d = upstream.discovery.as_ref()?.get_ref();
+                let name = d.name.as_ref()?.get_ref();
+                Some(
+                    upstream
+                        .sni
+                        .clone()
+                        .unwrap_or_else(|| name.trim_end_matches('.').to_string()),
+                )
+            };
             let target_name = upstream.targets.first().map_or_else(
-                || name.to_string(),
+                || discovered_name().unwrap_or_else(|| name.to_string()),
                 |t| super::sni_for(t.get_ref().addr(), upstream),
             );
             let host = hc.host.as_deref().unwrap_or(&target_name);

@@ -328,8 +328,7 @@ impl Upstream {
         }
         let discovered = match &config.discovery {
             Some(d) => {
-                let members =
-                    keeper.keep_default::<_, Members>("discovery", name, d.get_ref().clone());
+                let members = keeper.keep_default::<_, Members>("discovery", name, ());
                 let kind = discovery::kind_label(d.get_ref().kind);
                 let peers = config.clone();
                 let make: discovery::MakeBackend = Box::new(move |found, state| {

@@ -122,11 +122,31 @@ pub fn check(d: &Spanned<DiscoveryConfig>) -> Vec<ConfigError> {
 /// start from, and the state of each discovered target.
 #[derive(Default)]
 pub struct Members {
+    /// What was looked up (kind, name, port, path, resolver) for `last`.
+    looked_up: Mutex<String>,
     last: Mutex<Option<Vec<Found>>>,
     states: Mutex<HashMap<SocketAddr, Arc<TargetState>>>,
 }
 
 impl Members {
+    /// Forget the last answer when the pool now looks up something else; the state of
+    /// targets found again is kept either way.
+    fn looking_up(&self, config: &DiscoveryConfig) {
+        let what = format!(
+            "{:?} {:?} {:?} {:?} {:?}",
+            config.kind,
+            config.name.as_ref().map(|n| n.get_ref()),
+            config.port,
+            config.path.as_ref().map(|p| p.get_ref()),
+            config.resolver.as_ref().map(|r| r.get_ref())
+        );
+        let mut looked_up = lock(&self.looked_up);
+        if *looked_up != what {
+            *lock(&self.last) = None;
+            *looked_up = what;
+        }
+    }
+
     /// Whether a lookup has succeeded yet.
     pub fn found(&self) -> bool {
         lock(&self.last).is_some()
@@ -185,6 +205,7 @@ impl Discovered {
         make: MakeBackend,
         gated: bool,
     ) -> Result<Discovered, String> {
+        members.looking_up(config);
         Ok(Discovered {
             kind: kind_label(config.kind),
             source: source(config)?,
@@ -290,5 +311,35 @@ pub async fn refresh_loop(snapshot: SharedSnapshot, name: String) {
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(port: u16) -> Found {
+        Found {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 1,
+            host: format!("svc:{port}"),
+        }
+    }
+
+    #[test]
+    fn targets_that_stay_keep_their_state() {
+        let members = Members::default();
+        let first = members.states_for(&[found(1), found(2)], true);
+        assert!(
+            first.iter().all(|s| s.health.unknown()),
+            "new targets wait for a check"
+        );
+        first[0].drained.store(true, Ordering::Relaxed);
+        let second = members.states_for(&[found(1), found(3)], true);
+        assert!(Arc::ptr_eq(&first[0], &second[0]) && second[0].drained());
+        assert!(!Arc::ptr_eq(&first[1], &second[1]));
+        // Gone, then back: a new target.
+        let third = members.states_for(&[found(2)], false);
+        assert!(!Arc::ptr_eq(&first[1], &third[0]) && third[0].health.ready());
     }
 }

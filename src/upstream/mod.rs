@@ -416,6 +416,9 @@ impl Upstream {
             .now_or_never()
             .ok_or("discovery blocked")?
             .map_err(|e| format!("upstream `{name}`: {e}"))?;
+        if let Some(d) = &upstream.discovered {
+            d.mark_published();
+        }
         Ok(upstream)
     }
 
@@ -434,6 +437,7 @@ impl Upstream {
             return Err("no discovery".into());
         };
         self.update().await.map_err(|e| e.to_string())?;
+        d.mark_published();
         Ok(d.next_wait())
     }
 
@@ -501,7 +505,7 @@ impl Upstream {
             && self
                 .discovered
                 .as_ref()
-                .is_none_or(|d| d.members.found() && !self.awaits_checks())
+                .is_none_or(|d| d.published() && !self.awaits_checks())
     }
 
     /// The number of targets.

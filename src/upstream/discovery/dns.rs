@@ -80,6 +80,15 @@ pub fn ttl(valid_until: Instant) -> Duration {
     valid_until.saturating_duration_since(Instant::now())
 }
 
+/// The `name` a `dns` or `srv` discovery looks up (checked present at parse).
+pub fn name_of(config: &DiscoveryConfig) -> Result<String, String> {
+    config
+        .name
+        .as_ref()
+        .map(|n| n.get_ref().clone())
+        .ok_or_else(|| "no `name`".to_string())
+}
+
 pub struct Dns {
     resolver: Resolver,
     name: String,
@@ -90,11 +99,7 @@ impl Dns {
     pub fn new(config: &DiscoveryConfig) -> Result<Dns, String> {
         Ok(Dns {
             resolver: Resolver::new(config)?,
-            name: config
-                .name
-                .as_ref()
-                .map(|n| n.get_ref().clone())
-                .ok_or("no `name`")?,
+            name: name_of(config)?,
             port: config.port.ok_or("no `port`")?,
         })
     }

@@ -195,6 +195,8 @@ pub struct Discovered {
     min_ttl: Duration,
     /// Until the next lookup, in milliseconds, from the last answer.
     next_ms: AtomicU64,
+    /// The selector holds targets found by a lookup (this pool's, or a kept one).
+    published: AtomicBool,
 }
 
 impl Discovered {
@@ -217,7 +219,21 @@ impl Discovered {
             interval: config.interval.0,
             min_ttl: config.min_ttl.0,
             next_ms: AtomicU64::new(config.interval.0.as_millis() as u64),
+            published: AtomicBool::new(false),
         })
+    }
+
+    /// Whether requests see targets found by a lookup yet, for readiness.
+    pub fn published(&self) -> bool {
+        self.published.load(Ordering::Acquire)
+    }
+
+    /// The selector now holds what the last lookup found (or the kept answer it was seeded
+    /// with, when there was one).
+    pub fn mark_published(&self) {
+        if self.members.found() {
+            self.published.store(true, Ordering::Release);
+        }
     }
 
     /// How long to wait before the next lookup.

@@ -2,7 +2,7 @@
 //! Kubernetes headless services). Only the records of the best (lowest) priority are used, as
 //! RFC 2782 says; the others are backups for when none of those resolve.
 
-use super::dns::{bounded, ttl, Resolver};
+use super::dns::{bounded, name_of, ttl, Resolver};
 use super::{Answer, Found, Source};
 use crate::config::DiscoveryConfig;
 use async_trait::async_trait;
@@ -18,11 +18,7 @@ impl Srv {
     pub fn new(config: &DiscoveryConfig) -> Result<Srv, String> {
         Ok(Srv {
             resolver: Resolver::new(config)?,
-            name: config
-                .name
-                .as_ref()
-                .map(|n| n.get_ref().clone())
-                .ok_or("no `name`")?,
+            name: name_of(config)?,
         })
     }
 }

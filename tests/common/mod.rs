@@ -130,6 +130,17 @@ pub fn gateway(rest: &str) -> Gateway {
 /// Like [`gateway`], with extra `[server]` keys; `grace_period` and `shutdown_timeout` given
 /// here replace the harness's one-second defaults.
 pub fn gateway_with_server(server_keys: &str, rest: &str) -> Gateway {
+    // A port from `free_port` may be taken by another test's process before pylon binds it;
+    // pylon then exits, and the gateway is started again on another port.
+    for _ in 0..3 {
+        if let Some(gw) = try_gateway(server_keys, rest) {
+            return gw;
+        }
+    }
+    panic!("pylon did not start: see its log in the scratch directory");
+}
+
+fn try_gateway(server_keys: &str, rest: &str) -> Option<Gateway> {
     let dir = scratch();
     let port = free_port();
     let timing: String = ["grace_period = \"1s\"\n", "shutdown_timeout = \"1s\"\n"]
@@ -164,14 +175,29 @@ upgrade_sock = "{dir}/upgrade.sock"
         ))
         .spawn()
         .expect("start pylon");
-    let proc = Proc(child);
+    let mut proc = Proc(child);
+    let log = dir.join("pylon.log");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    // Pingora logs this just before it binds the listeners.
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("Service pylon spent")) {
+        if proc.0.try_wait().unwrap().is_some() {
+            return None;
+        }
+        assert!(Instant::now() < deadline, "pylon did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
     wait_for_port(port);
-    Gateway {
+    // Bound by pylon, not by someone else: it is still running after its bind.
+    std::thread::sleep(Duration::from_millis(50));
+    if proc.0.try_wait().unwrap().is_some() {
+        return None;
+    }
+    Some(Gateway {
         proc,
         port,
         dir,
         head,
-    }
+    })
 }
 
 /// An HTTP response, read whole.

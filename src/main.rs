@@ -69,7 +69,7 @@ fn main() -> ExitCode {
         daemon: cli.daemon,
     };
     match server::build(&config, snapshot, mode) {
-        Ok(server) => server.run_forever(),
+        Ok(pylon) => pylon.run(),
         Err(e) => {
             eprintln!("{}: {e}", cli.conf.display());
             ExitCode::FAILURE

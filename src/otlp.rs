@@ -18,12 +18,9 @@ use opentelemetry_sdk::trace::{
     BatchConfigBuilder, BatchSpanProcessor, SpanData, SpanEvents, SpanLinks, SpanProcessor,
 };
 use opentelemetry_sdk::Resource;
-use pingora::server::{ExecutionPhase, ShutdownWatch};
-use pingora::services::background::BackgroundService;
 use std::borrow::Cow;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
-use tokio::sync::broadcast;
 
 /// Spans waiting to be sent before new ones are dropped.
 const QUEUE: usize = 16 * 1024;
@@ -78,7 +75,7 @@ impl Exporter {
     }
 
     /// Send what is queued now (blocking until the collector answers or times out).
-    fn flush(&self) {
+    pub fn flush(&self) {
         if let Some(Some(processor)) = self.processor.get() {
             if let Err(e) = processor.force_flush() {
                 log::warn!("OTLP flush to {} failed: {e}", self.endpoint);
@@ -107,32 +104,6 @@ impl Exporter {
                 .build(),
         );
         Some(processor)
-    }
-}
-
-/// Flushes queued spans once requests have stopped (after the grace period, before the
-/// runtimes stop), so a shutdown or an upgrade loses none.
-pub struct Flush {
-    pub exporter: Arc<Exporter>,
-    pub phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
-}
-
-#[async_trait::async_trait]
-impl BackgroundService for Flush {
-    async fn start(&self, _shutdown: ShutdownWatch) {
-        let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
-            return;
-        };
-        loop {
-            match phases.recv().await {
-                Ok(ExecutionPhase::ShutdownRuntimes) => {
-                    let exporter = Arc::clone(&self.exporter);
-                    let _ = tokio::task::spawn_blocking(move || exporter.flush()).await;
-                }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            }
-        }
     }
 }
 

@@ -47,9 +47,29 @@ pub fn server_conf(config: &Config, mode: StartMode) -> ServerConf {
     }
 }
 
+/// The built server, and what must happen once it has stopped.
+pub struct Pylon {
+    server: Server,
+    tracer: Option<Arc<crate::otlp::Exporter>>,
+}
+
+impl Pylon {
+    /// Serve until told to stop (or to hand over to a new process), then send the spans still
+    /// queued and exit. The flush runs here, on the main thread after every runtime has
+    /// stopped, because no request can add a span any more and nothing can cancel it: a
+    /// background task told to flush as the runtimes shut down may be dropped first.
+    pub fn run(self) -> ! {
+        self.server.run(pingora::server::RunArgs::default());
+        if let Some(tracer) = &self.tracer {
+            tracer.flush();
+        }
+        std::process::exit(0)
+    }
+}
+
 /// Build the server: the proxy on every `listen` address, the admin API and the background
 /// services (health checks, reload, log reopening).
-pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Server, String> {
+pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pylon, String> {
     let access_log = match config.log.access_log_destination() {
         Some(dest) => Some(
             AccessLog::new(dest)
@@ -82,16 +102,10 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
     let lifecycle = Lifecycle::default();
     let drain = Drain::new(server.watch_execution_phase(), lifecycle.clone());
     let tracer = crate::otlp::Exporter::new(&config.tracing).map(Arc::new);
-    if let Some(exporter) = &tracer {
-        server.add_service(background_service(
-            "trace flush",
-            crate::otlp::Flush {
-                exporter: Arc::clone(exporter),
-                phases: std::sync::Mutex::new(Some(server.watch_execution_phase())),
-            },
-        ));
-    }
-    let telemetry = crate::telemetry::Telemetry { access_log, tracer };
+    let telemetry = crate::telemetry::Telemetry {
+        access_log,
+        tracer: tracer.clone(),
+    };
     let gateway = Gateway::new(Arc::clone(&shared), telemetry, lifecycle.clone());
     let mut http = HttpProxy::new(gateway, Arc::clone(&server.configuration));
     http.handle_init_modules();
@@ -141,5 +155,5 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Ser
         lifecycle,
     );
     server.add_service(background_service("self upgrade", upgrade));
-    Ok(server)
+    Ok(Pylon { server, tracer })
 }

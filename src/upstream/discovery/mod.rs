@@ -342,6 +342,64 @@ mod tests {
         }
     }
 
+    /// Answers a lookup with the next scripted result.
+    struct Scripted(Mutex<Vec<Result<Answer, String>>>);
+
+    #[async_trait]
+    impl Source for Scripted {
+        async fn find(&self) -> Result<Answer, String> {
+            lock(&self.0).remove(0)
+        }
+    }
+
+    fn answer(ports: &[u16], ttl_ms: Option<u64>) -> Result<Answer, String> {
+        Ok(Answer {
+            found: ports.iter().map(|p| found(*p)).collect(),
+            ttl: ttl_ms.map(Duration::from_millis),
+        })
+    }
+
+    #[tokio::test]
+    async fn lookups_follow_the_ttl_within_bounds_and_failures_keep_the_last_answer() {
+        let members = Arc::new(Members::default());
+        *lock(&members.last) = Some(vec![found(1)]);
+        let d = Discovered {
+            kind: "dns",
+            source: Box::new(Scripted(Mutex::new(vec![
+                answer(&[2], Some(100)),
+                answer(&[2, 3], Some(3_000)),
+                answer(&[3], Some(60_000)),
+                Err("no answer".into()),
+                answer(&[], None),
+                answer(&[4], None),
+            ]))),
+            fixed: BTreeSet::new(),
+            members: Arc::clone(&members),
+            make: Box::new(|_, _| None),
+            gated: false,
+            seeded: AtomicBool::new(false),
+            interval: Duration::from_secs(5),
+            min_ttl: Duration::from_secs(1),
+            next_ms: AtomicU64::new(5_000),
+            published: AtomicBool::new(false),
+        };
+        // The first call answers from the kept list, without a lookup.
+        assert_eq!(d.lookup().await.unwrap(), [found(1)]);
+        // A TTL below `min_ttl` waits `min_ttl`; between the bounds, the TTL; above, `interval`.
+        for (ports, wait) in [(&[2][..], 1_000), (&[2, 3], 3_000), (&[3], 5_000)] {
+            let got = d.lookup().await.unwrap();
+            assert_eq!(got.iter().map(|f| f.addr.port()).collect::<Vec<_>>(), ports);
+            assert_eq!(d.next_wait(), Duration::from_millis(wait));
+        }
+        // A failed or empty lookup is an error and keeps the last answer.
+        assert!(d.lookup().await.is_err());
+        assert!(d.lookup().await.is_err());
+        assert_eq!(*lock(&members.last), Some(vec![found(3)]));
+        // No TTL (a file): the interval.
+        d.lookup().await.unwrap();
+        assert_eq!(d.next_wait(), Duration::from_secs(5));
+    }
+
     #[test]
     fn targets_that_stay_keep_their_state() {
         let members = Members::default();

@@ -226,8 +226,12 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let RequestCtx { cx, attempts, .. } = ctx;
         let upstream = cx.route.as_deref().and_then(|r| r.upstream());
+        // A pooled connection the target had closed while idle: the keep-alive race, not a
+        // failure of the target.
+        let stale = client_reused && matches!(e.retry, pingora::RetryType::ReusedOnly);
         if let (Some(upstream), ErrorSource::Upstream) = (upstream, e.esource()) {
             let outcome = match e.etype() {
+                _ if stale => Outcome::Abandoned,
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout => Outcome::Timeout,
                 _ => Outcome::Broken,
             };
@@ -238,7 +242,7 @@ impl ProxyHttp for Gateway {
         let mut e = e.more_context(format!("Peer: {peer}"));
         if replayable(session) {
             e.retry.decide_reuse(client_reused);
-            if let (Some(upstream), true) = (upstream, e.retry()) {
+            if let (Some(upstream), true) = (upstream, stale && e.retry()) {
                 crate::upstream::attempt::count_retry(upstream, "stale_connection");
             }
         } else {

@@ -166,6 +166,10 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[policies.p]\nkind = \"rate_limit\"\nlimit = 1\nwindow = \"1s\"\nscope = \"cluster\"\nredis_url = \"redis://127.0.0.1:1\"\nredis_cluster = [\"redis://127.0.0.1:2\"]\n".into(), 1, "not both"),
         // 70: a cluster node that is not a Redis URL
         ("[policies.p]\nkind = \"rate_limit\"\nlimit = 1\nwindow = \"1s\"\nscope = \"cluster\"\nredis_cluster = [\"127.0.0.1:7000\"]\n".into(), 1, "invalid redis_cluster node"),
+        // 72: a TTL floor above the lookup interval
+        ("[upstreams.a]\ndiscovery = { kind = \"dns\", name = \"svc\", port = 80, interval = \"500ms\", min_ttl = \"2s\" }\n".into(), 2, "min_ttl must not be above"),
+        // 73: lookups too often
+        ("[upstreams.a]\ndiscovery = { kind = \"file\", path = \"t.toml\", interval = \"10ms\", min_ttl = \"1ms\" }\n".into(), 2, "at least 100ms"),
         // 71: a backoff whose cap is below its base
         ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nretry_backoff = { base = \"1s\", max = \"10ms\" }\n".into(), 1, "retry_backoff.max"),
     ]

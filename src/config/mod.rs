@@ -399,9 +399,9 @@ pub struct DiscoveryConfig {
     pub interval: ConfTimeout,
     /// The DNS server, `IP` or `IP:PORT`; default: `/etc/resolv.conf`.
     pub resolver: Option<Spanned<String>>,
-    /// Never re-resolve more often than this, whatever the TTL says.
-    #[serde(default = "default_min_ttl")]
-    pub min_ttl: ConfTimeout,
+    /// Never re-resolve more often than this, whatever the TTL says; default 1 s, or the
+    /// `interval` when that is shorter.
+    pub min_ttl: Option<ConfTimeout>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -414,9 +414,6 @@ pub enum DiscoveryKind {
 
 fn default_discovery_interval() -> ConfTimeout {
     ConfTimeout(Duration::from_secs(5))
-}
-fn default_min_ttl() -> ConfTimeout {
-    ConfTimeout(Duration::from_secs(1))
 }
 
 fn default_connect_timeout() -> ConfTimeout {

@@ -21,7 +21,7 @@ use super::window::{self, Window};
 use super::{Attempt, AttemptObserver, Outcome, Target, Upstream};
 use crate::clock::now_ms;
 use crate::config::CircuitBreakerConfig;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::time::Duration;
 
 const CLOSED: u8 = 0;
@@ -243,12 +243,14 @@ impl Breaker {
                     if passed < s.probes {
                         return None;
                     }
-                    self.state
-                        .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
-                        .ok()?;
+                    // Fresh counts before the state says closed, so that no failure recorded
+                    // in between reads the old ones.
                     self.streak.store(0, Ordering::Relaxed);
                     self.window.clear();
                     self.closed_at.store(now, Ordering::Relaxed);
+                    self.state
+                        .compare_exchange(HALF_OPEN, CLOSED, Ordering::AcqRel, Ordering::Acquire)
+                        .ok()?;
                     Some(Change::Closed)
                 }
             },
@@ -257,17 +259,19 @@ impl Breaker {
         }
     }
 
+    /// Open from `from`. Everything an open breaker is read by (`until`, no permits, a fresh
+    /// streak) is written before the state says open: a request that sees it open then sees
+    /// when it may probe, and cannot half-open it early with a stale `until`.
     fn open(&self, s: &Settings, from: u8, now: u64) -> Option<Change> {
-        self.state
-            .compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire)
-            .ok()?;
-        let trips = self
-            .trips
-            .fetch_add(1, Ordering::Relaxed)
-            .min(MAX_DOUBLINGS);
+        let trips = self.trips.load(Ordering::Relaxed).min(MAX_DOUBLINGS);
         let for_ms = s.open_ms.saturating_mul(1 << trips).min(s.max_open_ms);
         self.until.store(now + for_ms, Ordering::Release);
         self.permits.store(0, Ordering::Release);
+        self.streak.store(0, Ordering::Relaxed);
+        self.state
+            .compare_exchange(from, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .ok()?;
+        self.trips.fetch_add(1, Ordering::Relaxed);
         Some(Change::Opened { for_ms })
     }
 }
@@ -286,6 +290,9 @@ fn failed(outcome: Outcome) -> Option<bool> {
 pub struct Breakers {
     pub settings: Settings,
     ejections: prometheus::IntCounter,
+    /// Held while one breaker of the pool checks the cap and opens, so that two breakers
+    /// tripping at once cannot both pass the check.
+    tripping: AtomicBool,
 }
 
 impl Breakers {
@@ -295,6 +302,7 @@ impl Breakers {
             ejections: crate::metrics::METRICS
                 .upstream_ejections
                 .with_label_values(&[upstream]),
+            tripping: AtomicBool::new(false),
         }
     }
 }
@@ -302,8 +310,21 @@ impl Breakers {
 impl AttemptObserver for Breakers {
     fn observe(&self, upstream: &Upstream, target: &Target, attempt: &Attempt) {
         let breaker = &target.state.breaker;
-        let may_open = || upstream.ejected() < self.settings.max_ejected(upstream.size());
-        match breaker.record(&self.settings, failed(attempt.outcome), now_ms(), may_open) {
+        let mut holding = false;
+        // A breaker that finds another one tripping stays closed this time; its next failure
+        // asks again.
+        let may_open = || {
+            holding = self
+                .tripping
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok();
+            holding && upstream.ejected() < self.settings.max_ejected(upstream.size())
+        };
+        let change = breaker.record(&self.settings, failed(attempt.outcome), now_ms(), may_open);
+        if holding {
+            self.tripping.store(false, Ordering::Release);
+        }
+        match change {
             Some(Change::Opened { for_ms }) => {
                 self.ejections.inc();
                 log::warn!(

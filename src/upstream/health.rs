@@ -81,20 +81,27 @@ impl Health {
     }
 }
 
-/// Build the Pingora health check a pool's `health_check` describes.
+/// The name a pool's checks of its static targets use for TLS and `Host`: the pool's `sni`,
+/// else the first target's host as written, else the pool's name. Pingora sends one `Host`
+/// and one TLS name per check, so discovered targets get a check each for their own name.
+pub(super) fn pool_check_name(name: &str, upstream: &UpstreamConfig) -> String {
+    upstream.targets.first().map_or_else(
+        || upstream.sni.clone().unwrap_or_else(|| name.to_string()),
+        |t| super::sni_for(t.get_ref().addr(), upstream),
+    )
+}
+
+/// Build the Pingora health check a pool's `health_check` describes, for targets known as
+/// `target_name` (their TLS name, and the `Host` of HTTP checks unless `host` is set).
 pub(super) fn build_check(
-    name: &str,
     hc: &HealthCheckConfig,
     upstream: &UpstreamConfig,
-) -> Box<dyn HealthCheck + Send + Sync> {
+    target_name: &str,
+) -> Arc<dyn HealthCheck + Send + Sync> {
     match hc.kind {
         HealthCheckKind::Tcp => {
             let mut check = if upstream.tls {
-                let first = upstream
-                    .targets
-                    .first()
-                    .map_or(name, |t| t.get_ref().addr());
-                TcpHealthCheck::new_tls(&super::sni_for(first, upstream))
+                TcpHealthCheck::new_tls(target_name)
             } else {
                 TcpHealthCheck::new()
             };
@@ -105,30 +112,14 @@ pub(super) fn build_check(
             o.total_connection_timeout = Some(hc.timeout.0);
             o.verify_cert = upstream.verify;
             o.verify_hostname = upstream.verify;
-            check
+            let check: Box<dyn HealthCheck + Send + Sync> = check;
+            Arc::from(check)
         }
         HealthCheckKind::Http => {
-            // Pingora sends one Host (and SNI) to every target of a pool: the configured one,
-            // else the pool's `sni`, else the first target's host as written, else the name
-            // discovery looks up.
-            let discovered_name = || {
-                let d = upstream.discovery.as_ref()?.get_ref();
-                let name = d.name.as_ref()?.get_ref();
-                Some(
-                    upstream
-                        .sni
-                        .clone()
-                        .unwrap_or_else(|| name.trim_end_matches('.').to_string()),
-                )
-            };
-            let target_name = upstream.targets.first().map_or_else(
-                || discovered_name().unwrap_or_else(|| name.to_string()),
-                |t| super::sni_for(t.get_ref().addr(), upstream),
-            );
-            let host = hc.host.as_deref().unwrap_or(&target_name);
+            let host = hc.host.as_deref().unwrap_or(target_name);
             let mut check = HttpHealthCheck::new(host, upstream.tls);
             if upstream.tls {
-                check.peer_template.sni = target_name.clone();
+                check.peer_template.sni = target_name.to_string();
             }
             check.consecutive_success = hc.healthy.get();
             check.consecutive_failure = hc.unhealthy.get();
@@ -155,7 +146,7 @@ pub(super) fn build_check(
                     )
                 }
             }));
-            Box::new(check)
+            Arc::new(check)
         }
     }
 }

@@ -43,7 +43,7 @@ use pingora_load_balancing::selection::{
     BackendIter, BackendSelection, Consistent, Random, RoundRobin,
 };
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -250,11 +250,12 @@ where
     lb.select_with(key, MAX_SELECT_STEPS, accept)
 }
 
-/// What a pool keeps across reloads: whether its first round of checks is done, its requests
-/// in flight (`max_inflight`), its retry budget.
+/// What a pool keeps across reloads: whether it has checks and their first round is done, its
+/// requests in flight (`max_inflight`), its retry budget.
 #[derive(Default)]
 struct PoolState {
     checked: AtomicBool,
+    has_checks: AtomicBool,
     inflight: AtomicUsize,
     budget: RetryBudget,
 }
@@ -282,7 +283,10 @@ pub struct Upstream {
     /// Extra attempts after the first (connect failures; 502/503/504 for idempotent methods).
     pub retries: usize,
     pub health_check: Option<HealthCheckConfig>,
-    check: Option<Box<dyn HealthCheck + Send + Sync>>,
+    /// The check of static targets; discovered ones get one per name they are known by.
+    check: Option<Arc<dyn HealthCheck + Send + Sync>>,
+    checks_by_name: std::sync::Mutex<HashMap<String, Arc<dyn HealthCheck + Send + Sync>>>,
+    config: Arc<UpstreamConfig>,
     /// What learns from each attempt to a target ([`attempt`]).
     pub observers: Box<[Arc<dyn AttemptObserver>]>,
     breakers: Option<Arc<Breakers>>,
@@ -355,10 +359,16 @@ impl Upstream {
             Balancer::ConsistentHash => Pool::Consistent(LoadBalancer::from_backends(view())),
             Balancer::LeastRequests => Pool::LeastRequests(LoadBalancer::from_backends(view())),
         };
-        let state =
-            keeper.keep_default::<_, PoolState>("upstream", name, config.health_check.is_some());
-        if config.health_check.is_none() {
-            state.checked.store(true, Ordering::Release);
+        let state = keeper.keep_default::<_, PoolState>("upstream", name, ());
+        // A pool that gains checks waits for their first round; one without any has none to
+        // wait for. Its in-flight count and retry budget carry on either way.
+        let had_checks = state
+            .has_checks
+            .swap(config.health_check.is_some(), Ordering::AcqRel);
+        match (config.health_check.is_some(), had_checks) {
+            (false, _) => state.checked.store(true, Ordering::Release),
+            (true, false) => state.checked.store(false, Ordering::Release),
+            (true, true) => {}
         }
         let breakers = config
             .circuit_breaker
@@ -395,7 +405,9 @@ impl Upstream {
             check: config
                 .health_check
                 .as_ref()
-                .map(|hc| health::build_check(name, hc, config)),
+                .map(|hc| health::build_check(hc, config, &health::pool_check_name(name, config))),
+            checks_by_name: std::sync::Mutex::default(),
+            config: Arc::new(config.clone()),
             observers: observers.into(),
             breakers,
             max_inflight: config.max_inflight.map(|m| m.get()),
@@ -441,6 +453,25 @@ impl Upstream {
         Ok(d.next_wait())
     }
 
+    /// The check of a discovered target, for the name it was found under.
+    fn check_for(
+        &self,
+        hc: &HealthCheckConfig,
+        target: &Target,
+    ) -> Arc<dyn HealthCheck + Send + Sync> {
+        let host = target.host_header.to_str().unwrap_or_default();
+        let name = sni_for(host, &self.config);
+        let mut checks = self
+            .checks_by_name
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        Arc::clone(
+            checks
+                .entry(name)
+                .or_insert_with_key(|name| health::build_check(hc, &self.config, name)),
+        )
+    }
+
     /// The pool's discovery, if it has one.
     pub fn discovered(&self) -> Option<&Arc<Discovered>> {
         self.discovered.as_ref()
@@ -463,6 +494,10 @@ impl Upstream {
         let set = self.backends().get_backend();
         let rounds = set.iter().filter_map(|b| Some((b, Target::of(b)?))).map(
             |(backend, target)| async move {
+                let check = match target.source {
+                    "static" => Arc::clone(check),
+                    _ => self.check_for(hc, target),
+                };
                 let result = check.check(backend).await;
                 let flipped = target.state.health.observe(
                     result.is_ok(),

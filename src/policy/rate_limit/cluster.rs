@@ -171,8 +171,8 @@ impl ClusterWindows {
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
     }
 
-    /// The shared connection, set up on first use (inside the proxy's runtime). A cluster
-    /// whose seeds cannot be reached is tried again by the next request.
+    /// The shared connection, set up on first use (inside the proxy's runtime). Both kinds
+    /// connect lazily and reconnect by themselves.
     async fn connection(&self) -> Result<Link, String> {
         self.connection
             .get_or_try_init(|| async {
@@ -186,11 +186,13 @@ impl ClusterWindows {
                             .map(Link::Single)
                             .map_err(|e| e.to_string())
                     }
-                    Endpoint::Cluster(client) => client
-                        .get_async_connection()
-                        .await
-                        .map(Link::Cluster)
-                        .map_err(|e| format!("redis cluster: {e}")),
+                    // Connected in the background: a request's `store_timeout` bounds its own
+                    // call, never the setup that later requests need.
+                    Endpoint::Cluster(client) => Ok(Link::Cluster(
+                        client.get_pending_async_connection_with_config(
+                            redis::cluster::ClusterConfig::new(),
+                        ),
+                    )),
                 }
             })
             .await

@@ -78,6 +78,16 @@ pub fn check(d: &Spanned<DiscoveryConfig>) -> Vec<ConfigError> {
     let at = |message: String| ConfigError::at(d.span(), message);
     let mut errors = Vec::new();
     let kind = kind_label(c.kind);
+    if c.interval.0 < MIN_INTERVAL {
+        errors.push(at(format!(
+            "discovery interval must be at least {MIN_INTERVAL:?}"
+        )));
+    }
+    if c.min_ttl.is_some_and(|m| m.0 > c.interval.0) {
+        errors.push(at(
+            "discovery min_ttl must not be above its interval".to_string()
+        ));
+    }
     match c.kind {
         DiscoveryKind::Dns | DiscoveryKind::Srv => {
             if c.name.is_none() {
@@ -118,35 +128,24 @@ pub fn check(d: &Spanned<DiscoveryConfig>) -> Vec<ConfigError> {
     errors
 }
 
+/// The shortest `interval`: lookups more often than this would load the DNS server for
+/// nothing.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+
+/// `min_ttl` when not given (capped at the interval).
+const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
+
 /// What a pool's discovery keeps across reloads: the last good answer, for a rebuilt pool to
-/// start from, and the state of each discovered target.
+/// start from, and the state of each discovered target. A reload that changes what is looked
+/// up (another name, resolver, file) still starts from the last answer: the pool keeps
+/// serving it until the new lookup succeeds, rather than running empty in between.
 #[derive(Default)]
 pub struct Members {
-    /// What was looked up (kind, name, port, path, resolver) for `last`.
-    looked_up: Mutex<String>,
     last: Mutex<Option<Vec<Found>>>,
     states: Mutex<HashMap<SocketAddr, Arc<TargetState>>>,
 }
 
 impl Members {
-    /// Forget the last answer when the pool now looks up something else; the state of
-    /// targets found again is kept either way.
-    fn looking_up(&self, config: &DiscoveryConfig) {
-        let what = format!(
-            "{:?} {:?} {:?} {:?} {:?}",
-            config.kind,
-            config.name.as_ref().map(|n| n.get_ref()),
-            config.port,
-            config.path.as_ref().map(|p| p.get_ref()),
-            config.resolver.as_ref().map(|r| r.get_ref())
-        );
-        let mut looked_up = lock(&self.looked_up);
-        if *looked_up != what {
-            *lock(&self.last) = None;
-            *looked_up = what;
-        }
-    }
-
     /// Whether a lookup has succeeded yet.
     pub fn found(&self) -> bool {
         lock(&self.last).is_some()
@@ -207,7 +206,6 @@ impl Discovered {
         make: MakeBackend,
         gated: bool,
     ) -> Result<Discovered, String> {
-        members.looking_up(config);
         Ok(Discovered {
             kind: kind_label(config.kind),
             source: source(config)?,
@@ -217,7 +215,9 @@ impl Discovered {
             gated,
             seeded: AtomicBool::new(false),
             interval: config.interval.0,
-            min_ttl: config.min_ttl.0,
+            min_ttl: config
+                .min_ttl
+                .map_or(DEFAULT_MIN_TTL.min(config.interval.0), |m| m.0),
             next_ms: AtomicU64::new(config.interval.0.as_millis() as u64),
             published: AtomicBool::new(false),
         })
@@ -254,9 +254,13 @@ impl Discovered {
         if answer.found.is_empty() {
             return Err("the lookup found no targets".into());
         }
+        // Never `clamp`, which panics when the bounds cross; they are checked at parse.
         let wait = answer
             .ttl
-            .map_or(self.interval, |ttl| ttl.clamp(self.min_ttl, self.interval));
+            .map_or(self.interval, |ttl| {
+                ttl.max(self.min_ttl).min(self.interval)
+            })
+            .max(MIN_INTERVAL);
         self.next_ms
             .store(wait.as_millis() as u64, Ordering::Relaxed);
         *lock(&self.members.last) = Some(answer.found.clone());

@@ -60,8 +60,9 @@ impl Source for Srv {
                 let host = format!("{}:{}", target.trim_end_matches('.'), srv.port);
                 found.extend(ips.iter().map(|ip| Found {
                     addr: SocketAddr::new(ip, srv.port),
-                    // Weight 0 means "rarely" in RFC 2782; the balancer needs at least 1.
-                    weight: usize::from(srv.weight.max(1)),
+                    // Weight 0 means "rarely" in RFC 2782; the balancer needs at least 1, and
+                    // expands each target by its weight, so it is capped as configured ones are.
+                    weight: usize::from(srv.weight).clamp(1, crate::config::validate::MAX_WEIGHT),
                     host: host.clone(),
                 }));
             }

@@ -160,6 +160,13 @@ def write(path, text):
         f.write(text)
 
 
+# What the `resilience` scenarios add to an upstream.
+RESILIENCE = """circuit_breaker = { failures = 5, failure_rate = 0.5, min_requests = 20, window = "10s", open_for = "30s" }
+max_inflight = 100000
+slow_start = "30s"
+"""
+
+
 def configs(tmp):
     os.makedirs(os.path.join(tmp, "www"))
     with open(os.path.join(tmp, "www", "large"), "wb") as f:
@@ -259,15 +266,13 @@ policies = ["cluster-limit"]
 
 [upstreams.resilient]
 targets = ["127.0.0.1:%d"]
-circuit_breaker = { failures = 5, failure_rate = 0.5, min_requests = 20, window = "10s", open_for = "30s" }
-max_inflight = 100000
-slow_start = "30s"
+%s
 
 [[routes]]
 name = "resilient"
 paths = ["/resilient/"]
 upstream = "resilient"
-""" % (REDIS, UPSTREAM))
+""" % (REDIS, UPSTREAM, RESILIENCE))
     write(os.path.join(tmp, "nginx-callgrind.conf"), f"""
 master_process off; daemon off; pid {tmp}/nginx-callgrind.pid; error_log /dev/null;
 events {{ worker_connections 1000; }}
@@ -287,6 +292,11 @@ http {{
 name = "all"
 upstream = "backend"
 """)
+    # The same, with a breaker, max_inflight and slow start on the one target.
+    with open(os.path.join(tmp, "pylon-callgrind.toml")) as f:
+        plain = f.read()
+    resilient = plain.replace(f'targets = ["127.0.0.1:{UPSTREAM}"]', f'targets = ["127.0.0.1:{UPSTREAM}"]\n' + RESILIENCE)
+    write(os.path.join(tmp, "pylon-callgrind-resilient.toml"), resilient)
     routes = "".join(f'\n[[routes]]\nname = "svc{i}"\npaths = ["/svc{i}/"]\nupstream = "backend"\n' for i in range(999))
     policies = """
 [consumers.bench]
@@ -536,7 +546,9 @@ def main():
                 "nginx": ["nginx", "-c", f"{tmp}/nginx-callgrind.conf", "-p", tmp],
                 "pingora": [BARE, f"127.0.0.1:{CALLGRIND_PORTS['pingora']}", f"127.0.0.1:{UPSTREAM}"],
                 "pylon": [PYLON, "-c", f"{tmp}/pylon-callgrind.toml"],
+                "pylon-resilient": [PYLON, "-c", f"{tmp}/pylon-callgrind-resilient.toml"],
             }
+            CALLGRIND_PORTS["pylon-resilient"] = CALLGRIND_PORTS["pylon"]
             if BASELINE:
                 argv["pylon-before"] = [BASELINE, "-c", f"{tmp}/pylon-callgrind.toml"]
                 CALLGRIND_PORTS["pylon-before"] = CALLGRIND_PORTS["pylon"]

@@ -429,3 +429,34 @@ fn cluster_limits_are_exact_on_a_redis_cluster_and_survive_a_dead_node() {
         "exact {exact}, refused {refused}"
     );
 }
+
+#[test]
+fn a_redis_cluster_down_at_first_use_is_used_once_it_is_up() {
+    let e = echo("e", &[]);
+    let ports = RedisCluster::free_ports();
+    let seeds: Vec<String> = RedisCluster::urls_of(&ports)
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    let gw = gateway(&format!(
+        "{}[policies.rc]\nkind = \"rate_limit\"\nlimit = 3\nwindow = \"10s\"\nkey = [\"header:x-user\"]\n\
+         scope = \"cluster\"\nredis_cluster = [{}]\nstore_timeout = \"200ms\"\non_store_error = \"deny\"\n{}",
+        upstream(&e),
+        seeds.join(", "),
+        route("r", "\"rc\"")
+    ));
+    // No cluster yet: the store fails, and the policy fails closed.
+    assert_error(
+        &get_with(&gw.url("/r"), &[("x-user", "early")]),
+        429,
+        "rate_limited",
+    );
+    let _cluster = RedisCluster::start_on(ports);
+    wait_until(Duration::from_secs(20), "the cluster in use", || {
+        get_with(&gw.url("/r"), &[("x-user", "probe")]).status == 200
+    });
+    align(Duration::from_secs(10), Duration::from_millis(20));
+    let u = [("x-user", "late")];
+    let statuses: Vec<u16> = (0..5).map(|_| get_with(&gw.url("/r"), &u).status).collect();
+    assert_eq!(ok(&statuses), 3, "{statuses:?}");
+}

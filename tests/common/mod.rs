@@ -437,8 +437,11 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub fn start() -> RedisCluster {
-        let dir = scratch();
-        // Each node also listens on its port + 10000 (the cluster bus): pick ports with both free.
+        RedisCluster::start_on(RedisCluster::free_ports())
+    }
+
+    /// Three ports for nodes; each node also listens on its port + 10000 (the cluster bus).
+    pub fn free_ports() -> Vec<u16> {
         let mut ports = Vec::new();
         while ports.len() < 3 {
             let p = free_port();
@@ -449,6 +452,18 @@ impl RedisCluster {
                 ports.push(p);
             }
         }
+        ports
+    }
+
+    pub fn urls_of(ports: &[u16]) -> Vec<String> {
+        ports
+            .iter()
+            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .collect()
+    }
+
+    pub fn start_on(ports: Vec<u16>) -> RedisCluster {
+        let dir = scratch();
         let nodes = ports
             .iter()
             .map(|p| {
@@ -499,10 +514,7 @@ impl RedisCluster {
     }
 
     pub fn urls(&self) -> Vec<String> {
-        self.ports
-            .iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
-            .collect()
+        RedisCluster::urls_of(&self.ports)
     }
 
     /// Kill the node on `port`.

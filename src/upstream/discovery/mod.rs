@@ -4,8 +4,8 @@
 //! A [`Source`] looks the targets up once; adding a kind is one file and one line in
 //! [`source`]. [`Discovered`] is the pool's `ServiceDiscovery`: each call asks the source,
 //! adds the static targets, and gives every target the [`TargetState`] it had (kept in the
-//! pool's [`Members`], which outlive reloads), so a target that stays keeps its health,
-//! breaker, drain and in-flight count. A target that is new starts unknown when the pool has
+//! pool's [`Members`], which outlive reloads), so a target that stays (or is missing from
+//! answers for less than a minute) keeps its health, breaker, drain and in-flight count. A target that is new starts unknown when the pool has
 //! health checks, and gets traffic once a check passed.
 //!
 //! One loop per pool name ([`refresh_loop`]) runs the lookups on their own schedule: every
@@ -132,6 +132,9 @@ pub fn check(d: &Spanned<DiscoveryConfig>) -> Vec<ConfigError> {
 /// nothing.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
 
+/// How long the state of a target missing from answers is kept.
+const FORGET_AFTER_MS: u64 = 60_000;
+
 /// `min_ttl` when not given (capped at the interval).
 const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
 
@@ -142,7 +145,8 @@ const DEFAULT_MIN_TTL: Duration = Duration::from_secs(1);
 #[derive(Default)]
 pub struct Members {
     last: Mutex<Option<Vec<Found>>>,
-    states: Mutex<HashMap<SocketAddr, Arc<TargetState>>>,
+    /// Each target's state, and when an answer last listed it (clock milliseconds).
+    states: Mutex<HashMap<SocketAddr, (Arc<TargetState>, u64)>>,
 }
 
 impl Members {
@@ -151,23 +155,23 @@ impl Members {
         lock(&self.last).is_some()
     }
 
-    /// The state of each target found, keeping those that stay; targets gone are forgotten.
-    fn states_for(&self, found: &[Found], gated: bool) -> Vec<Arc<TargetState>> {
+    /// The state of each target found at `now`, keeping those that stay. A target missing
+    /// from answers is forgotten after [`FORGET_AFTER_MS`], so one dropped from a single answer
+    /// (a DNS server rotating subsets, an SRV target that failed to resolve once) comes back
+    /// with its breaker, drain and health.
+    fn states_for(&self, found: &[Found], gated: bool, now: u64) -> Vec<Arc<TargetState>> {
         let mut states = lock(&self.states);
-        let mut next = HashMap::with_capacity(found.len());
         let picked = found
             .iter()
             .map(|f| {
-                let state = next
-                    .get(&f.addr)
-                    .or_else(|| states.get(&f.addr))
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(TargetState::joining(gated)));
-                next.insert(f.addr, Arc::clone(&state));
-                state
+                let entry = states
+                    .entry(f.addr)
+                    .or_insert_with(|| (Arc::new(TargetState::joining(gated)), now));
+                entry.1 = now;
+                Arc::clone(&entry.0)
             })
             .collect();
-        *states = next;
+        states.retain(|_, (_, seen)| now.saturating_sub(*seen) < FORGET_AFTER_MS);
         picked
     }
 }
@@ -278,7 +282,9 @@ impl ServiceDiscovery for Shared {
         let found = d.lookup().await.map_err(|e| {
             pingora::Error::explain(pingora::ErrorType::Custom("discovery failed"), e)
         })?;
-        let states = d.members.states_for(&found, d.gated);
+        let states = d
+            .members
+            .states_for(&found, d.gated, crate::clock::now_ms());
         let mut set = d.fixed.clone();
         for (f, state) in found.iter().zip(states) {
             // A target listed statically keeps its static entry.
@@ -407,17 +413,20 @@ mod tests {
     #[test]
     fn targets_that_stay_keep_their_state() {
         let members = Members::default();
-        let first = members.states_for(&[found(1), found(2)], true);
+        let first = members.states_for(&[found(1), found(2)], true, 1_000);
         assert!(
             first.iter().all(|s| s.health.unknown()),
             "new targets wait for a check"
         );
         first[0].drained.store(true, Ordering::Relaxed);
-        let second = members.states_for(&[found(1), found(3)], true);
+        let second = members.states_for(&[found(1), found(3)], true, 2_000);
         assert!(Arc::ptr_eq(&first[0], &second[0]) && second[0].drained());
-        assert!(!Arc::ptr_eq(&first[1], &second[1]));
-        // Gone, then back: a new target.
-        let third = members.states_for(&[found(2)], false);
-        assert!(!Arc::ptr_eq(&first[1], &third[0]) && third[0].health.ready());
+        // Missing from one answer, back in the next: the same state.
+        let third = members.states_for(&[found(2)], false, 3_000);
+        assert!(Arc::ptr_eq(&first[1], &third[0]));
+        // Gone for longer than FORGET_AFTER_MS, then back: a new target.
+        members.states_for(&[found(3)], false, 3_000 + FORGET_AFTER_MS);
+        let fourth = members.states_for(&[found(1)], false, 4_000 + FORGET_AFTER_MS);
+        assert!(!Arc::ptr_eq(&first[0], &fourth[0]) && fourth[0].health.ready());
     }
 }

@@ -34,6 +34,8 @@ pub struct Identity {
     pub consumer: Option<Arc<Consumer>>,
     /// Headers to send upstream, from JWT claims.
     pub claims: Option<Arc<[(HeaderName, HeaderValue)]>>,
+    /// The verified JWT's claims, for `$jwt.<claim>` templates and `{jwt.<claim>}` paths.
+    pub jwt: Option<Arc<serde_json::Map<String, serde_json::Value>>>,
     /// Some auth policy accepted the request (possibly as its anonymous consumer).
     pub authenticated: bool,
     /// The consumer is an anonymous fallback: no credential was presented.

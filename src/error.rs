@@ -45,6 +45,11 @@ pub const BAD_REQUEST: GatewayError = GatewayError {
     code: "bad_request",
     message: "the request could not be understood",
 };
+pub const PAYLOAD_TOO_LARGE: GatewayError = GatewayError {
+    status: 413,
+    code: "payload_too_large",
+    message: "the request body is larger than this route accepts",
+};
 pub const BAD_GATEWAY: GatewayError = GatewayError {
     status: 502,
     code: "bad_gateway",

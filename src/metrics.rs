@@ -41,6 +41,7 @@ pub struct Metrics {
     pub upstream_ejections: IntCounterVec,
     pub upstream_unavailable: IntCounterVec,
     pub discovery_errors: IntCounterVec,
+    pub body_transforms_skipped: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -101,6 +102,12 @@ impl Metrics {
                 "pylon_discovery_errors_total",
                 "Service discovery lookups that failed (the last good targets are kept)",
                 &["upstream"],
+            ),
+            body_transforms_skipped: counters(
+                "pylon_body_transforms_skipped_total",
+                "Bodies a transform left as they came: another content type or charset, an \
+                 encoding without a decoder, or not parseable",
+                &["policy", "reason"],
             ),
             requests: register(
                 &registry,

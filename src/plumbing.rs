@@ -377,6 +377,40 @@ pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
     }
 }
 
+/// Make a response header fit a body that a filter is about to change (edit, compress):
+/// streamed, since its length is not known yet; no longer rangeable; and only weakly the same
+/// as what the target tagged (a strong `ETag` is weakened, as nginx's gzip does).
+pub fn streamed(resp: &mut ResponseHeader) -> pingora::Result<()> {
+    use http::header::{ACCEPT_RANGES, CONTENT_LENGTH, ETAG, TRANSFER_ENCODING};
+    resp.remove_header(&CONTENT_LENGTH);
+    resp.remove_header(&ACCEPT_RANGES);
+    resp.insert_header(TRANSFER_ENCODING, "chunked")?;
+    if let Some(etag) = resp.headers.get(ETAG).map(HeaderValue::as_bytes) {
+        if etag.starts_with(b"\"") {
+            if let Ok(weak) = HeaderValue::from_bytes(&[b"W/", etag].concat()) {
+                resp.insert_header(ETAG, weak)?;
+            }
+        } else if !etag.starts_with(b"W/") {
+            resp.remove_header(&ETAG);
+        }
+    }
+    Ok(())
+}
+
+/// Add `name` to the response's `Vary`, unless it is listed already (or `Vary: *`).
+pub fn vary(resp: &mut ResponseHeader, name: &'static str) -> pingora::Result<()> {
+    let listed = resp.headers.get_all(http::header::VARY).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case(name))
+        })
+    });
+    if listed {
+        return Ok(());
+    }
+    resp.append_header(http::header::VARY, name).map(drop)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,5 +606,30 @@ mod tests {
         strip_hop_by_hop_response(&mut ws);
         assert_eq!(ws.headers["upgrade"], "websocket");
         assert_eq!(ws.headers["connection"], "Upgrade");
+    }
+
+    #[test]
+    fn a_changed_body_is_streamed_and_weakly_tagged() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("content-length", "10").unwrap();
+        resp.insert_header("accept-ranges", "bytes").unwrap();
+        resp.insert_header("etag", "\"abc\"").unwrap();
+        streamed(&mut resp).unwrap();
+        assert!(resp.headers.get("content-length").is_none());
+        assert!(resp.headers.get("accept-ranges").is_none());
+        assert_eq!(resp.headers["transfer-encoding"], "chunked");
+        assert_eq!(resp.headers["etag"], "W/\"abc\"");
+    }
+
+    #[test]
+    fn vary_lists_each_name_once() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("vary", "Accept-Encoding, Cookie")
+            .unwrap();
+        vary(&mut resp, "accept-encoding").unwrap();
+        vary(&mut resp, "Origin").unwrap();
+        vary(&mut resp, "Origin").unwrap();
+        let all: Vec<_> = resp.headers.get_all("vary").iter().collect();
+        assert_eq!(all, ["Accept-Encoding, Cookie", "Origin"]);
     }
 }

@@ -308,12 +308,12 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         plumbing::strip_hop_by_hop_response(upstream_response);
-        reply::finish(upstream_response, &mut ctx.cx)
+        reply::finish(session.req_header(), upstream_response, &mut ctx.cx)
     }
 
     fn response_body_filter(

@@ -8,7 +8,7 @@
 use crate::filter::{Body, Chain, Context, Phases, Reply};
 use crate::plumbing::titled;
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora_proxy::Session;
 
@@ -36,12 +36,14 @@ fn with_chain(
 }
 
 /// Finish a response header for the client: the request id, then the response-phase filters.
-pub fn finish(resp: &mut ResponseHeader, cx: &mut Context) -> Result<()> {
+pub fn finish(req: &RequestHeader, resp: &mut ResponseHeader, cx: &mut Context) -> Result<()> {
     resp.insert_header(titled::X_REQUEST_ID, cx.request_id.header())?;
     if interim(resp) {
         return Ok(());
     }
-    with_chain(cx, Phases::RESPONSE, |chain, cx| chain.response(resp, cx))
+    with_chain(cx, Phases::RESPONSE, |chain, cx| {
+        chain.response(req, resp, cx)
+    })
 }
 
 /// A `100 Continue` or `103 Early Hints` before the real response: filters run on the final
@@ -71,11 +73,16 @@ pub async fn send(session: &mut Session, cx: &mut Context, reply: Reply) -> Resu
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     }
-    finish(&mut resp, cx)?;
+    finish(session.req_header(), &mut resp, cx)?;
     let mut body = Some(body);
     self::body(&mut body, true, cx)?;
-    let len = body.as_ref().map_or(0, Bytes::len);
-    resp.insert_header(http::header::CONTENT_LENGTH, len)?;
+    // The whole body is known here, whatever the filters did to it (a compression filter
+    // streams it): frame it by its length. A 204 or 304 has none.
+    resp.remove_header(&http::header::TRANSFER_ENCODING);
+    if !matches!(reply.status, 204 | 304) {
+        let len = body.as_ref().map_or(0, Bytes::len);
+        resp.insert_header(http::header::CONTENT_LENGTH, len)?;
+    }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(body, true).await
 }

@@ -6,6 +6,9 @@
 //! this file, read at each request, so a test can make a live target fail and recover),
 //! `--upgrade-delay` (wait before a 101). WebSocket upgrades are accepted and echo their
 //! bytes. `GET /_hits` answers how many requests (besides health checks) it has served.
+//! `/_reply?type=T&body=B&repeat=N&gzip=1&header=name:value` answers with that body (`B`
+//! repeated `N` times, gzipped with `gzip=1`), content type and headers, so tests can shape
+//! exactly what the gateway receives.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -71,6 +74,9 @@ async fn handle(
         return Ok(Response::new(Full::new(Bytes::from(hits))));
     }
     args.hits.fetch_add(1, Ordering::Relaxed);
+    if req.uri().path() == "/_reply" {
+        return Ok(reply(req.uri().query().unwrap_or("")));
+    }
     if is_websocket(&req) {
         if let Some(d) = args.upgrade_delay {
             tokio::time::sleep(d).await;
@@ -116,6 +122,45 @@ async fn handle(
             .unwrap_or_else(|_| HeaderValue::from_static("echo")),
     );
     Ok(resp)
+}
+
+/// The answer `/_reply` describes in its query.
+fn reply(query: &str) -> Response<Full<Bytes>> {
+    let mut body = String::new();
+    let mut repeat = 1;
+    let mut gzip = false;
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match &*k {
+            "body" => body = v.into_owned(),
+            "repeat" => repeat = v.parse().unwrap_or(1),
+            "gzip" => gzip = v == "1",
+            "type" | "header" => {
+                let (name, value) = match &*k {
+                    "type" => ("content-type", &*v),
+                    _ => v.split_once(':').unwrap_or((&*v, "")),
+                };
+                if let (Ok(n), Ok(v)) = (
+                    hyper::header::HeaderName::from_bytes(name.as_bytes()),
+                    HeaderValue::from_str(value.trim()),
+                ) {
+                    resp.headers_mut().append(n, v);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut bytes = body.repeat(repeat).into_bytes();
+    if gzip {
+        use std::io::Write;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let _ = enc.write_all(&bytes);
+        bytes = enc.finish().unwrap_or_default();
+        resp.headers_mut()
+            .insert("content-encoding", HeaderValue::from_static("gzip"));
+    }
+    *resp.body_mut() = Full::new(Bytes::from(bytes));
+    resp
 }
 
 fn is_websocket(req: &Request<Incoming>) -> bool {

@@ -13,7 +13,7 @@ pub mod validate;
 
 pub use pattern::{PathSpec, Pattern};
 pub use secret::Secret;
-pub use units::{ConfDuration, ConfTimeout};
+pub use units::{ConfDuration, ConfSize, ConfTimeout};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};

@@ -73,12 +73,29 @@ impl Reply {
     }
 }
 
+/// Where a filter sits in its chain. Most run after authentication in the order their policies
+/// are listed; a few must not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Ahead of authentication: a CORS preflight carries no credentials and is answered
+    /// before they are asked for.
+    BeforeAuth,
+    Listed,
+    /// After every other filter: compression must see the body as the others left it.
+    Last,
+}
+
 /// One policy's part in the phases of a request. Every method but [`Filter::phases`] has a
 /// default that does nothing; a filter implements the phases it names there.
 #[async_trait]
 pub trait Filter: Send + Sync {
     /// The phases this filter implements; only those are called.
     fn phases(&self) -> Phases;
+
+    /// Where the filter sits in its route's chain, wherever its policy is listed.
+    fn stage(&self) -> Stage {
+        Stage::Listed
+    }
 
     /// The request header arrived. `Err` answers the request with that reply.
     async fn request(&self, _req: &RequestHeader, _cx: &mut Context) -> Result<(), Reply> {
@@ -109,8 +126,15 @@ pub trait Filter: Send + Sync {
         Ok(())
     }
 
-    /// The response header as it will be sent to the client, proxied or the gateway's own.
-    fn response(&self, _resp: &mut ResponseHeader, _cx: &mut Context) -> pingora::Result<()> {
+    /// The response header as it will be sent to the client, proxied or the gateway's own;
+    /// `req` is the client's request (the answer may depend on its `Origin` or
+    /// `Accept-Encoding`, even for a request that matched no route).
+    fn response(
+        &self,
+        _req: &RequestHeader,
+        _resp: &mut ResponseHeader,
+        _cx: &mut Context,
+    ) -> pingora::Result<()> {
         Ok(())
     }
 
@@ -217,8 +241,15 @@ impl Chain {
             .try_for_each(|f| f.upstream_response(resp, cx))
     }
 
-    pub fn response(&self, resp: &mut ResponseHeader, cx: &mut Context) -> pingora::Result<()> {
-        self.response.iter().try_for_each(|f| f.response(resp, cx))
+    pub fn response(
+        &self,
+        req: &RequestHeader,
+        resp: &mut ResponseHeader,
+        cx: &mut Context,
+    ) -> pingora::Result<()> {
+        self.response
+            .iter()
+            .try_for_each(|f| f.response(req, resp, cx))
     }
 
     pub fn response_body(
@@ -267,7 +298,12 @@ mod tests {
             *body = Some(Bytes::from_static(b"changed"));
             Ok(())
         }
-        fn response(&self, resp: &mut ResponseHeader, _cx: &mut Context) -> pingora::Result<()> {
+        fn response(
+            &self,
+            _req: &RequestHeader,
+            resp: &mut ResponseHeader,
+            _cx: &mut Context,
+        ) -> pingora::Result<()> {
             self.calls.fetch_add(1, Ordering::Relaxed);
             resp.insert_header("x-probe", "1")
         }
@@ -318,7 +354,7 @@ mod tests {
         let mut cx = Context::default();
         chain.request(&req, &mut cx).await.unwrap();
         let mut resp = ResponseHeader::build(200, None).unwrap();
-        chain.response(&mut resp, &mut cx).unwrap();
+        chain.response(&req, &mut resp, &mut cx).unwrap();
         assert_eq!(a.calls.load(Ordering::Relaxed), 1);
         assert_eq!(b.calls.load(Ordering::Relaxed), 1);
         assert_eq!(resp.headers.get("x-probe").unwrap(), "1");

@@ -159,9 +159,9 @@ impl Filter for Authentication {
             Some(c) => {
                 cx.identity = Identity {
                     consumer: Some(Arc::clone(c)),
-                    claims: None,
                     authenticated: true,
                     anonymous: true,
+                    ..Identity::default()
                 };
                 Ok(())
             }

@@ -529,6 +529,7 @@ impl Jwt {
         let identity = Identity {
             consumer,
             claims: (!headers.is_empty()).then(|| headers.into()),
+            jwt: Some(Arc::new(claims)),
             ..Identity::default()
         };
         Ok((

@@ -16,18 +16,21 @@ pub mod acl;
 pub mod api_key;
 pub mod auth;
 pub mod basic_auth;
+pub mod compression;
 pub mod concurrency;
+pub mod cors;
 pub mod jwks;
 pub mod jwt;
 pub mod limit_key;
 pub mod rate_limit;
 pub mod registry;
 pub mod security_headers;
+pub mod transform;
 pub mod verified;
 
 use crate::config::{Config, ConfigError, ConsumerConfig, Located};
 use crate::consumer::{Consumer, Consumers};
-use crate::filter::{Chain, Filter};
+use crate::filter::{Chain, Filter, Stage};
 use crate::state::Keeper;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
@@ -186,7 +189,8 @@ pub fn compile(
 
 /// A route's chain from its policies in order (global ones first). Its auth policies become
 /// one authentication filter at the front, wherever they were listed: limits and ACLs need to
-/// know the consumer.
+/// know the consumer. Filters place themselves by [`Filter::stage`]: CORS goes ahead of
+/// authentication (a preflight has no credentials), compression after everything else.
 pub fn chain(policies: &[&Compiled]) -> Chain {
     let authenticators: Vec<_> = policies
         .iter()
@@ -195,13 +199,18 @@ pub fn chain(policies: &[&Compiled]) -> Chain {
             Compiled::Filter(_) => None,
         })
         .collect();
-    let mut filters: Vec<Arc<dyn Filter>> = Vec::with_capacity(policies.len());
+    let mut filters: Vec<Arc<dyn Filter>> = policies
+        .iter()
+        .filter_map(|p| match p {
+            Compiled::Filter(f) => Some(Arc::clone(f)),
+            Compiled::Auth(_) => None,
+        })
+        .collect();
+    // Stable: the listed order holds within each stage.
+    filters.sort_by_key(|f| f.stage());
     if !authenticators.is_empty() {
-        filters.push(Arc::new(auth::Authentication::new(authenticators)));
+        let at = filters.partition_point(|f| f.stage() == Stage::BeforeAuth);
+        filters.insert(at, Arc::new(auth::Authentication::new(authenticators)));
     }
-    filters.extend(policies.iter().filter_map(|p| match p {
-        Compiled::Filter(f) => Some(Arc::clone(f)),
-        Compiled::Auth(_) => None,
-    }));
     Chain::new(&filters)
 }

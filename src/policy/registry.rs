@@ -22,6 +22,10 @@ pub const KINDS: &[Kind] = &[
     super::rate_limit::KIND,
     super::concurrency::KIND,
     super::security_headers::KIND,
+    super::cors::KIND,
+    super::compression::KIND,
+    super::transform::REQUEST,
+    super::transform::RESPONSE,
 ];
 
 pub fn find(name: &str) -> Option<&'static Kind> {

@@ -8,7 +8,7 @@ use crate::config::ConfigError;
 use crate::filter::{Context, Filter, Phases};
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
-use pingora::http::ResponseHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -116,7 +116,12 @@ impl Filter for SecurityHeaders {
         Phases::RESPONSE
     }
 
-    fn response(&self, resp: &mut ResponseHeader, _cx: &mut Context) -> pingora::Result<()> {
+    fn response(
+        &self,
+        _req: &RequestHeader,
+        resp: &mut ResponseHeader,
+        _cx: &mut Context,
+    ) -> pingora::Result<()> {
         for name in self.remove.iter() {
             resp.remove_header(name);
         }
@@ -145,7 +150,9 @@ mod tests {
         resp.insert_header("server", "secret/1.2").unwrap();
         resp.insert_header("strict-transport-security", "max-age=1")
             .unwrap();
-        f.response(&mut resp, &mut Context::default()).unwrap();
+        let req = RequestHeader::build("GET", b"/", None).unwrap();
+        f.response(&req, &mut resp, &mut Context::default())
+            .unwrap();
         assert!(resp.headers.get("server").is_none());
         let hsts: Vec<_> = resp
             .headers

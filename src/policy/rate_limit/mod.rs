@@ -366,7 +366,12 @@ impl Filter for RateLimit {
         Ok(())
     }
 
-    fn response(&self, resp: &mut ResponseHeader, cx: &mut Context) -> pingora::Result<()> {
+    fn response(
+        &self,
+        _req: &RequestHeader,
+        resp: &mut ResponseHeader,
+        cx: &mut Context,
+    ) -> pingora::Result<()> {
         let Some(state) = cx.state.get_mut::<LimitState>() else {
             return Ok(());
         };

@@ -1,0 +1,111 @@
+//! `request_transform`: the request as the target gets it.
+
+use super::body::{BodyEdits, Buffer, Refused};
+use super::edits::{HeaderEdits, QueryEdits};
+use crate::error;
+use crate::filter::{Context, Filter, Phases, Reply};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header::{CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, TRANSFER_ENCODING};
+use http::Method;
+use pingora::http::RequestHeader;
+
+pub struct RequestTransform {
+    pub headers: HeaderEdits,
+    pub query: QueryEdits,
+    pub method: Option<Method>,
+    pub body: Option<BodyEdits>,
+}
+
+/// The request has a body within `max_body` (as far as its header says): edit it.
+struct EditBody;
+
+/// The body of the current attempt, being collected.
+struct Collecting(Buffer);
+
+/// The declared body length, if the request declares one.
+fn content_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[async_trait]
+impl Filter for RequestTransform {
+    fn phases(&self) -> Phases {
+        match self.body {
+            Some(_) => Phases::REQUEST | Phases::UPSTREAM_REQUEST | Phases::REQUEST_BODY,
+            None => Phases::UPSTREAM_REQUEST,
+        }
+    }
+
+    async fn request(&self, req: &RequestHeader, cx: &mut Context) -> Result<(), Reply> {
+        let Some(body) = &self.body else {
+            return Ok(());
+        };
+        let declared = content_length(req);
+        if declared.is_some_and(|n| n > body.max_body as u64) {
+            return Err(Reply::error(error::PAYLOAD_TOO_LARGE));
+        }
+        if declared.is_some_and(|n| n > 0) || req.headers.contains_key(TRANSFER_ENCODING) {
+            cx.state.insert(EditBody);
+        }
+        Ok(())
+    }
+
+    fn upstream_request(&self, req: &mut RequestHeader, cx: &mut Context) -> pingora::Result<()> {
+        // Every attempt starts its body afresh: a retry sends the client's body again.
+        if let (Some(body), Some(EditBody)) = (&self.body, cx.state.get::<EditBody>()) {
+            match body.start(&req.headers) {
+                Some(buffer) => {
+                    req.remove_header(&CONTENT_LENGTH);
+                    req.insert_header(TRANSFER_ENCODING, "chunked")?;
+                    if buffer.decodes() {
+                        req.remove_header(&CONTENT_ENCODING);
+                    }
+                    if let Some(ct) = body.output_type() {
+                        req.insert_header(CONTENT_TYPE, ct)?;
+                    }
+                    cx.state.insert(Collecting(buffer));
+                }
+                None => {
+                    cx.state.remove::<Collecting>();
+                }
+            }
+        }
+        if !self.headers.is_empty() {
+            let values = self.headers.values(req, cx);
+            self.headers.apply(req, values);
+        }
+        if !self.query.is_empty() {
+            self.query.apply(req, cx)?;
+        }
+        if let Some(m) = &self.method {
+            req.set_method(m.clone());
+        }
+        Ok(())
+    }
+
+    async fn request_body(
+        &self,
+        chunk: &mut Option<Bytes>,
+        end: bool,
+        cx: &mut Context,
+    ) -> Result<(), Reply> {
+        let (Some(body), Some(Collecting(buffer))) = (&self.body, cx.state.get_mut()) else {
+            return Ok(());
+        };
+        let data = chunk.as_deref().unwrap_or(&[]);
+        buffer.push(data, end).map_err(|why| match why {
+            Refused::TooLarge => Reply::error(error::PAYLOAD_TOO_LARGE),
+            Refused::Corrupt => Reply::error(error::BAD_REQUEST),
+        })?;
+        *chunk = Some(match end {
+            // Nothing goes out until the body is whole (an empty chunk is not sent).
+            false => Bytes::new(),
+            true => body.finish(buffer.take()),
+        });
+        Ok(())
+    }
+}

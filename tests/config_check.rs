@@ -172,23 +172,23 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[upstreams.a]\ndiscovery = { kind = \"file\", path = \"t.toml\", interval = \"10ms\", min_ttl = \"1ms\" }\n".into(), 2, "at least 100ms"),
         // 71: a backoff whose cap is below its base
         ("[upstreams.a]\ntargets = [\"127.0.0.1:1\"]\nretry_backoff = { base = \"1s\", max = \"10ms\" }\n".into(), 1, "retry_backoff.max"),
-        // 75: an unknown template variable, at its value's line
+        // 74: an unknown template variable, at its value's line
         ("[policies.t]\nkind = \"request_transform\"\n[policies.t.headers.set]\nx-a = \"ok\"\nx-b = \"$user\"\n".into(), 5, "unknown variable `$user`"),
-        // 76: a JSON Pointer without its leading slash
+        // 75: a JSON Pointer without its leading slash
         ("[policies.t]\nkind = \"response_transform\"\njson = { remove = [\"password\"] }\n".into(), 1, "not a JSON Pointer"),
-        // 77: a format for the other side
+        // 76: a format for the other side
         ("[policies.t]\nkind = \"response_transform\"\nformat = \"form_to_json\"\n".into(), 1, "xml_to_json"),
-        // 78: a response has no method
+        // 77: a response has no method
         ("[policies.t]\nkind = \"response_transform\"\nmethod = \"GET\"\n".into(), 1, "`method` is for request_transform"),
-        // 79: an unknown body format
+        // 78: an unknown body format
         ("[policies.t]\nkind = \"request_transform\"\nformat = \"yaml\"\n".into(), 3, "unknown variant"),
-        // 80: `*` with credentials
+        // 79: `*` with credentials
         ("[policies.c]\nkind = \"cors\"\nallow_credentials = true\nallow_origins = [\n  \"https://a.example\",\n  \"*\",\n]\n".into(), 6, "browsers refuse `*`"),
-        // 81: a broken origin pattern
+        // 80: a broken origin pattern
         ("[policies.c]\nkind = \"cors\"\nallow_origins = [\"~^https://(a\"]\n".into(), 3, "invalid origin pattern"),
-        // 82: an unknown compression algorithm
+        // 81: an unknown compression algorithm
         ("[policies.z]\nkind = \"compression\"\nalgorithms = [\"lzma\"]\n".into(), 1, "unknown algorithm \"lzma\""),
-        // 83: a size that is not one
+        // 82: a size that is not one
         ("[policies.z]\nkind = \"compression\"\nmin_size = \"big\"\n".into(), 3, "invalid size"),
     ]
 }

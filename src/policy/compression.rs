@@ -1,6 +1,7 @@
 //! `compression`: gzip, brotli or zstd for clients that accept it, on the routes that name it.
 //!
-//! The encoders are Pingora's (its response compression module's `Algorithm::compressor`).
+//! The encoders are Pingora's (its response compression module's `Algorithm::compressor`),
+//! but for brotli (see [`Brotli`]).
 //! Pylon does not install that module for every response: it ran on each one, compressing or
 //! not, and it ignores `q`-values. This filter negotiates itself (RFC 9110 `Accept-Encoding`
 //! with `q`, ties broken by the policy's `algorithms` order) and only on its own routes, so a
@@ -140,6 +141,66 @@ fn parse(src: &mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>> {
 /// This response's encoder.
 struct Encoding(Box<dyn Encode + Send + Sync>);
 
+/// Brotli, finished properly. Pingora's brotli encoder flushes at the end of the body but never
+/// closes the stream (no last meta-block), which strict decoders refuse as truncated; this one
+/// is the same `brotli` crate, closed on the last chunk.
+struct Brotli {
+    writer: Option<brotli::CompressorWriter<Vec<u8>>>,
+    bytes_in: usize,
+    bytes_out: usize,
+    took: std::time::Duration,
+}
+
+impl Brotli {
+    fn new(level: u32) -> Brotli {
+        Brotli {
+            writer: Some(brotli::CompressorWriter::new(Vec::new(), 4096, level, 19)),
+            bytes_in: 0,
+            bytes_out: 0,
+            took: std::time::Duration::ZERO,
+        }
+    }
+}
+
+impl Encode for Brotli {
+    fn encode(&mut self, input: &[u8], end: bool) -> pingora::Result<Bytes> {
+        use pingora::OrErr;
+        use std::io::Write;
+        let Some(writer) = self.writer.as_mut() else {
+            return Ok(Bytes::new());
+        };
+        let start = std::time::Instant::now();
+        writer.write_all(input).or_err(
+            pingora::ErrorType::InternalError,
+            "while compressing with brotli",
+        )?;
+        let out = match end {
+            true => self
+                .writer
+                .take()
+                .map(|w| w.into_inner())
+                .unwrap_or_default(),
+            false => std::mem::take(writer.get_mut()),
+        };
+        self.bytes_in += input.len();
+        self.bytes_out += out.len();
+        self.took += start.elapsed();
+        Ok(Bytes::from(out))
+    }
+
+    fn stat(&self) -> (&'static str, usize, usize, std::time::Duration) {
+        ("brotli", self.bytes_in, self.bytes_out, self.took)
+    }
+}
+
+/// The encoder for `algorithm`: Pingora's for gzip and zstd, [`Brotli`] for brotli.
+fn encoder(algorithm: Algorithm) -> Option<Box<dyn Encode + Send + Sync>> {
+    match algorithm {
+        Algorithm::Brotli => Some(Box::new(Brotli::new(level(algorithm)))),
+        a => a.compressor(level(a)),
+    }
+}
+
 impl Compression {
     /// The algorithm for a client's `Accept-Encoding`: the highest `q` among the policy's
     /// algorithms (`*` standing for those it does not name), ties by the policy's order.
@@ -242,7 +303,7 @@ impl Filter for Compression {
         if req.method == Method::HEAD {
             return Ok(());
         }
-        let Some(encoder) = algorithm.compressor(level(algorithm)) else {
+        let Some(encoder) = encoder(algorithm) else {
             return Ok(());
         };
         plumbing::streamed(resp)?;

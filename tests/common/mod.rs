@@ -577,7 +577,10 @@ impl Raw {
         body: &[u8],
     ) -> RawResp {
         use std::io::Write;
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: pylon.test\r\n");
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req.push_str("Host: pylon.test\r\n");
+        }
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }

@@ -6,6 +6,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod aggregate;
 pub mod clock;
 pub mod config;
 pub mod consumer;

@@ -126,16 +126,23 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
-        let respond = match ctx.cx.route.as_deref().map(|r| &r.action) {
-            Some(Action::Respond(r)) => Some(r.reply()),
-            _ => None,
+        let Some(route) = ctx.cx.route.clone() else {
+            return Ok(false);
         };
-        if let Some(reply) = respond {
-            reply::send(session, &mut ctx.cx, reply).await?;
-            return Ok(true);
-        }
-        ctx.matched = matched;
-        Ok(false)
+        let reply = match &route.action {
+            Action::Upstream(_) => {
+                ctx.matched = matched;
+                return Ok(false);
+            }
+            Action::Respond(r) => r.reply(),
+            Action::Aggregate(a) => {
+                let req = session.req_header();
+                let path = matched.normalized.as_deref().unwrap_or(req.uri.path());
+                a.run(req, &route, &mut ctx.cx, path).await
+            }
+        };
+        reply::send(session, &mut ctx.cx, reply).await?;
+        Ok(true)
     }
 
     async fn request_body_filter(

@@ -61,13 +61,23 @@ pub fn body(body: &mut Option<Bytes>, end: bool, cx: &mut Context) -> Result<()>
 
 /// Write `reply` as the whole response.
 pub async fn send(session: &mut Session, cx: &mut Context, reply: Reply) -> Result<()> {
-    let (body, error) = match reply.body {
-        Body::Error(e) => (e.body(cx.request_id.as_str()), true),
-        Body::Fixed(b) => (b, false),
+    let (body, error, composed) = match reply.body {
+        Body::Error(e) => (e.body(cx.request_id.as_str()), true, false),
+        Body::Fixed(b) => (b, false, false),
+        Body::Composed(b) => (b, false, true),
     };
     let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 5))?;
     for (name, value) in reply.headers {
         resp.append_header(name, value)?;
+    }
+    if composed {
+        if let Some(route) = cx
+            .route
+            .clone()
+            .filter(|r| r.chain.has(Phases::UPSTREAM_RESPONSE))
+        {
+            route.chain.upstream_response(&mut resp, cx)?;
+        }
     }
     if error {
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;

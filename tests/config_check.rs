@@ -188,6 +188,12 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[policies.c]\nkind = \"cors\"\nallow_origins = [\"~^https://(a\"]\n".into(), 3, "invalid origin pattern"),
         // 81: an unknown compression algorithm
         ("[policies.z]\nkind = \"compression\"\nalgorithms = [\"lzma\"]\n".into(), 1, "unknown algorithm \"lzma\""),
+        // 83: an aggregate part naming a path group the route does not have
+        ("[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"d\"\npaths = [\"~^/d/(?P<id>[0-9]+)$\"]\naggregate = { parts = [\n  { key = \"a\", upstream = \"u\", path = \"/x/{path.user}\" },\n] }\n".into(), 7, "no group named `user`"),
+        // 84: an aggregate part on an unknown upstream, and a reserved key
+        ("[[routes]]\nname = \"d\"\npaths = [\"/d\"]\naggregate = { parts = [\n  { key = \"_errors\", upstream = \"nope\", path = \"/x\" },\n] }\n".into(), 5, "unknown upstream `nope`"),
+        // 85: both an upstream and an aggregate
+        ("[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"d\"\nupstream = \"u\"\naggregate = { parts = [{ key = \"a\", upstream = \"u\", path = \"/x\" }] }\n".into(), 4, "exactly one of `upstream`, `respond` or `aggregate`"),
         // 82: a size that is not one
         ("[policies.z]\nkind = \"compression\"\nmin_size = \"big\"\n".into(), 3, "invalid size"),
     ]

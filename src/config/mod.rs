@@ -532,6 +532,8 @@ pub struct RouteConfig {
     pub priority: i32,
     pub upstream: Option<Spanned<String>>,
     pub respond: Option<RespondConfig>,
+    /// Several backend calls merged into one JSON answer.
+    pub aggregate: Option<Spanned<AggregateConfig>>,
     #[serde(default)]
     pub strip_prefix: bool,
     pub rewrite: Option<RewriteConfig>,
@@ -542,6 +544,49 @@ pub struct RouteConfig {
     pub policies: Vec<Spanned<String>>,
     /// The answer when no target of the upstream can take the request.
     pub fallback: Option<FallbackConfig>,
+}
+
+/// `aggregate = { timeout, max_body, forward_headers, parts = [...] }`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateConfig {
+    /// The whole aggregate's deadline: parts still out then have timed out.
+    #[serde(default = "default_aggregate_timeout")]
+    pub timeout: ConfTimeout,
+    /// The largest body one part may answer with.
+    #[serde(default = "default_aggregate_max_body")]
+    pub max_body: ConfSize,
+    /// Client request headers copied to every part (besides the request id, trace context,
+    /// consumer and forwarding headers every upstream request gets).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
+    pub parts: Vec<PartConfig>,
+}
+
+/// One call of an aggregate.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartConfig {
+    /// Where its JSON goes in the answer.
+    pub key: Spanned<String>,
+    pub upstream: Spanned<String>,
+    /// Path and query, with `{jwt.<claim>}`, `{path.<name>}`, `{query.<name>}`.
+    pub path: Spanned<String>,
+    /// A failed optional part is `null` and listed in `_errors`; a failed required one fails
+    /// the request.
+    #[serde(default)]
+    pub optional: bool,
+    pub timeout: Option<ConfTimeout>,
+    /// Replaces the aggregate's `forward_headers` for this part.
+    pub forward_headers: Option<Vec<String>>,
+}
+
+fn default_aggregate_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(5))
+}
+
+fn default_aggregate_max_body() -> ConfSize {
+    ConfSize(1 << 20)
 }
 
 /// `fallback = { status, body, content_type, headers }`.

@@ -308,13 +308,16 @@ fn check_route(
     errors: &mut Vec<ConfigError>,
 ) {
     let name = route.name.get_ref();
-    let actions = route.upstream.is_some() as u8 + route.respond.is_some() as u8;
+    let actions = route.upstream.is_some() as u8
+        + route.respond.is_some() as u8
+        + route.aggregate.is_some() as u8;
     if actions != 1 {
         errors.push(ConfigError::at(
             route.name.span(),
-            format!("route `{name}` needs exactly one of `upstream` or `respond`"),
+            format!("route `{name}` needs exactly one of `upstream`, `respond` or `aggregate`"),
         ));
     }
+    crate::aggregate::check(config, route, errors);
     if let Some(up) = &route.upstream {
         if !config.upstreams.contains_key(up.get_ref()) && !unparsed.contains(up.get_ref()) {
             errors.push(ConfigError::at(

@@ -55,6 +55,9 @@ pub enum Body {
     /// The contract's JSON error, with the request id filled in when written.
     Error(GatewayError),
     Fixed(Bytes),
+    /// A body the gateway put together in place of a target's (an aggregate's answer): the
+    /// route's upstream-response filters see it as they would a target's response.
+    Composed(Bytes),
 }
 
 impl Reply {

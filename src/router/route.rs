@@ -1,5 +1,6 @@
 //! A compiled route: what to do with a request once it matched.
 
+use crate::aggregate::Aggregate;
 use crate::config::RouteConfig;
 use crate::filter::{Body, Chain, Reply};
 use crate::metrics::RouteMetrics;
@@ -35,6 +36,7 @@ pub struct Route {
 pub enum Action {
     Upstream(Arc<Upstream>),
     Respond(Responder),
+    Aggregate(Aggregate),
 }
 
 /// A fixed answer, prepared at load.
@@ -84,14 +86,18 @@ impl Route {
         consumers: usize,
     ) -> Result<Route, String> {
         let name = config.name.get_ref();
-        let action = match (&config.upstream, &config.respond) {
-            (Some(up), None) => Action::Upstream(
+        let action = match (&config.upstream, &config.respond, &config.aggregate) {
+            (None, None, Some(agg)) => Action::Aggregate(
+                Aggregate::compile(config, agg.get_ref(), upstreams)
+                    .map_err(|e| format!("route `{name}`: {e}"))?,
+            ),
+            (Some(up), None, None) => Action::Upstream(
                 upstreams
                     .get(up.get_ref())
                     .cloned()
                     .ok_or_else(|| format!("route `{name}`: unknown upstream"))?,
             ),
-            (None, Some(r)) => Action::Respond(Responder {
+            (None, Some(r), None) => Action::Respond(Responder {
                 status: *r.status.get_ref(),
                 headers: header_pairs(&r.headers)?,
                 body: Bytes::from(r.body.clone()),
@@ -214,7 +220,7 @@ impl Route {
     pub fn upstream(&self) -> Option<&Arc<Upstream>> {
         match &self.action {
             Action::Upstream(u) => Some(u),
-            Action::Respond(_) => None,
+            Action::Respond(_) | Action::Aggregate(_) => None,
         }
     }
 }

@@ -8,7 +8,9 @@ median. One `RESULT` line is printed per scenario and proxy.
 
 Scenarios: plain, policies (pylon with 1,000 routes against nginx's plain proxy), limits
 (pylon with a local and a Redis rate limit against pylon without), resilience (a circuit
-breaker, max_inflight and slow start on the target against pylon without), latency
+breaker, max_inflight and slow start on the target against pylon without), transforms (CORS
+with a header transform, a 1 KiB JSON edit, 10 KiB gzip, each beside the same route without),
+latency
 (fixed arrival rate at 50% of nginx's peak, corrected for coordinated omission), connections
 (idle keep-alive connections: memory per connection), large (1 MiB responses), instructions
 (user-space instructions per request under callgrind: the same count on a quiet or a busy
@@ -43,7 +45,7 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 if FD_LIMIT == resource.RLIM_INFINITY:
     FD_LIMIT = 1 << 20
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,latency,connections,large,instructions").split(",")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,latency,connections,large,instructions").split(",")
 # CPU lists for taskset; on a bigger machine give the proxies more cores and threads, e.g.
 # BENCH_PROXY_CPUS=0-3 BENCH_LOAD_CPUS=4-7 BENCH_THREADS=4.
 PROXY_CPU = os.environ.get("BENCH_PROXY_CPUS", "0")
@@ -160,6 +162,83 @@ def write(path, text):
         f.write(text)
 
 
+# The `transforms` scenario's bodies: a 1 KiB JSON document to edit, 10 KiB of text to gzip.
+def _json_1k():
+    doc = {"user": {"name": "bench", "password": "secret"}, "items": []}
+    while len(json.dumps(doc)) < 1000:
+        doc["items"].append({"id": len(doc["items"]), "label": "an item"})
+    return json.dumps(doc)
+
+
+JSON_1K = _json_1k()
+TEXT_10K = "".join(f"Pylon bench text line {i:05d}, somewhat repetitive like most text. " for i in range(158))
+# What the `transforms` scenario's routes add: CORS and a header transform; a JSON body edit;
+# gzip. Each beside the same route without it.
+TRANSFORMS = """
+[policies.cors]
+kind = "cors"
+allow_origins = ["https://app.example.com"]
+allow_credentials = true
+expose_headers = ["x-request-id"]
+
+[policies.stamp]
+kind = "request_transform"
+headers = { set = { "x-gateway" = "pylon", "x-route" = "$route" }, remove = ["x-debug"] }
+
+[policies.edit]
+kind = "response_transform"
+json = { set = { "/gateway" = "pylon" }, remove = ["/password"] }
+
+[policies.gzip]
+kind = "compression"
+algorithms = ["gzip"]
+min_size = "1KiB"
+
+[[routes]]
+name = "shaped"
+paths = ["/shaped/"]
+upstream = "backend"
+policies = ["cors", "stamp"]
+
+[[routes]]
+name = "bare"
+paths = ["/bare/"]
+upstream = "backend"
+
+[[routes]]
+name = "json-plain"
+paths = ["/json-plain/"]
+upstream = "backend"
+
+[[routes]]
+name = "json-edit"
+paths = ["/json-edit/"]
+upstream = "backend"
+policies = ["edit"]
+
+[[routes]]
+name = "text-plain"
+paths = ["/text-plain/"]
+upstream = "backend"
+
+[[routes]]
+name = "text-gzip"
+paths = ["/text-gzip/"]
+upstream = "backend"
+policies = ["gzip"]
+"""
+
+# The `transforms` runs: path and headers of each.
+TRANSFORM_RUNS = {
+    "pylon": ("/", ()),
+    "pylon-prefix": ("/bare/x", ("origin: https://app.example.com",)),
+    "pylon-cors-transform": ("/shaped/x", ("origin: https://app.example.com",)),
+    "pylon-json-plain": ("/json-plain/x", ()),
+    "pylon-json-edit": ("/json-edit/x", ()),
+    "pylon-text-plain": ("/text-plain/x", ("accept-encoding: gzip",)),
+    "pylon-text-gzip": ("/text-gzip/x", ("accept-encoding: gzip",)),
+}
+
 # What the `resilience` scenarios add to an upstream.
 RESILIENCE = """circuit_breaker = { failures = 5, failure_rate = 0.5, min_requests = 20, window = "10s", open_for = "30s" }
 max_inflight = 100000
@@ -171,6 +250,8 @@ def configs(tmp):
     os.makedirs(os.path.join(tmp, "www"))
     with open(os.path.join(tmp, "www", "large"), "wb") as f:
         f.write(os.urandom(1 << 20))
+    write(os.path.join(tmp, "www", "json.json"), JSON_1K)
+    write(os.path.join(tmp, "www", "text.txt"), TEXT_10K)
     write(os.path.join(tmp, "upstream.conf"), f"""
 worker_processes 1; daemon off; pid {tmp}/upstream.pid; error_log /dev/null;
 events {{ worker_connections 4000; }}
@@ -180,6 +261,8 @@ http {{
   server {{
     listen 127.0.0.1:{UPSTREAM} backlog=4096;
     location = /large {{ root {tmp}/www; default_type application/octet-stream; }}
+    location /json {{ root {tmp}/www; default_type application/json; try_files /json.json =404; }}
+    location /text {{ root {tmp}/www; default_type text/plain; try_files /text.txt =404; }}
     location / {{ return 200 "ok\\n"; }}
   }}
 }}
@@ -272,7 +355,7 @@ targets = ["127.0.0.1:%d"]
 name = "resilient"
 paths = ["/resilient/"]
 upstream = "resilient"
-""" % (REDIS, UPSTREAM, RESILIENCE))
+""" % (REDIS, UPSTREAM, RESILIENCE) + TRANSFORMS)
     write(os.path.join(tmp, "nginx-callgrind.conf"), f"""
 master_process off; daemon off; pid {tmp}/nginx-callgrind.pid; error_log /dev/null;
 events {{ worker_connections 1000; }}
@@ -297,6 +380,7 @@ upstream = "backend"
         plain = f.read()
     resilient = plain.replace(f'targets = ["127.0.0.1:{UPSTREAM}"]', f'targets = ["127.0.0.1:{UPSTREAM}"]\n' + RESILIENCE)
     write(os.path.join(tmp, "pylon-callgrind-resilient.toml"), resilient)
+    write(os.path.join(tmp, "pylon-callgrind-transforms.toml"), plain + TRANSFORMS)
     routes = "".join(f'\n[[routes]]\nname = "svc{i}"\npaths = ["/svc{i}/"]\nupstream = "backend"\n' for i in range(999))
     policies = """
 [consumers.bench]
@@ -402,7 +486,7 @@ def idle_connections(name, pid, port):
     return {"rss_mb": held / 1024, "kb_per_conn": per_conn_kb}
 
 
-def instructions(name, argv, port, tmp):
+def instructions(name, argv, port, tmp, path="/", headers=()):
     """User-space instructions per request, counted by callgrind: the proxy serves 2,000 and then,
     in a fresh run, 8,000 requests (oha, 8 connections), and the difference between the two
     runs' busiest thread, over 6,000, leaves out start-up and shutdown."""
@@ -414,8 +498,9 @@ def instructions(name, argv, port, tmp):
                                                 f"--callgrind-out-file={out}.%p"] + argv),
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(port, timeout=120)
+        extra = [a for h in headers for a in ("-H", h)]
         r = subprocess.run(pinned(LOAD_CPU, [oha_bin, "-n", str(n), "-c", "8", "--no-tui", "--output-format", "json",
-                                             f"http://127.0.0.1:{port}/"]), capture_output=True, text=True)
+                                             *extra, f"http://127.0.0.1:{port}{path}"]), capture_output=True, text=True)
         ok = json.loads(r.stdout)["summary"]["successRate"]
         if ok < 1.0:
             print(f"  warning: {name}: success rate {ok} under callgrind", flush=True)
@@ -482,14 +567,15 @@ def main():
         PIDS["haproxy"] = procs.start("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], PROXY_CPU).pid
         PIDS["pylon"] = procs.start("pylon", [PYLON, "-c", f"{tmp}/pylon.toml"], PROXY_CPU).pid
         PIDS["pingora"] = procs.start("pingora", [BARE, f"127.0.0.1:{PORTS['pingora']}", f"127.0.0.1:{UPSTREAM}"], PROXY_CPU).pid
-        PIDS["pylon-local-limit"] = PIDS["pylon-cluster-limit"] = PIDS["pylon-resilient"] = PIDS["pylon"]
+        for variant in ["local-limit", "cluster-limit", "resilient", "prefix", "cors-transform", "json-plain", "json-edit", "text-plain", "text-gzip"]:
+            PIDS[f"pylon-{variant}"] = PIDS["pylon"]
         PIDS["pylon-1000-routes"] = procs.start("pylon-1000-routes", [PYLON, "-c", f"{tmp}/pylon-1000.toml"], PROXY_CPU).pid
         if BASELINE:
             for name, conf, like in [("pylon-before", "pylon-before.toml", "pylon"), ("pylon-before-1000-routes", "pylon-before-1000.toml", "pylon-1000-routes")]:
                 with open(f"{tmp}/{'pylon.toml' if like == 'pylon' else 'pylon-1000.toml'}") as f:
                     text = f.read()
                 # An earlier build may not know the resilience keys; it measures the plain route.
-                text = text.split("\n[upstreams.resilient]")[0]
+                text = text.split("\n[upstreams.resilient]")[0].split("\n[policies.cors]")[0]
                 text = (text.replace(f"127.0.0.1:{PORTS[like]}", f"127.0.0.1:{PORTS[name]}")
                         .replace(".sock", "-before.sock").replace(".pid", "-before.pid")
                         .replace("access.log", "access-before.log"))
@@ -523,6 +609,10 @@ def main():
             print("## resilience: pylon's plain route against the same upstream with a circuit breaker (consecutive and rate), max_inflight and slow start", flush=True)
             paths = {"pylon": "/", "pylon-resilient": "/resilient/x"}
             report("resilience", alternate(list(paths), lambda p: wrk(PORTS["pylon"], paths[p])), reference="pylon")
+        if "transforms" in SCENARIOS:
+            print("## transforms: pylon's plain route against CORS with a header transform, a JSON body edit of 1 KiB and gzip of 10 KiB, each beside the same route without it", flush=True)
+            runs = TRANSFORM_RUNS
+            report("transforms", alternate(list(runs), lambda p: wrk(PORTS["pylon"], runs[p][0], headers=runs[p][1])), reference="pylon")
         if "latency" in SCENARIOS:
             # 50% of nginx's peak, capped: the generator shares its core with the upstream and
             # itself falls behind above ~25k requests/s here, which would measure oha, not the
@@ -553,6 +643,11 @@ def main():
                 argv["pylon-before"] = [BASELINE, "-c", f"{tmp}/pylon-callgrind.toml"]
                 CALLGRIND_PORTS["pylon-before"] = CALLGRIND_PORTS["pylon"]
             res = {p: instructions(p, argv[p], CALLGRIND_PORTS[p], tmp) for p in argv}
+            # The transforms scenario's routes, each beside the same route without the policy.
+            transforms = [PYLON, "-c", f"{tmp}/pylon-callgrind-transforms.toml"]
+            for p, (path, headers) in TRANSFORM_RUNS.items():
+                if p != "pylon":
+                    res[p] = instructions(p, transforms, CALLGRIND_PORTS["pylon"], tmp, path, headers)
             report("instructions", res, key="instr_per_request")
     finally:
         procs.stop_all()

@@ -408,7 +408,8 @@ pub fn vary(resp: &mut ResponseHeader, name: &'static str) -> pingora::Result<()
     if listed {
         return Ok(());
     }
-    resp.append_header(http::header::VARY, name).map(drop)
+    resp.append_header("Vary", HeaderValue::from_static(name))
+        .map(drop)
 }
 
 #[cfg(test)]

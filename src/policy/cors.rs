@@ -36,6 +36,18 @@ const ALLOW_PRIVATE_NETWORK: HeaderName =
 const REQUEST_PRIVATE_NETWORK: HeaderName =
     HeaderName::from_static("access-control-request-private-network");
 
+/// The names CORS sets, spelled for the wire: a `&'static str` name goes in as it is, where a
+/// `HeaderName` outside Pingora's short title-case table is copied on every insert.
+mod titled {
+    pub const ALLOW_ORIGIN: &str = "Access-Control-Allow-Origin";
+    pub const ALLOW_CREDENTIALS: &str = "Access-Control-Allow-Credentials";
+    pub const ALLOW_METHODS: &str = "Access-Control-Allow-Methods";
+    pub const ALLOW_HEADERS: &str = "Access-Control-Allow-Headers";
+    pub const EXPOSE_HEADERS: &str = "Access-Control-Expose-Headers";
+    pub const MAX_AGE: &str = "Access-Control-Max-Age";
+    pub const ALLOW_PRIVATE_NETWORK: &str = "Access-Control-Allow-Private-Network";
+}
+
 /// Every response header CORS owns: the target's are dropped, so none is ever doubled.
 const OWNED: [HeaderName; 7] = [
     ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -207,27 +219,30 @@ impl Cors {
 
     /// The preflight's own headers, for an allowed origin.
     fn preflight(&self, req: &RequestHeader, resp: &mut ResponseHeader) -> pingora::Result<()> {
-        resp.insert_header(ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone())?;
+        resp.insert_header(titled::ALLOW_METHODS, self.methods.clone())?;
         let asked = req.headers.get(ACCESS_CONTROL_REQUEST_HEADERS);
         match (&self.headers, asked) {
             (Some(h), _) if !h.is_empty() => {
-                resp.insert_header(ACCESS_CONTROL_ALLOW_HEADERS, h.clone())?;
+                resp.insert_header(titled::ALLOW_HEADERS, h.clone())?;
             }
             (None, Some(asked)) => {
                 plumbing::vary(resp, "Access-Control-Request-Headers")?;
-                resp.insert_header(ACCESS_CONTROL_ALLOW_HEADERS, asked.clone())?;
+                resp.insert_header(titled::ALLOW_HEADERS, asked.clone())?;
             }
             _ => {}
         }
         if let Some(age) = &self.max_age {
-            resp.insert_header(ACCESS_CONTROL_MAX_AGE, age.clone())?;
+            resp.insert_header(titled::MAX_AGE, age.clone())?;
         }
         let private = req
             .headers
             .get(REQUEST_PRIVATE_NETWORK)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         if private && self.private_network {
-            resp.insert_header(ALLOW_PRIVATE_NETWORK, "true")?;
+            resp.insert_header(
+                titled::ALLOW_PRIVATE_NETWORK,
+                HeaderValue::from_static("true"),
+            )?;
         }
         Ok(())
     }
@@ -266,8 +281,15 @@ impl Filter for Cors {
             // The target answers preflights itself.
             return Ok(());
         }
-        for name in &OWNED {
-            resp.remove_header(name);
+        // One pass over the (few) response headers instead of a lookup per owned name.
+        let theirs = resp
+            .headers
+            .keys()
+            .any(|k| k.as_str().starts_with("access-control-"));
+        if theirs {
+            for name in &OWNED {
+                resp.remove_header(name);
+            }
         }
         if !self.any {
             plumbing::vary(resp, "Origin")?;
@@ -279,14 +301,14 @@ impl Filter for Cors {
             true => HeaderValue::from_static("*"),
             false => origin.clone(),
         };
-        resp.insert_header(ACCESS_CONTROL_ALLOW_ORIGIN, allow)?;
+        resp.insert_header(titled::ALLOW_ORIGIN, allow)?;
         if self.credentials {
-            resp.insert_header(ACCESS_CONTROL_ALLOW_CREDENTIALS, "true")?;
+            resp.insert_header(titled::ALLOW_CREDENTIALS, HeaderValue::from_static("true"))?;
         }
         if preflight {
             self.preflight(req, resp)?;
         } else if let Some(expose) = &self.expose {
-            resp.insert_header(ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone())?;
+            resp.insert_header(titled::EXPOSE_HEADERS, expose.clone())?;
         }
         Ok(())
     }
@@ -406,6 +428,17 @@ mod tests {
         );
         assert_eq!(resp.headers["access-control-max-age"], "600");
         assert!(resp.headers.get("access-control-expose-headers").is_none());
+        // Private Network Access: granted only when asked and allowed.
+        req.insert_header("access-control-request-private-network", "true")
+            .unwrap();
+        assert!(answer(&c, &req)
+            .headers
+            .get("access-control-allow-private-network")
+            .is_none());
+        let mut open = cors(&["https://app.example.com"], false);
+        open.private_network = true;
+        let resp = answer(&open, &req);
+        assert_eq!(resp.headers["access-control-allow-private-network"], "true");
         // A plain OPTIONS is not a preflight.
         assert!(c
             .request(&request("OPTIONS", None), &mut Context::default())

@@ -142,8 +142,12 @@ impl BodyEdits {
         }
     }
 
-    /// The edited body, or the body as it came (counted) when it does not parse.
+    /// The edited body, or the body as it came (counted) when it does not parse. No body
+    /// (a `HEAD` response) stays none, uncounted.
     pub fn finish(&self, body: Vec<u8>) -> Bytes {
+        if body.is_empty() {
+            return Bytes::new();
+        }
         match self.edit(&body) {
             Ok(edited) => edited,
             Err(reason) => {

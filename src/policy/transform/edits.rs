@@ -4,25 +4,33 @@
 
 use super::template::Template;
 use crate::filter::Context;
+use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
 
-/// A header value: prepared once when it has no variables.
+/// A header to set or add: its name as it goes on the wire (as written in the file, so no copy
+/// per request), and its value, prepared once when it has no variables.
 pub struct Value {
+    wire: Bytes,
     template: Template,
     fixed: Option<HeaderValue>,
 }
 
 impl Value {
-    pub fn new(template: Template) -> Result<Value, String> {
+    pub fn new(name: &str, template: Template) -> Result<Value, String> {
+        // An empty value removes the header, like a variable that comes out empty.
         let fixed = match template.fixed() {
-            Some(text) => Some(
+            Some(text) if !text.is_empty() => Some(
                 HeaderValue::from_str(text)
                     .map_err(|_| format!("{text:?} is not a valid header value"))?,
             ),
-            None => None,
+            _ => None,
         };
-        Ok(Value { template, fixed })
+        Ok(Value {
+            wire: Bytes::copy_from_slice(name.as_bytes()),
+            template,
+            fixed,
+        })
     }
 
     fn get(&self, req: &RequestHeader, cx: &Context) -> Option<HeaderValue> {
@@ -38,8 +46,8 @@ impl Value {
 pub trait Headers {
     fn map(&self) -> &HeaderMap;
     fn remove(&mut self, name: &HeaderName);
-    fn insert(&mut self, name: HeaderName, value: HeaderValue);
-    fn append(&mut self, name: HeaderName, value: HeaderValue);
+    fn insert(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue);
+    fn append(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue);
 }
 
 macro_rules! headers_for {
@@ -51,11 +59,11 @@ macro_rules! headers_for {
             fn remove(&mut self, name: &HeaderName) {
                 self.remove_header(name);
             }
-            fn insert(&mut self, name: HeaderName, value: HeaderValue) {
+            fn insert(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue) {
                 // Names and values were checked when they were built.
                 let _ = self.insert_header(name, value);
             }
-            fn append(&mut self, name: HeaderName, value: HeaderValue) {
+            fn append(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue) {
                 let _ = self.append_header(name, value);
             }
         }
@@ -72,6 +80,10 @@ pub struct HeaderEdits {
     pub add: Box<[(HeaderName, Value)]>,
 }
 
+/// The values of `set` then `add` rendered for one request; `None` when none has variables
+/// (then the prepared values are used, and nothing is rendered or collected).
+pub struct Rendered(Option<Vec<Option<HeaderValue>>>);
+
 impl HeaderEdits {
     pub fn is_empty(&self) -> bool {
         self.remove.is_empty()
@@ -80,8 +92,8 @@ impl HeaderEdits {
             && self.add.is_empty()
     }
 
-    /// Edit `target`; templates read `req` (the same request, for request edits).
-    pub fn apply(&self, target: &mut impl Headers, values: Vec<Option<HeaderValue>>) {
+    /// Edit `target` with the values [`HeaderEdits::values`] rendered.
+    pub fn apply(&self, target: &mut impl Headers, values: Rendered) {
         for name in self.remove.iter() {
             target.remove(name);
         }
@@ -96,27 +108,31 @@ impl HeaderEdits {
                 target.append(to.clone(), v);
             }
         }
-        let mut values = values.into_iter();
-        for (name, _) in self.set.iter() {
-            match values.next().flatten() {
-                Some(v) => target.insert(name.clone(), v),
+        let mut rendered = values.0.map(Vec::into_iter);
+        let mut next = |v: &Value| match &mut rendered {
+            Some(values) => values.next().flatten(),
+            None => v.fixed.clone(),
+        };
+        for (name, v) in self.set.iter() {
+            match next(v) {
+                Some(value) => target.insert(v.wire.clone(), value),
                 None => target.remove(name),
             }
         }
-        for (name, _) in self.add.iter() {
-            if let Some(v) = values.next().flatten() {
-                target.append(name.clone(), v);
+        for (_, v) in self.add.iter() {
+            if let Some(value) = next(v) {
+                target.append(v.wire.clone(), value);
             }
         }
     }
 
     /// The values of `set` then `add` for this request, rendered before anything is edited.
-    pub fn values(&self, req: &RequestHeader, cx: &Context) -> Vec<Option<HeaderValue>> {
-        self.set
-            .iter()
-            .chain(self.add.iter())
-            .map(|(_, v)| v.get(req, cx))
-            .collect()
+    pub fn values(&self, req: &RequestHeader, cx: &Context) -> Rendered {
+        let mut all = self.set.iter().chain(self.add.iter());
+        if all.clone().all(|(_, v)| v.fixed.is_some()) {
+            return Rendered(None);
+        }
+        Rendered(Some(all.by_ref().map(|(_, v)| v.get(req, cx)).collect()))
     }
 }
 
@@ -198,8 +214,8 @@ impl QueryEdits {
 mod tests {
     use super::*;
 
-    fn value(s: &str) -> Value {
-        Value::new(Template::parse(s).unwrap()).unwrap()
+    fn value(name: &str, s: &str) -> Value {
+        Value::new(name, Template::parse(s).unwrap()).unwrap()
     }
 
     #[test]
@@ -212,11 +228,17 @@ mod tests {
             )]
             .into(),
             set: vec![
-                (HeaderName::from_static("x-source"), value("pylon")),
-                (HeaderName::from_static("x-from"), value("$header.x-old")),
+                (
+                    HeaderName::from_static("x-source"),
+                    value("x-source", "pylon"),
+                ),
+                (
+                    HeaderName::from_static("x-from"),
+                    value("X-From", "$header.x-old"),
+                ),
             ]
             .into(),
-            add: vec![(HeaderName::from_static("x-tag"), value("b"))].into(),
+            add: vec![(HeaderName::from_static("x-tag"), value("x-tag", "b"))].into(),
         };
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-internal", "secret").unwrap();

@@ -105,9 +105,11 @@ impl Template {
     /// valid header value (a claim with a newline): such a header is left out.
     pub fn header_value(&self, req: &RequestHeader, cx: &Context) -> Option<HeaderValue> {
         let v = self.render(req, cx);
-        (!v.is_empty())
-            .then(|| HeaderValue::from_str(&v).ok())
-            .flatten()
+        if v.is_empty() {
+            return None;
+        }
+        // The rendered buffer becomes the value: checked, not copied again.
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(v.into_owned())).ok()
     }
 }
 

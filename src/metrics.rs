@@ -42,6 +42,7 @@ pub struct Metrics {
     pub upstream_unavailable: IntCounterVec,
     pub discovery_errors: IntCounterVec,
     pub body_transforms_skipped: IntCounterVec,
+    pub blocked_requests: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -102,6 +103,11 @@ impl Metrics {
                 "pylon_discovery_errors_total",
                 "Service discovery lookups that failed (the last good targets are kept)",
                 &["upstream"],
+            ),
+            blocked_requests: counters(
+                "pylon_blocked_requests_total",
+                "Requests refused by a security policy (ip_filter), by reason",
+                &["route", "policy", "reason"],
             ),
             body_transforms_skipped: counters(
                 "pylon_body_transforms_skipped_total",

@@ -19,6 +19,7 @@ pub mod basic_auth;
 pub mod compression;
 pub mod concurrency;
 pub mod cors;
+pub mod ip_filter;
 pub mod jwks;
 pub mod jwt;
 pub mod limit_key;

@@ -23,6 +23,7 @@ pub const KINDS: &[Kind] = &[
     super::concurrency::KIND,
     super::security_headers::KIND,
     super::cors::KIND,
+    super::ip_filter::KIND,
     super::compression::KIND,
     super::transform::REQUEST,
     super::transform::RESPONSE,

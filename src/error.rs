@@ -50,6 +50,16 @@ pub const PAYLOAD_TOO_LARGE: GatewayError = GatewayError {
     code: "payload_too_large",
     message: "the request body is larger than this route accepts",
 };
+pub const REQUEST_HEADER_TOO_LARGE: GatewayError = GatewayError {
+    status: 431,
+    code: "request_header_too_large",
+    message: "the request's header is larger than this gateway accepts",
+};
+pub const URI_TOO_LONG: GatewayError = GatewayError {
+    status: 414,
+    code: "uri_too_long",
+    message: "the request's URI is longer than this gateway accepts",
+};
 pub const BAD_GATEWAY: GatewayError = GatewayError {
     status: 502,
     code: "bad_gateway",

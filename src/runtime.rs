@@ -8,7 +8,7 @@ use crate::config::{validate::parse_cidr, Config, ConfigError};
 use crate::consumer::Consumers;
 use crate::filter::Chain;
 use crate::policy;
-use crate::router::Router;
+use crate::router::{RouteDefaults, Router};
 use crate::state::{Carried, Keeper};
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
@@ -62,12 +62,29 @@ impl Snapshot {
             .iter()
             .filter_map(|n| policies.get(n.get_ref()))
             .collect();
+        let is_limits = |name: &str| {
+            config
+                .policies
+                .get(name)
+                .is_some_and(|p| p.kind == policy::request_limits::KIND.name)
+        };
+        let default_limits = policy::request_limits::defaults();
+        let global_limits = config
+            .server
+            .global_policies
+            .iter()
+            .any(|n| is_limits(n.get_ref()));
+        let defaults = RouteDefaults {
+            limits: (!global_limits).then_some(&default_limits),
+            is_limits: &is_limits,
+        };
         let router = Router::compile(
             &config.routes,
             &upstreams,
             &policies,
             &global,
             consumers.len(),
+            &defaults,
         )
         .map_err(|e| vec![e])?;
         if !errors.is_empty() {

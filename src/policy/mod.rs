@@ -25,6 +25,7 @@ pub mod jwt;
 pub mod limit_key;
 pub mod rate_limit;
 pub mod registry;
+pub mod request_limits;
 pub mod security_headers;
 pub mod transform;
 pub mod verified;

@@ -24,6 +24,7 @@ pub const KINDS: &[Kind] = &[
     super::security_headers::KIND,
     super::cors::KIND,
     super::ip_filter::KIND,
+    super::request_limits::KIND,
     super::compression::KIND,
     super::transform::REQUEST,
     super::transform::RESPONSE,

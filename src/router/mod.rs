@@ -15,7 +15,7 @@ mod radix;
 mod route;
 
 pub use normalize::normalize_path;
-pub use route::{Action, Matched, Responder, Rewrite, Route};
+pub use route::{Action, Matched, Responder, Rewrite, Route, RouteDefaults};
 
 use crate::config::{ConfigError, Located, PathSpec, RouteConfig};
 use crate::policy::Compiled;
@@ -83,10 +83,11 @@ impl Router {
         policies: &HashMap<String, Compiled>,
         global: &[&Compiled],
         consumers: usize,
+        defaults: &RouteDefaults<'_>,
     ) -> Result<Router, ConfigError> {
         let mut router = Router::default();
         for (order, config) in configs.iter().enumerate() {
-            let route = Route::compile(config, upstreams, policies, global, consumers)
+            let route = Route::compile(config, upstreams, policies, global, consumers, defaults)
                 .map_err(|e| ConfigError::at(config.span.clone(), e))?;
             let base = (
                 route.priority,
@@ -350,7 +351,19 @@ mod tests {
             .into_iter()
             .map(|value| Located { value, span: 0..0 })
             .collect();
-        Router::compile(&located, &HashMap::new(), &HashMap::new(), &[], 0).unwrap()
+        let defaults = RouteDefaults {
+            limits: None,
+            is_limits: &|_| false,
+        };
+        Router::compile(
+            &located,
+            &HashMap::new(),
+            &HashMap::new(),
+            &[],
+            0,
+            &defaults,
+        )
+        .unwrap()
     }
 
     fn name(r: &Router, host: &str, path: &str) -> String {

@@ -77,6 +77,15 @@ impl Rewrite {
     }
 }
 
+/// What a route gets when its policies do not say otherwise.
+pub struct RouteDefaults<'a> {
+    /// The request limits of a route without a `request_limits` policy; `None` when a global
+    /// policy sets them for every route.
+    pub limits: Option<&'a Compiled>,
+    /// Whether a policy name is a `request_limits` policy.
+    pub is_limits: &'a dyn Fn(&str) -> bool,
+}
+
 impl Route {
     pub fn compile(
         config: &RouteConfig,
@@ -84,6 +93,7 @@ impl Route {
         policies: &HashMap<String, Compiled>,
         global: &[&Compiled],
         consumers: usize,
+        defaults: &RouteDefaults<'_>,
     ) -> Result<Route, String> {
         let name = config.name.get_ref();
         let action = match (&config.upstream, &config.respond, &config.aggregate) {
@@ -117,6 +127,13 @@ impl Route {
             .map(|m| Method::from_bytes(m.get_ref().as_bytes()).map_err(|e| e.to_string()))
             .collect::<Result<_, _>>()?;
         let mut chain = global.to_vec();
+        let own_limits = config
+            .policies
+            .iter()
+            .any(|p| (defaults.is_limits)(p.get_ref()));
+        if let (Some(limits), false) = (defaults.limits, own_limits) {
+            chain.push(limits);
+        }
         for p in &config.policies {
             let policy = policies
                 .get(p.get_ref())

@@ -12,6 +12,12 @@
 //! keep-alive to "infinite"); this one applies `keepalive_timeout` before every request and to
 //! the reading of every request header.
 //!
+//! It also bounds how slowly a client may send: the whole request header must arrive within
+//! `header_timeout` of its first byte (Pingora's own timeout is per read, which a client
+//! dribbling a byte a second never trips), and a body may pause at most `body_timeout` between
+//! reads. The proxy says when a header is complete ([`header_read`]); a connection still
+//! without one at the deadline is dropped.
+//!
 //! TLS, HTTP/2 (prior knowledge) and custom protocols go to Pingora's own loop unchanged.
 
 use async_trait::async_trait;
@@ -21,6 +27,7 @@ use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
 use pingora::server::ShutdownWatch;
+use std::cell::Cell;
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -35,19 +42,48 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The most the first read of a request takes: Pingora's own initial header buffer size.
 const FIRST_READ: usize = 4096;
 
+/// How long a client connection may take, at each stage.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// Idle between requests.
+    pub idle: Duration,
+    /// From a request's first byte to the end of its header.
+    pub header: Duration,
+    /// Between two reads of a request body.
+    pub body: Duration,
+}
+
 /// An HTTP application served through the lean keep-alive loop.
 pub struct KeepAlive<A> {
     app: Arc<A>,
-    /// How long an idle client connection is kept open between requests.
-    idle_timeout: Duration,
+    timeouts: Timeouts,
 }
 
 impl<A> KeepAlive<A> {
-    pub fn new(app: A, idle_timeout: Duration) -> Self {
+    pub fn new(app: A, timeouts: Timeouts) -> Self {
         KeepAlive {
             app: Arc::new(app),
-            idle_timeout,
+            timeouts,
         }
+    }
+}
+
+tokio::task_local! {
+    /// Whether the request being served has its whole header: set by the proxy's first hook.
+    static HEADER_READ: Cell<bool>;
+}
+
+/// The request header is complete: the header deadline no longer applies to this request.
+/// (Outside this loop, for TLS and HTTP/2, it does nothing.)
+pub fn header_read() {
+    let _ = HEADER_READ.try_with(|read| read.set(true));
+}
+
+/// Fires at `deadline` when the request header has not been read by then; never otherwise.
+async fn slow_header(deadline: Pin<&mut Sleep>) {
+    deadline.await;
+    if HEADER_READ.with(Cell::get) {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -69,7 +105,7 @@ where
         // One timer for the connection's life, pushed back before each wait: pushing a tokio
         // timer's deadline later is one atomic update, where a timer per wait is a lock and a
         // wheel insertion (and, armed from scratch, a wake-up write to the runtime's eventfd).
-        let idle = tokio::time::sleep(self.idle_timeout);
+        let idle = tokio::time::sleep(self.timeouts.idle);
         tokio::pin!(idle);
         // A client that has just connected is sending a request: it is served even when
         // shutdown begins meanwhile (with keep-alive off), as Pingora's own loop does.
@@ -80,7 +116,7 @@ where
             l4.rewind(&first);
             return self.app.process_new(l4, shutdown).await;
         }
-        let idle_secs = self.idle_timeout.as_secs().max(1);
+        let idle_secs = self.timeouts.idle.as_secs().max(1);
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut shutdown_rx = shutdown.clone();
         loop {
@@ -94,12 +130,25 @@ where
             // Also bounds reading the rest of the request header: a reused session would
             // otherwise carry Pingora's "infinite" and wait for it forever.
             session.set_keepalive(Some(idle_secs));
+            session.set_read_timeout(Some(self.timeouts.body));
             session.set_pipelined_prefix(first);
-            let reused = self.app.process_new_http(session, shutdown).await?;
+            // The connection's one timer now counts down the header deadline.
+            idle.as_mut().reset(Instant::now() + self.timeouts.header);
+            let serve = self.app.process_new_http(session, shutdown);
+            let deadline = idle.as_mut();
+            let reused = HEADER_READ
+                .scope(Cell::new(false), async move {
+                    tokio::select! {
+                        biased;
+                        reused = serve => reused,
+                        () = slow_header(deadline) => None,
+                    }
+                })
+                .await?;
             let (next, next_settings) = reused.consume();
             stream = next;
             settings = next_settings;
-            idle.as_mut().reset(Instant::now() + self.idle_timeout);
+            idle.as_mut().reset(Instant::now() + self.timeouts.idle);
             first = first_bytes(&mut stream, idle.as_mut(), Some(&mut shutdown_rx)).await?;
         }
     }

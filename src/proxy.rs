@@ -4,6 +4,7 @@
 
 use crate::error::{self, GatewayError};
 use crate::filter::{Context, Phases, Reply};
+use crate::keepalive;
 use crate::metrics::{self, InflightRoute, RouteMetrics};
 use crate::plumbing::{self, RequestId, TraceContext};
 use crate::reply;
@@ -91,6 +92,7 @@ impl ProxyHttp for Gateway {
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        keepalive::header_read();
         if self.draining.is_draining() {
             // Handing over to a new process: move this client to a fresh connection.
             session.set_keepalive(None);

@@ -3,7 +3,7 @@
 use crate::access_log::{AccessLog, Reopener};
 use crate::admin::Admin;
 use crate::config::Config;
-use crate::keepalive::KeepAlive;
+use crate::keepalive::{KeepAlive, Timeouts};
 use crate::policy::jwks::JwksRefresher;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
@@ -110,7 +110,14 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pyl
     let mut http = HttpProxy::new(gateway, Arc::clone(&server.configuration));
     http.handle_init_modules();
     http.server_options = Some(options);
-    let keepalive = KeepAlive::new(http, config.server.keepalive_timeout.get_ref().0);
+    let keepalive = KeepAlive::new(
+        http,
+        Timeouts {
+            idle: config.server.keepalive_timeout.get_ref().0,
+            header: config.server.header_timeout.0,
+            body: config.server.body_timeout.0,
+        },
+    );
     let mut proxy = Service::new("pylon".to_string(), keepalive);
     for addr in &config.server.listen {
         // Pingora's default 64 KiB read buffer per connection dominates the memory of idle

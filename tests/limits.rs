@@ -160,3 +160,58 @@ fn read_raw(mut s: std::net::TcpStream) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Send `head` a byte at a time, `gap` apart; how long until the server closed the
+/// connection (or `None` if the whole head went through and it answered).
+fn dribble(port: u16, head: &[u8], gap: std::time::Duration) -> Option<std::time::Duration> {
+    use std::io::Read;
+    let started = std::time::Instant::now();
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    for b in head {
+        if s.write_all(&[*b]).is_err() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(gap);
+    }
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    match s.read(&mut buf) {
+        Ok(0) | Err(_) => Some(started.elapsed()),
+        Ok(_) => None,
+    }
+}
+
+#[test]
+fn a_slowloris_client_is_cut_off_at_the_header_timeout() {
+    let e = echo("e", &[]);
+    let gw = gateway_with_server("header_timeout = \"1s\"\n", &config(&e));
+    let gap = std::time::Duration::from_millis(200);
+    // 14 bytes of request line and then header bytes forever: cut at about one second.
+    let head = format!("GET /x HTTP/1.1\r\nHost: a\r\nX-Slow: {}", "s".repeat(40));
+    let cut = dribble(gw.port, head.as_bytes(), gap).expect("cut off");
+    assert!(cut < std::time::Duration::from_secs(3), "cut after {cut:?}");
+    // On a kept-alive connection the second request's header has the same deadline.
+    let mut raw = Raw::connect(gw.port);
+    assert_eq!(raw.send("GET", "/x", &[], b"").status, 200);
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for b in head.as_bytes() {
+        if raw.write_byte(*b).is_err() {
+            closed = true;
+            break;
+        }
+        std::thread::sleep(gap);
+    }
+    assert!(
+        closed || raw.closed(),
+        "the kept-alive connection was not cut"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(4));
+    // A client that sends its header in time, however slowly its bytes come, is served.
+    let quick = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n";
+    assert_eq!(
+        dribble(gw.port, quick, std::time::Duration::from_millis(20)),
+        None
+    );
+}

@@ -81,6 +81,13 @@ pub struct ServerConfig {
     pub keepalive_timeout: Spanned<ConfDuration>,
     /// Requests served on one client connection before it is closed; none: no limit.
     pub keepalive_requests: Option<NonZeroU32>,
+    /// The most a client may take to send a whole request header, from its first byte; a
+    /// slower one (slowloris) is disconnected.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout: ConfTimeout,
+    /// The most a client may pause between two reads of a request body.
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: ConfTimeout,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     /// Pingora's work-stealing runtime; off gives each thread its own queue.
@@ -105,6 +112,8 @@ impl Default for ServerConfig {
             shutdown_timeout: default_shutdown_timeout(),
             keepalive_timeout: default_keepalive_timeout(),
             keepalive_requests: None,
+            header_timeout: default_header_timeout(),
+            body_timeout: default_body_timeout(),
             trusted_proxies: Vec::new(),
             work_stealing: true,
             watch: false,
@@ -127,6 +136,12 @@ fn default_upgrade_sock() -> String {
 }
 fn default_grace_period() -> ConfDuration {
     ConfDuration(Duration::from_secs(30))
+}
+fn default_header_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(10))
+}
+fn default_body_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(30))
 }
 fn default_keepalive_timeout() -> Spanned<ConfDuration> {
     Spanned::new(0..0, ConfDuration(Duration::from_secs(60)))

@@ -594,6 +594,26 @@ impl Raw {
         self.read_response(method == "HEAD")
     }
 
+    /// Write one byte (to dribble a request).
+    pub fn write_byte(&mut self, b: u8) -> std::io::Result<()> {
+        use std::io::Write;
+        self.stream.write_all(&[b])
+    }
+
+    /// Whether the server has closed the connection (a read ends or fails).
+    pub fn closed(&mut self) -> bool {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        match self.stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) => !matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+        }
+    }
+
     fn fill(&mut self) {
         use std::io::Read;
         let mut buf = [0u8; 16384];

@@ -12,6 +12,10 @@
 //! keep-alive to "infinite"); this one applies `keepalive_timeout` before every request and to
 //! the reading of every request header.
 //!
+//! Each request's first bytes are checked first (`head.rs`): heads Pingora would let through
+//! but a gateway must refuse (smuggling), or would answer in its own plain form, get the
+//! contract's JSON error here.
+//!
 //! It also bounds how slowly a client may send: the whole request header must arrive within
 //! `header_timeout` of its first byte (Pingora's own timeout is per read, which a client
 //! dribbling a byte a second never trips), and a body may pause at most `body_timeout` between
@@ -20,6 +24,7 @@
 //!
 //! TLS, HTTP/2 (prior knowledge) and custom protocols go to Pingora's own loop unchanged.
 
+use crate::head::{self, Verdict};
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
@@ -34,7 +39,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// The first bytes of an HTTP/2 connection with prior knowledge.
@@ -120,6 +125,12 @@ where
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut shutdown_rx = shutdown.clone();
         loop {
+            if let Verdict::Refuse(e) = head::check(&first) {
+                // Answered here, in the contract's shape, before Pingora sees the head.
+                let _ = stream.write_all(&head::answer(e)).await;
+                let _ = stream.flush().await;
+                return None;
+            }
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(settings) => settings.apply_to_session(&mut session),

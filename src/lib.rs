@@ -12,6 +12,7 @@ pub mod config;
 pub mod consumer;
 pub mod error;
 pub mod filter;
+pub mod head;
 pub mod keepalive;
 pub mod metrics;
 pub mod otlp;

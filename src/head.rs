@@ -1,0 +1,207 @@
+//! The raw request head, checked before Pingora parses it.
+//!
+//! Two reasons to look at the bytes first. Pingora lets some heads through that a gateway must
+//! refuse, because the next parser in line may read them differently (request smuggling):
+//! `content-length` together with `transfer-encoding`, repeated `content-length` (even equal),
+//! a `transfer-encoding` other than one final `chunked`, line ends that are a bare LF. And the
+//! heads Pingora does refuse get its own plain-text 400 with `Server: Pingora`, which names the
+//! engine to a scanner and is not the contract's JSON. So every HTTP/1.1 head that arrives whole
+//! in the connection's first read (nearly all do: the read takes up to 4 KiB) is parsed here,
+//! with `httparse` as Pingora does, and refused in the contract's shape: `400 bad_request`, or
+//! `431 request_header_too_large` for a header of more lines than Pingora accepts. A head that
+//! spans reads goes to Pingora unchecked by this and, if Pingora refuses it, gets its answer.
+//! The first chunk size of a chunked body that came with its head is checked too: Pingora
+//! refuses a bad one only when it reads the body, after the target has the request's head.
+
+use crate::error::{self, GatewayError};
+use crate::plumbing::RequestId;
+use bytes::Bytes;
+
+/// The most header lines Pingora parses.
+const MAX_HEADERS: usize = 256;
+
+/// What to do with a connection's first bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A whole head that passed: hand it to Pingora.
+    Fine,
+    /// Not all of the head has arrived: Pingora reads the rest.
+    Partial,
+    /// Answer with this error and close the connection.
+    Refuse(GatewayError),
+}
+
+/// Check the start of a request.
+pub fn check(bytes: &[u8]) -> Verdict {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let end = match req.parse(bytes) {
+        Ok(httparse::Status::Complete(end)) => end,
+        Ok(httparse::Status::Partial) => {
+            return match bare_lf(bytes) {
+                true => Verdict::Refuse(error::BAD_REQUEST),
+                false => Verdict::Partial,
+            }
+        }
+        Err(httparse::Error::TooManyHeaders) => {
+            return Verdict::Refuse(error::REQUEST_HEADER_TOO_LARGE)
+        }
+        Err(_) => return Verdict::Refuse(error::BAD_REQUEST),
+    };
+    if bare_lf(&bytes[..end]) || smuggles(req.headers) {
+        return Verdict::Refuse(error::BAD_REQUEST);
+    }
+    let chunked = req
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
+    if chunked && !first_chunk_fine(&bytes[end..]) {
+        return Verdict::Refuse(error::BAD_REQUEST);
+    }
+    Verdict::Fine
+}
+
+/// The first chunk-size line of a chunked body, when it arrived with the head: 1 to 16 hex
+/// digits (it must fit 64 bits), then optional extensions after `;`. Pingora refuses a bad one
+/// too, but only when it reads the body, after the target has the request's head.
+fn first_chunk_fine(body: &[u8]) -> bool {
+    let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
+        return true;
+    };
+    let line = &body[..eol];
+    let size = line.split(|b| *b == b';').next().unwrap_or(&[]);
+    let size = size.trim_ascii_end();
+    !size.is_empty() && size.len() <= 16 && size.iter().all(u8::is_ascii_hexdigit)
+}
+
+/// A line end that is an LF without its CR.
+fn bare_lf(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+}
+
+/// Framing headers a second parser could read differently.
+fn smuggles(headers: &[httparse::Header<'_>]) -> bool {
+    let mut lengths = 0;
+    let mut encodings = 0;
+    let mut hosts = 0;
+    let mut chunked = true;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            if h.value.is_empty() || !h.value.iter().all(u8::is_ascii_digit) {
+                return true;
+            }
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            encodings += 1;
+            chunked &= h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
+        } else if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        }
+    }
+    lengths > 1 || encodings > 1 || (encodings == 1 && (!chunked || lengths > 0)) || hosts > 1
+}
+
+/// The whole HTTP/1.1 answer for a refused head: the contract's JSON, no `Server`, closing.
+pub fn answer(e: GatewayError) -> Bytes {
+    let id = RequestId::of(&http::HeaderMap::new());
+    let body = e.body(id.as_str());
+    let reason = http::StatusCode::from_u16(e.status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    let mut out = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
+         Cache-Control: no-store\r\nX-Request-Id: {}\r\nConnection: close\r\n\r\n",
+        e.status,
+        body.len(),
+        id.as_str()
+    )
+    .into_bytes();
+    out.extend_from_slice(&body);
+    out.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verdict(head: &[u8]) -> Verdict {
+        check(head)
+    }
+
+    #[test]
+    fn ordinary_heads_pass() {
+        assert_eq!(verdict(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Verdict::Fine);
+        assert_eq!(
+            verdict(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tChunked \r\n\r\n0\r\n\r\n"),
+            Verdict::Fine
+        );
+        assert_eq!(
+            verdict(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"),
+            Verdict::Fine
+        );
+        assert_eq!(
+            verdict(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: "),
+            Verdict::Partial
+        );
+        assert_eq!(
+            verdict(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1a;x=y\r\n"),
+            Verdict::Fine
+        );
+    }
+
+    #[test]
+    fn smuggling_heads_are_refused() {
+        let bad: &[&[u8]] = &[
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\nX-A: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rc\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A : b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+            b"GET / HTTP/9.9\r\nHost: a\r\n\r\n",
+            b"\x16\x03\x01\x00\xa5\x01\x00\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nFFFFFFFFFFFFFFFFFF\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n-3\r\nabc",
+        ];
+        for head in bad {
+            assert_eq!(
+                verdict(head),
+                Verdict::Refuse(error::BAD_REQUEST),
+                "{:?}",
+                String::from_utf8_lossy(head)
+            );
+        }
+        let mut many = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
+        for i in 0..300 {
+            many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        many.extend_from_slice(b"\r\n");
+        assert_eq!(
+            verdict(&many),
+            Verdict::Refuse(error::REQUEST_HEADER_TOO_LARGE)
+        );
+    }
+
+    #[test]
+    fn the_answer_is_the_contracts_json_without_server() {
+        let a = answer(error::BAD_REQUEST);
+        let text = String::from_utf8_lossy(&a);
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text}");
+        assert!(!text.to_ascii_lowercase().contains("server:"));
+        let body = text.split("\r\n\r\n").nth(1).unwrap();
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "bad_request");
+    }
+}

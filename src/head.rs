@@ -16,6 +16,7 @@
 use crate::error::{self, GatewayError};
 use crate::plumbing::RequestId;
 use bytes::Bytes;
+use std::mem::MaybeUninit;
 
 /// The most header lines Pingora parses.
 const MAX_HEADERS: usize = 256;
@@ -33,9 +34,10 @@ pub enum Verdict {
 
 /// Check the start of a request.
 pub fn check(bytes: &[u8]) -> Verdict {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
-    let end = match req.parse(bytes) {
+    // Uninitialized: zeroing 256 slots would cost more than parsing a typical head.
+    let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    let end = match req.parse_with_uninit_headers(bytes, &mut headers) {
         Ok(httparse::Status::Complete(end)) => end,
         Ok(httparse::Status::Partial) => {
             return match bare_lf(bytes) {
@@ -76,10 +78,7 @@ fn first_chunk_fine(body: &[u8]) -> bool {
 
 /// A line end that is an LF without its CR.
 fn bare_lf(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .enumerate()
-        .any(|(i, b)| *b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
+    memchr::memchr_iter(b'\n', bytes).any(|i| i == 0 || bytes[i - 1] != b'\r')
 }
 
 /// Framing headers a second parser could read differently.

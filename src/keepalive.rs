@@ -16,7 +16,8 @@
 //! but a gateway must refuse (smuggling), or would answer in its own plain form, get the
 //! contract's JSON error here.
 //!
-//! It also bounds how slowly a client may send: the whole request header must arrive within
+//! It also caps how many connections one client address holds (`conn_cap.rs`), and bounds how
+//! slowly a client may send: the whole request header must arrive within
 //! `header_timeout` of its first byte (Pingora's own timeout is per read, which a client
 //! dribbling a byte a second never trips), and a body may pause at most `body_timeout` between
 //! reads. The proxy says when a header is complete ([`header_read`]); a connection still
@@ -24,7 +25,9 @@
 //!
 //! TLS, HTTP/2 (prior knowledge) and custom protocols go to Pingora's own loop unchanged.
 
+use crate::conn_cap::ConnectionCap;
 use crate::head::{self, Verdict};
+use crate::metrics::METRICS;
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
@@ -62,14 +65,36 @@ pub struct Timeouts {
 pub struct KeepAlive<A> {
     app: Arc<A>,
     timeouts: Timeouts,
+    cap: Arc<ConnectionCap>,
 }
 
 impl<A> KeepAlive<A> {
-    pub fn new(app: A, timeouts: Timeouts) -> Self {
+    pub fn new(app: A, timeouts: Timeouts, cap: Arc<ConnectionCap>) -> Self {
         KeepAlive {
             app: Arc::new(app),
             timeouts,
+            cap,
         }
+    }
+
+    /// A connection over its address's cap: a plain HTTP/1 client gets `429 rate_limited` for
+    /// its first request (if it sends one in time), anything else is closed at once.
+    async fn refuse(&self, mut stream: Stream, plain: bool) -> Option<Stream> {
+        METRICS
+            .blocked_requests
+            .with_label_values(&[crate::metrics::NO_ROUTE, "server", "connection_cap"])
+            .inc();
+        if plain {
+            let wait = tokio::time::sleep(self.timeouts.header);
+            tokio::pin!(wait);
+            if first_bytes(&mut stream, wait, None).await.is_some() {
+                let _ = stream
+                    .write_all(&head::answer(crate::error::TOO_MANY_REQUESTS))
+                    .await;
+                let _ = stream.flush().await;
+            }
+        }
+        None
     }
 }
 
@@ -104,7 +129,19 @@ where
     ) -> Option<Stream> {
         let options = self.app.server_options();
         let custom = options.is_some_and(|o| o.force_custom);
-        if custom || stream.get_ssl_digest().is_some() || stream.selected_alpn_proto().is_some() {
+        let plain = !(custom
+            || stream.get_ssl_digest().is_some()
+            || stream.selected_alpn_proto().is_some());
+        let peer = stream
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        // Held for the connection's life.
+        let _admitted = match peer.map(|ip| self.cap.admit(ip)) {
+            Some(None) => return self.refuse(stream, plain).await,
+            Some(Some(admitted)) => admitted,
+            None => None,
+        };
+        if !plain {
             return self.app.process_new(stream, shutdown).await;
         }
         // One timer for the connection's life, pushed back before each wait: pushing a tokio

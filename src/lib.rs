@@ -9,6 +9,7 @@ pub mod admin;
 pub mod aggregate;
 pub mod clock;
 pub mod config;
+pub mod conn_cap;
 pub mod consumer;
 pub mod error;
 pub mod filter;

@@ -3,6 +3,7 @@
 use crate::access_log::{AccessLog, Reopener};
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::conn_cap::ConnectionCap;
 use crate::keepalive::{KeepAlive, Timeouts};
 use crate::policy::jwks::JwksRefresher;
 use crate::proxy::Gateway;
@@ -117,6 +118,15 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pyl
             header: config.server.header_timeout.0,
             body: config.server.body_timeout.0,
         },
+        ConnectionCap::new(
+            config.server.max_connections_per_ip.get(),
+            config
+                .server
+                .trusted_proxies
+                .iter()
+                .filter_map(|c| crate::config::validate::parse_cidr(c.get_ref()))
+                .collect(),
+        ),
     );
     let mut proxy = Service::new("pylon".to_string(), keepalive);
     for addr in &config.server.listen {

@@ -215,3 +215,27 @@ fn a_slowloris_client_is_cut_off_at_the_header_timeout() {
         None
     );
 }
+
+#[test]
+fn one_address_holds_at_most_its_connection_cap() {
+    let e = echo("e", &[]);
+    let gw = gateway_with_server("max_connections_per_ip = 2\n", &config(&e));
+    let mut first = Raw::connect(gw.port);
+    let mut second = Raw::connect(gw.port);
+    assert_eq!(first.send("GET", "/x", &[], b"").status, 200);
+    assert_eq!(second.send("GET", "/x", &[], b"").status, 200);
+    // Both stay open (kept alive): a third from the same address is turned away.
+    let third = Raw::connect(gw.port).send("GET", "/x", &[], b"");
+    assert_eq!(third.status, 429);
+    assert_eq!(third.json()["error"]["code"], "rate_limited");
+    assert_eq!(
+        first.send("GET", "/x", &[], b"").status,
+        200,
+        "the held ones still work"
+    );
+    drop(first);
+    // A closed connection frees its place (once the gateway has seen it close).
+    wait_until(std::time::Duration::from_secs(5), "a place freed", || {
+        Raw::connect(gw.port).send("GET", "/x", &[], b"").status == 200
+    });
+}

@@ -88,6 +88,9 @@ pub struct ServerConfig {
     /// The most a client may pause between two reads of a request body.
     #[serde(default = "default_body_timeout")]
     pub body_timeout: ConfTimeout,
+    /// Connections one client address may hold open at once (trusted proxies exempt).
+    #[serde(default = "default_connections_per_ip")]
+    pub max_connections_per_ip: NonZeroU32,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     /// Pingora's work-stealing runtime; off gives each thread its own queue.
@@ -114,6 +117,7 @@ impl Default for ServerConfig {
             keepalive_requests: None,
             header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
+            max_connections_per_ip: default_connections_per_ip(),
             trusted_proxies: Vec::new(),
             work_stealing: true,
             watch: false,
@@ -136,6 +140,9 @@ fn default_upgrade_sock() -> String {
 }
 fn default_grace_period() -> ConfDuration {
     ConfDuration(Duration::from_secs(30))
+}
+fn default_connections_per_ip() -> NonZeroU32 {
+    NonZeroU32::new(1000).expect("not zero")
 }
 fn default_header_timeout() -> ConfTimeout {
     ConfTimeout(Duration::from_secs(10))

@@ -10,7 +10,7 @@ BUILD_PKGS := cmake pkg-config libssl-dev curl
 # What only the tests need: systemd-analyze for the unit check, redis-server for cluster rate
 # limits and a Redis Cluster (redis-cli --cluster create), dnsmasq for DNS and SRV discovery;
 # each test starts its own on free loopback ports.
-TEST_PKGS := systemd redis-server redis-tools dnsmasq-base chromium curl
+TEST_PKGS := systemd redis-server redis-tools dnsmasq-base chromium curl wfuzz
 TEST_MARK := target/.apt-test-installed
 # What `make bench` compares against and loads with.
 BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind

@@ -60,6 +60,11 @@ pub const URI_TOO_LONG: GatewayError = GatewayError {
     code: "uri_too_long",
     message: "the request's URI is longer than this gateway accepts",
 };
+pub const REQUEST_BLOCKED: GatewayError = GatewayError {
+    status: 403,
+    code: "request_blocked",
+    message: "the request was blocked by a security policy",
+};
 pub const BAD_GATEWAY: GatewayError = GatewayError {
     status: 502,
     code: "bad_gateway",

@@ -29,6 +29,7 @@ pub mod request_limits;
 pub mod security_headers;
 pub mod transform;
 pub mod verified;
+pub mod waf;
 
 use crate::config::{Config, ConfigError, ConsumerConfig, Located};
 use crate::consumer::{Consumer, Consumers};

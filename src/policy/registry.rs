@@ -25,6 +25,7 @@ pub const KINDS: &[Kind] = &[
     super::cors::KIND,
     super::ip_filter::KIND,
     super::request_limits::KIND,
+    super::waf::KIND,
     super::compression::KIND,
     super::transform::REQUEST,
     super::transform::RESPONSE,

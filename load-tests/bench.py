@@ -172,8 +172,8 @@ def _json_1k():
 
 JSON_1K = _json_1k()
 TEXT_10K = "".join(f"Pylon bench text line {i:05d}, somewhat repetitive like most text. " for i in range(158))
-# What the `transforms` scenario's routes add: CORS and a header transform; a JSON body edit;
-# gzip. Each beside the same route without it.
+# What the `transforms` scenario's routes add: CORS and a header transform; a libinjection WAF;
+# a JSON body edit; gzip. Each beside the same route without it.
 TRANSFORMS = """
 [policies.cors]
 kind = "cors"
@@ -200,10 +200,20 @@ paths = ["/shaped/"]
 upstream = "backend"
 policies = ["cors", "stamp"]
 
+[policies.waf]
+kind = "waf"
+engine = "libinjection"
+
 [[routes]]
 name = "bare"
 paths = ["/bare/"]
 upstream = "backend"
+
+[[routes]]
+name = "waf"
+paths = ["/waf/"]
+upstream = "backend"
+policies = ["waf"]
 
 [[routes]]
 name = "json-plain"
@@ -233,6 +243,8 @@ TRANSFORM_RUNS = {
     "pylon": ("/", ()),
     "pylon-prefix": ("/bare/x", ("origin: https://app.example.com",)),
     "pylon-cors-transform": ("/shaped/x", ("origin: https://app.example.com",)),
+    "pylon-prefix-query": ("/bare/x?q=running+shoes&page=2", ("user-agent: bench/1.0",)),
+    "pylon-waf": ("/waf/x?q=running+shoes&page=2", ("user-agent: bench/1.0",)),
     "pylon-json-plain": ("/json-plain/x", ()),
     "pylon-json-edit": ("/json-edit/x", ()),
     "pylon-text-plain": ("/text-plain/x", ("accept-encoding: gzip",)),
@@ -567,7 +579,7 @@ def main():
         PIDS["haproxy"] = procs.start("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], PROXY_CPU).pid
         PIDS["pylon"] = procs.start("pylon", [PYLON, "-c", f"{tmp}/pylon.toml"], PROXY_CPU).pid
         PIDS["pingora"] = procs.start("pingora", [BARE, f"127.0.0.1:{PORTS['pingora']}", f"127.0.0.1:{UPSTREAM}"], PROXY_CPU).pid
-        for variant in ["local-limit", "cluster-limit", "resilient", "prefix", "cors-transform", "json-plain", "json-edit", "text-plain", "text-gzip"]:
+        for variant in ["local-limit", "cluster-limit", "resilient", "prefix", "prefix-query", "waf", "cors-transform", "json-plain", "json-edit", "text-plain", "text-gzip"]:
             PIDS[f"pylon-{variant}"] = PIDS["pylon"]
         PIDS["pylon-1000-routes"] = procs.start("pylon-1000-routes", [PYLON, "-c", f"{tmp}/pylon-1000.toml"], PROXY_CPU).pid
         if BASELINE:

@@ -271,6 +271,23 @@ fn url_decoded(raw: &[u8]) -> Cow<'_, [u8]> {
     once
 }
 
+/// Whether a value could hold an SQL injection at all. One token of letters, digits and
+/// `_ . ~ @ : / -` (a name, a number, an id, a path, a product token like `curl/8.0`) cannot,
+/// unless it opens a comment (`--`, `/*`); skipping such values saves libinjection's passes
+/// (about 12,000 instructions each) on the common case.
+fn might_be_sqli(v: &[u8]) -> bool {
+    let plain = v
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.~@:/-".contains(b));
+    !plain || v.windows(2).any(|w| w == b"--" || w == b"/*" || w == b"*/")
+}
+
+/// Whether a value could hold XSS at all: without a tag bracket, a quote, a backtick or an
+/// `=` there is no tag, attribute or attribute breakout for libinjection to find.
+fn might_be_xss(v: &[u8]) -> bool {
+    v.iter().any(|b| b"<>\"'=`".contains(b))
+}
+
 /// A finding: which detector, and where.
 type Finding = (Detector, String);
 
@@ -292,8 +309,12 @@ impl Waf {
         for form in &forms {
             for detector in [Detector::Sqli, Detector::Xss] {
                 let found = match detector {
-                    Detector::Sqli => libinjectionrs::detect_sqli(form).is_injection(),
-                    Detector::Xss => libinjectionrs::detect_xss(form).is_injection(),
+                    Detector::Sqli => {
+                        might_be_sqli(form) && libinjectionrs::detect_sqli(form).is_injection()
+                    }
+                    Detector::Xss => {
+                        might_be_xss(form) && libinjectionrs::detect_xss(form).is_injection()
+                    }
                 };
                 if found && !self.exclusions.iter().any(|x| x.covers(detector, &place)) {
                     let at = match place.name() {
@@ -578,6 +599,52 @@ mod tests {
                 "{uri}"
             );
         }
+    }
+
+    #[test]
+    fn the_prefilters_never_hide_what_libinjection_finds() {
+        let samples: &[&[u8]] = &[
+            b"1 union select password from users",
+            b"1' or '1'='1",
+            b"admin'--",
+            b"1;drop table x",
+            b"<script>alert(1)</script>",
+            b"\" onmouseover=alert(1)",
+            b"javascript:alert(1)",
+            b"<img src=x onerror=alert(1)>",
+            b"x` onload=alert(1)",
+            b"1 or 1=1",
+            b"1/**/or/**/1=1",
+            b"running shoes",
+            b"page",
+            b"42",
+            b"bench/1.0",
+            b"1/0",
+            b"1-1",
+            b"1/1",
+            b"/a/1",
+            b"x-1",
+            b"a.b/c-1",
+            b"admin--",
+            b"1/*x*/",
+            b"1--",
+            b"-1",
+            b"1:1",
+            b"@@version",
+            b"1-0",
+            b"0x41/1",
+        ];
+        for s in samples {
+            if libinjectionrs::detect_sqli(s).is_injection() {
+                assert!(might_be_sqli(s), "{:?}", String::from_utf8_lossy(s));
+            }
+            if libinjectionrs::detect_xss(s).is_injection() {
+                assert!(might_be_xss(s), "{:?}", String::from_utf8_lossy(s));
+            }
+        }
+        assert!(!might_be_sqli(b"page_2.html") && !might_be_xss(b"running shoes"));
+        assert!(!might_be_sqli(b"/api/v1/users/42") && !might_be_sqli(b"curl/8.0.1"));
+        assert!(might_be_sqli(b"admin--") && might_be_sqli(b"1/**/or"));
     }
 
     #[test]

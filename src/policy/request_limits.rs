@@ -170,15 +170,17 @@ impl Filter for RequestLimits {
         let Some(len) = chunk.as_ref().map(|c| c.len() as u64) else {
             return Ok(());
         };
-        let seen = match cx.state.get_mut::<Seen>() {
-            Some(seen) => seen,
+        let total = match cx.state.get_mut::<Seen>() {
+            Some(seen) => {
+                seen.0 += len;
+                seen.0
+            }
             None => {
-                cx.state.insert(Seen(0));
-                cx.state.get_mut::<Seen>().expect("just inserted")
+                cx.state.insert(Seen(len));
+                len
             }
         };
-        seen.0 += len;
-        if seen.0 > self.body {
+        if total > self.body {
             // This chunk is not forwarded: the target never gets a byte beyond the limit.
             *chunk = None;
             return Err(Reply::error(error::PAYLOAD_TOO_LARGE));

@@ -511,7 +511,9 @@ impl Filter for Waf {
             *chunk = Some(Bytes::new());
             return Ok(());
         }
-        let Held { kind, data } = cx.state.remove::<Held>().expect("held");
+        let Some(Held { kind, data }) = cx.state.remove::<Held>() else {
+            return Ok(());
+        };
         let inspected = &data[..data.len().min(self.max_body)];
         if let Some(f) = self.body_of(kind, inspected, !full) {
             self.found(f, cx)?;

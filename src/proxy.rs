@@ -2,6 +2,7 @@
 //! router, the route's filter chain, the upstream's attempts, the request plumbing or the one
 //! writer of the gateway's own responses ([`crate::reply`]).
 
+use crate::aggregate::Aggregate;
 use crate::error::{self, GatewayError};
 use crate::filter::{Context, Phases, Reply};
 use crate::keepalive;
@@ -128,20 +129,19 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
-        let Some(route) = ctx.cx.route.clone() else {
-            return Ok(false);
-        };
-        let reply = match &route.action {
-            Action::Upstream(_) => {
+        let reply = match ctx.cx.route.as_deref().map(|r| &r.action) {
+            None | Some(Action::Upstream(_)) => {
                 ctx.matched = matched;
                 return Ok(false);
             }
-            Action::Respond(r) => r.reply(),
-            Action::Aggregate(a) => {
-                let req = session.req_header();
-                let path = matched.normalized.as_deref().unwrap_or(req.uri.path());
-                a.run(req, &route, &mut ctx.cx, path).await
-            }
+            Some(Action::Respond(r)) => r.reply(),
+            // Only here is the route held apart from the context, which its parts borrow.
+            Some(Action::Aggregate(_)) => match ctx.cx.route.clone() {
+                Some(route) => {
+                    Aggregate::answer(&route, session.req_header(), &matched, &mut ctx.cx).await
+                }
+                None => return Ok(false),
+            },
         };
         reply::send(session, &mut ctx.cx, reply).await?;
         Ok(true)

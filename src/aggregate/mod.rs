@@ -21,7 +21,7 @@ use crate::config::{AggregateConfig, Config, ConfigError, Located, PathSpec, Rou
 use crate::error;
 use crate::filter::{Body, Context, Phases, Reply};
 use crate::plumbing;
-use crate::router::Route;
+use crate::router::{Action, Matched, Route};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -199,8 +199,23 @@ impl Aggregate {
         Ok(req)
     }
 
+    /// The answer of `route`'s aggregate to `client` (a route without one answers 500, which
+    /// the proxy never asks for).
+    pub async fn answer(
+        route: &Route,
+        client: &RequestHeader,
+        matched: &Matched,
+        cx: &mut Context,
+    ) -> Reply {
+        let Action::Aggregate(agg) = &route.action else {
+            return Reply::error(error::INTERNAL);
+        };
+        let path = matched.normalized.as_deref().unwrap_or(client.uri.path());
+        agg.run(client, route, cx, path).await
+    }
+
     /// Make every part's call and merge the answers.
-    pub async fn run(
+    async fn run(
         &self,
         client: &RequestHeader,
         route: &Route,

@@ -142,7 +142,7 @@ fn default_grace_period() -> ConfDuration {
     ConfDuration(Duration::from_secs(30))
 }
 fn default_connections_per_ip() -> NonZeroU32 {
-    NonZeroU32::new(1000).expect("not zero")
+    NonZeroU32::MIN.saturating_add(999)
 }
 fn default_header_timeout() -> ConfTimeout {
     ConfTimeout(Duration::from_secs(10))

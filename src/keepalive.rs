@@ -23,7 +23,8 @@
 //! reads. The proxy says when a header is complete ([`header_read`]); a connection still
 //! without one at the deadline is dropped.
 //!
-//! TLS, HTTP/2 (prior knowledge) and custom protocols go to Pingora's own loop unchanged.
+//! HTTP/1 over TLS takes this loop too. HTTP/2 (by ALPN or prior knowledge) and custom
+//! protocols go to Pingora's own loop unchanged.
 
 use crate::conn_cap::ConnectionCap;
 use crate::head::{self, Verdict};
@@ -77,14 +78,14 @@ impl<A> KeepAlive<A> {
         }
     }
 
-    /// A connection over its address's cap: a plain HTTP/1 client gets `429 rate_limited` for
-    /// its first request (if it sends one in time), anything else is closed at once.
-    async fn refuse(&self, mut stream: Stream, plain: bool) -> Option<Stream> {
+    /// A connection over its address's cap: an HTTP/1 client gets `429 rate_limited` for its
+    /// first request (if it sends one in time), anything else is closed at once.
+    async fn refuse(&self, mut stream: Stream, http1: bool) -> Option<Stream> {
         METRICS
             .blocked_requests
             .with_label_values(&[crate::metrics::NO_ROUTE, "server", "connection_cap"])
             .inc();
-        if plain {
+        if http1 {
             let wait = tokio::time::sleep(self.timeouts.header);
             tokio::pin!(wait);
             if first_bytes(&mut stream, wait, None).await.is_some() {
@@ -129,19 +130,23 @@ where
     ) -> Option<Stream> {
         let options = self.app.server_options();
         let custom = options.is_some_and(|o| o.force_custom);
-        let plain = !(custom
-            || stream.get_ssl_digest().is_some()
-            || stream.selected_alpn_proto().is_some());
+        let tls = stream.get_ssl_digest().is_some();
+        // HTTP/1, in plain text or over TLS (where ALPN chose it, or the client offered none).
+        let http1 = !custom
+            && match stream.selected_alpn_proto() {
+                None => true,
+                Some(alpn) => tls && alpn.get_max_http_version() == 1,
+            };
         let peer = stream
             .get_socket_digest()
             .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
         // Held for the connection's life.
         let _admitted = match peer.map(|ip| self.cap.admit(ip)) {
-            Some(None) => return self.refuse(stream, plain).await,
+            Some(None) => return self.refuse(stream, http1).await,
             Some(Some(admitted)) => admitted,
             None => None,
         };
-        if !plain {
+        if !http1 {
             return self.app.process_new(stream, shutdown).await;
         }
         // One timer for the connection's life, pushed back before each wait: pushing a tokio
@@ -152,7 +157,7 @@ where
         // A client that has just connected is sending a request: it is served even when
         // shutdown begins meanwhile (with keep-alive off), as Pingora's own loop does.
         let mut first = first_bytes(&mut stream, idle.as_mut(), None).await?;
-        if options.is_some_and(|o| o.h2c) && might_be_h2_preface(&first) {
+        if !tls && options.is_some_and(|o| o.h2c) && might_be_h2_preface(&first) {
             // Put the bytes back and let Pingora's loop look for the whole preface.
             let mut l4: Box<L4Stream> = stream.into_any().downcast().ok()?;
             l4.rewind(&first);

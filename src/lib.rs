@@ -28,5 +28,6 @@ pub mod server;
 pub mod shards;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod upgrade;
 pub mod upstream;

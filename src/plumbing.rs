@@ -11,6 +11,7 @@ pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+pub const PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
 
 /// Title-case spellings of the headers Pylon adds to every request, for inserting. Pingora keeps
 /// a `&'static str` name as it is; a `HeaderName` outside its own short title-case table is
@@ -263,7 +264,12 @@ pub fn prepare_upstream(
         .snapshot
         .as_deref()
         .map_or(&[][..], |s| &s.trusted_proxies);
-    set_forwarded(upstream, cx.peer, client_host, PROTO_HTTP, trusted)?;
+    let proto = if cx.tls.is_some() {
+        PROTO_HTTPS
+    } else {
+        PROTO_HTTP
+    };
+    set_forwarded(upstream, cx.peer, client_host, proto, trusted)?;
     if let Some(host) = host {
         upstream.insert_header(http::header::HOST, host.clone())?;
     }

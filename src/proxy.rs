@@ -103,6 +103,7 @@ impl ProxyHttp for Gateway {
         cx.request_id = RequestId::of(headers);
         cx.trace = TraceContext::of(headers, self.telemetry.sample_ratio());
         cx.peer = peer_ip(session);
+        cx.tls = session.digest().and_then(|d| d.ssl_digest.clone());
         let snapshot = self.snapshot.load_full();
         let (lookup, matched) = snapshot.router.route(session.req_header());
         let route = match lookup {

@@ -90,7 +90,7 @@ fn try_reload(
 }
 
 /// `[server]` keys a reload applies: the rest are read once, at start.
-const RELOADED_SERVER_KEYS: [&str; 2] = ["global_policies", "trusted_proxies"];
+const RELOADED_SERVER_KEYS: [&str; 3] = ["global_policies", "trusted_proxies", "tls"];
 
 /// The `[server]` keys that differ between `running` and `next` and only a restart applies,
 /// as `server.KEY`.
@@ -104,7 +104,20 @@ fn server_keys_needing_restart(running: &ServerConfig, next: &ServerConfig) -> V
         .chain(b.keys().filter(|k| !a.contains_key(*k)))
         .filter(|k| !RELOADED_SERVER_KEYS.contains(&k.as_str()) && a.get(*k) != b.get(*k))
         .map(|k| format!("server.{k}"))
+        .chain(tls_listeners_changed(running, next))
         .collect()
+}
+
+/// A TLS listener's certificates and client checks are reloaded; its address, minimum
+/// version and ALPN are fixed when it starts listening.
+fn tls_listeners_changed(running: &ServerConfig, next: &ServerConfig) -> Option<String> {
+    let fixed = |s: &ServerConfig| -> Vec<_> {
+        s.tls
+            .iter()
+            .map(|t| (t.listen.get_ref().clone(), t.min_version, t.h2))
+            .collect()
+    };
+    (fixed(running) != fixed(next)).then(|| "server.tls (listen, min_version, h2)".to_string())
 }
 
 /// What identifies a version of the file: modification time and size.

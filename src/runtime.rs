@@ -10,6 +10,7 @@ use crate::filter::Chain;
 use crate::policy;
 use crate::router::{RouteDefaults, Router};
 use crate::state::{Carried, Keeper};
+use crate::tls::ListenerTls;
 use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -26,6 +27,8 @@ pub struct Snapshot {
     pub carried: Carried,
     /// Peers whose `x-forwarded-*` headers are believed.
     pub trusted_proxies: Box<[ipnet::IpNet]>,
+    /// The certificates and client checks of each TLS listener, by its address.
+    pub tls: HashMap<String, Arc<ListenerTls>>,
     /// The configuration this was built from, for `GET /config`.
     pub config: Config,
 }
@@ -48,6 +51,7 @@ impl Snapshot {
                 Err(e) => errors.push(ConfigError::at(located.span.clone(), e)),
             }
         }
+        let tls = compile_tls(config, previous, &mut errors);
         let consumers = Consumers::compile(config);
         let policies = match policy::compile(config, &consumers, &mut keeper) {
             Ok(p) => p,
@@ -102,7 +106,30 @@ impl Snapshot {
             global: policy::chain(&global),
             carried: keeper.finish(),
             trusted_proxies,
+            tls,
             config: config.clone(),
         })
     }
+}
+
+/// Every TLS listener's certificates, read from their files now. A listener the new
+/// configuration drops keeps its certificates until the restart that closes it.
+fn compile_tls(
+    config: &Config,
+    previous: Option<&Snapshot>,
+    errors: &mut Vec<ConfigError>,
+) -> HashMap<String, Arc<ListenerTls>> {
+    let mut tls = HashMap::new();
+    for listener in &config.server.tls {
+        match ListenerTls::compile(listener) {
+            Ok(compiled) => {
+                tls.insert(listener.listen.get_ref().clone(), Arc::new(compiled));
+            }
+            Err(e) => errors.extend(e),
+        }
+    }
+    for (addr, kept) in previous.into_iter().flat_map(|p| &p.tls) {
+        tls.entry(addr.clone()).or_insert_with(|| Arc::clone(kept));
+    }
+    tls
 }

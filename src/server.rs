@@ -9,6 +9,7 @@ use crate::policy::jwks::JwksRefresher;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::{SharedSnapshot, Snapshot};
+use crate::tls::accept::Handshakes;
 use crate::upgrade::{Drain, Lifecycle, SelfUpgrade};
 use crate::upstream::PoolSupervisor;
 use arc_swap::ArcSwap;
@@ -134,6 +135,13 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pyl
         // keep-alive connections; HTTP parsing keeps its own buffer, so reads go unbuffered.
         let buffers = L4BufferSettings::default().read(0);
         proxy.add_listener(ListenerConfig::tcp(addr.get_ref()).l4_buffer(buffers));
+    }
+    for listener in &config.server.tls {
+        let addr = listener.listen.get_ref();
+        let handshakes = Handshakes::new(addr.clone(), Arc::clone(&shared));
+        let settings = crate::tls::accept::settings(listener, handshakes)?;
+        let buffers = L4BufferSettings::default().read(0);
+        proxy.add_listener(ListenerConfig::tcp(addr).l4_buffer(buffers).tls(settings));
     }
     server.add_service(proxy).add_dependency(&bootstrap);
     server.add_service(background_service(

@@ -198,6 +198,18 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[policies.f]\nkind = \"ip_filter\"\nallow = [\n  \"10.0.0.0/8\",\n  \"10.0.0.1/8\",\n]\n".into(), 5, "is not a network"),
         // 82: a size that is not one
         ("[policies.z]\nkind = \"compression\"\nmin_size = \"big\"\n".into(), 3, "invalid size"),
+        // 88: a TLS listener's certificate file that cannot be read, at its `cert`
+        ("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncertificates = [\n  { cert = \"/nonexistent/c.pem\", key = \"/nonexistent/c.key\" },\n]\n".into(), 4, "cannot read certificate \"/nonexistent/c.pem\""),
+        // 89: client_auth without the CAs to check against
+        ("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncertificates = []\nclient_auth = \"optional\"\n".into(), 4, "needs `client_ca`"),
+        // 90: a default certificate that is not in the list
+        ("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncertificates = []\ndefault_certificate = 2\n".into(), 4, "index into `certificates`"),
+        // 91: a TLS listener on the plain listener's address
+        ("[server]\nlisten = [\"127.0.0.1:8080\"]\n[[server.tls]]\nlisten = \"127.0.0.1:8080\"\ncertificates = []\n".into(), 4, "is given twice"),
+        // 92: a server name that is not one
+        ("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncertificates = [\n  { hosts = [\"a.example.com\", \"*.*.example.com\"], cert = \"/x.pem\", key = \"/x.key\" },\n]\n".into(), 4, "invalid server name \"*.*.example.com\""),
+        // 93: an upstream CA file that cannot be read
+        ("[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\ntls = true\nca = \"/nonexistent/ca.pem\"\n".into(), 1, "cannot read certificate \"/nonexistent/ca.pem\""),
     ]
 }
 

@@ -8,7 +8,8 @@
 //! bytes. `GET /_hits` answers how many requests (besides health checks) it has served.
 //! `/_reply?type=T&body=B&repeat=N&gzip=1&header=name:value` answers with that body (`B`
 //! repeated `N` times, gzipped with `gzip=1`), content type and headers, so tests can shape
-//! exactly what the gateway receives.
+//! exactly what the gateway receives. With `--tls-cert`/`--tls-key` it serves TLS (h2 and
+//! HTTP/1.1 by ALPN; `--no-h2` for HTTP/1.1 only); answers say which `version` they came by.
 
 use bytes::Bytes;
 use clap::Parser;
@@ -18,6 +19,8 @@ use hyper::header::HeaderValue;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use openssl::ssl::{AlpnError, Ssl, SslAcceptor, SslFiletype, SslMethod};
+use pingora::tls::tokio_ssl::SslStream;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,8 +50,39 @@ struct Args {
     /// Wait this long before answering a WebSocket upgrade with 101.
     #[arg(long, value_parser = humantime::parse_duration)]
     upgrade_delay: Option<Duration>,
+    /// Serve TLS with this PEM certificate (and `--tls-key`), offering h2 and HTTP/1.1 by ALPN.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    #[arg(long)]
+    tls_key: Option<std::path::PathBuf>,
+    /// With TLS, offer only HTTP/1.1 by ALPN.
+    #[arg(long)]
+    no_h2: bool,
     #[arg(skip)]
     hits: AtomicU64,
+}
+
+/// The TLS acceptor of `--tls-cert`: ALPN picks h2 when the client offers it (unless
+/// `--no-h2`), else HTTP/1.1.
+fn acceptor(args: &Args) -> std::io::Result<Option<SslAcceptor>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let fail = |e: openssl::error::ErrorStack| std::io::Error::other(e.to_string());
+    let mut builder = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls()).map_err(fail)?;
+    builder.set_certificate_chain_file(cert).map_err(fail)?;
+    builder
+        .set_private_key_file(key, SslFiletype::PEM)
+        .map_err(fail)?;
+    let offer: &'static [u8] = if args.no_h2 {
+        b"\x08http/1.1"
+    } else {
+        b"\x02h2\x08http/1.1"
+    };
+    builder.set_alpn_select_callback(move |_, client| {
+        openssl::ssl::select_next_proto(offer, client).ok_or(AlpnError::NOACK)
+    });
+    Ok(Some(builder.build()))
 }
 
 impl Args {
@@ -197,16 +231,33 @@ fn upgrade(mut req: Request<Incoming>) -> Response<Full<Bytes>> {
 async fn main() -> std::io::Result<()> {
     let args = Arc::new(Args::parse());
     let listener = TcpListener::bind(args.listen).await?;
+    let tls = acceptor(&args)?.map(Arc::new);
     println!("listening on {}", listener.local_addr()?);
     loop {
         let (stream, _) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let args = Arc::clone(&args);
+        let tls = tls.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req| handle(Arc::clone(&args), req));
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let Some(tls) = tls else {
+                let _ = server
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+                return;
+            };
+            let Ok(ssl) = Ssl::new(tls.context()) else {
+                return;
+            };
+            let Ok(mut stream) = SslStream::new(ssl, stream) else {
+                return;
+            };
+            if std::pin::Pin::new(&mut stream).accept().await.is_ok() {
+                let _ = server
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            }
         });
     }
 }

@@ -102,6 +102,61 @@ pub struct ServerConfig {
     /// Policies run on every route, before the route's own.
     #[serde(default)]
     pub global_policies: Vec<Spanned<String>>,
+    /// TLS listeners (`[[server.tls]]`), each with its certificates.
+    #[serde(default)]
+    pub tls: Vec<TlsListenerConfig>,
+}
+
+/// One `[[server.tls]]` listener: an address, its certificates by server name, and how it
+/// treats client certificates.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    pub listen: Spanned<String>,
+    pub certificates: Spanned<Vec<CertificateConfig>>,
+    /// The certificate (an index into `certificates`) for clients that send no server name,
+    /// or one no certificate is for.
+    pub default_certificate: Option<Spanned<usize>>,
+    #[serde(default)]
+    pub min_version: TlsVersion,
+    /// Offer HTTP/2 by ALPN (HTTP/1.1 stays available).
+    #[serde(default = "yes")]
+    pub h2: bool,
+    /// CA certificates (PEM) that client certificates are verified against: mTLS.
+    pub client_ca: Option<Spanned<String>>,
+    pub client_auth: Option<Spanned<ClientAuth>>,
+}
+
+/// A certificate chain and its key, for the server names in `hosts`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// Exact names and `*.example.com` wildcards; absent: the names the certificate is for
+    /// (its DNS subject alternative names, or its common name).
+    pub hosts: Option<Vec<Spanned<String>>>,
+    /// PEM: the certificate first, then its intermediates.
+    pub cert: Spanned<String>,
+    /// PEM private key.
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum TlsVersion {
+    #[default]
+    #[serde(rename = "1.2")]
+    V1_2,
+    #[serde(rename = "1.3")]
+    V1_3,
+}
+
+/// Whether a client certificate is asked for or needed, on a listener with `client_ca`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    /// Asked for; a client without one connects, one with a bad one does not.
+    Optional,
+    /// Needed to connect at all.
+    Required,
 }
 
 impl Default for ServerConfig {
@@ -122,6 +177,7 @@ impl Default for ServerConfig {
             work_stealing: true,
             watch: false,
             global_policies: Vec::new(),
+            tls: Vec::new(),
         }
     }
 }
@@ -294,6 +350,13 @@ pub struct UpstreamConfig {
     pub sni: Option<String>,
     #[serde(default = "yes")]
     pub verify: bool,
+    /// CA certificates (PEM) the targets' certificates are verified against, instead of the
+    /// system's.
+    pub ca: Option<Spanned<String>>,
+    /// HTTP/2 to the targets: offered by ALPN over TLS (HTTP/1.1 if a target declines), by
+    /// prior knowledge in plain text.
+    #[serde(default)]
+    pub h2: bool,
     /// Passive health: a breaker per target, fed by every attempt's outcome.
     pub circuit_breaker: Option<Spanned<CircuitBreakerConfig>>,
     /// Requests in flight to the pool at once; beyond it, 503.
@@ -686,6 +749,8 @@ pub struct ConsumerConfig {
     pub basic_auth: Option<Spanned<BasicCredential>>,
     /// The value of a `jwt` policy's `consumer_claim` that identifies this consumer.
     pub jwt_subject: Option<Spanned<String>>,
+    /// The common name of a verified client certificate (mTLS) that identifies this consumer.
+    pub client_cert: Option<Spanned<String>>,
     #[serde(default)]
     pub groups: Vec<String>,
 }

@@ -73,6 +73,7 @@ pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>
 fn check_consumer_credentials(config: &Config, errors: &mut Vec<ConfigError>) {
     let mut users = HashSet::new();
     let mut subjects = HashSet::new();
+    let mut certs = HashSet::new();
     for (name, consumer) in &config.consumers {
         // The name goes upstream as `x-consumer`.
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
@@ -104,6 +105,14 @@ fn check_consumer_credentials(config: &Config, errors: &mut Vec<ConfigError>) {
                         "jwt_subject `{}` belongs to two consumers",
                         subject.get_ref()
                     ),
+                ));
+            }
+        }
+        if let Some(cn) = &consumer.client_cert {
+            if !certs.insert(cn.get_ref().as_str()) {
+                errors.push(ConfigError::at(
+                    cn.span(),
+                    format!("client_cert `{}` belongs to two consumers", cn.get_ref()),
                 ));
             }
         }
@@ -148,7 +157,11 @@ fn check_server(config: &Config, errors: &mut Vec<ConfigError>) {
         ));
     }
     let mut seen = HashSet::new();
-    for addr in &server.listen {
+    let listeners = server
+        .listen
+        .iter()
+        .chain(server.tls.iter().map(|t| &t.listen));
+    for addr in listeners {
         if !seen.insert(addr.get_ref()) {
             errors.push(ConfigError::at(
                 addr.span(),
@@ -175,14 +188,10 @@ fn check_server(config: &Config, errors: &mut Vec<ConfigError>) {
                     listen.get_ref()
                 ),
             ));
-        } else if server
-            .listen
-            .iter()
-            .any(|l| l.get_ref() == listen.get_ref())
-        {
+        } else if seen.contains(listen.get_ref()) {
             errors.push(ConfigError::at(
                 listen.span(),
-                "the admin listener cannot share an address with `server.listen`",
+                "the admin listener cannot share an address with `server.listen` or a TLS listener",
             ));
         }
     }

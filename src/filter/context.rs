@@ -7,6 +7,7 @@ use crate::plumbing::{self, RequestId, TraceContext};
 use crate::router::Route;
 use crate::runtime::Snapshot;
 use http::HeaderMap;
+use pingora::protocols::tls::SslDigest;
 use std::any::{Any, TypeId};
 use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Arc;
@@ -60,6 +61,9 @@ pub struct Context {
     pub route: Option<Arc<Route>>,
     /// The address the connection came from.
     pub peer: Option<IpAddr>,
+    /// The connection's TLS session (`None` in plain text): its client certificate, if one
+    /// was verified, is in its extension ([`crate::tls::ClientCert`]).
+    pub tls: Option<Arc<SslDigest>>,
     client_ip: Option<IpAddr>,
     /// Who the request is, as the authentication filters established.
     pub identity: Identity,
@@ -73,6 +77,11 @@ pub struct Context {
 }
 
 impl Context {
+    /// The client certificate the connection's TLS handshake verified.
+    pub fn client_cert(&self) -> Option<&crate::tls::ClientCert> {
+        self.tls.as_deref()?.extension.get()
+    }
+
     /// The route's name, or `""` before routing.
     pub fn route_name(&self) -> &str {
         self.route.as_deref().map_or("", |r| &r.name)

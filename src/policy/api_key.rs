@@ -9,6 +9,7 @@ use super::registry::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::ConfigError;
 use crate::consumer::Consumer;
+use crate::filter::Context;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
@@ -161,7 +162,11 @@ impl Authenticator for ApiKey {
         &self.name
     }
 
-    async fn authenticate(&self, req: &RequestHeader) -> Option<(Auth, Option<Found>)> {
+    async fn authenticate(
+        &self,
+        req: &RequestHeader,
+        _cx: &Context,
+    ) -> Option<(Auth, Option<Found>)> {
         let (presented, found) = self.credential(req)?;
         let auth = match self.keys.lookup(presented) {
             Some(c) => Auth::consumer(Arc::clone(c)),
@@ -209,14 +214,23 @@ mod tests {
             anonymous: None,
         };
         let req = RequestHeader::build("GET", b"/?a=1&api_key=k1", None).unwrap();
-        let (auth, found) = policy.authenticate(&req).await.unwrap();
+        let (auth, found) = policy
+            .authenticate(&req, &Context::default())
+            .await
+            .unwrap();
         assert!(matches!(auth, Auth::Granted(_)));
         assert_eq!(found, Some(Found::Query("api_key".into())));
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-api-key", "nope").unwrap();
-        let (auth, _) = policy.authenticate(&req).await.unwrap();
+        let (auth, _) = policy
+            .authenticate(&req, &Context::default())
+            .await
+            .unwrap();
         assert!(matches!(auth, Auth::Refused("invalid_credentials")));
         let bare = RequestHeader::build("GET", b"/", None).unwrap();
-        assert!(policy.authenticate(&bare).await.is_none());
+        assert!(policy
+            .authenticate(&bare, &Context::default())
+            .await
+            .is_none());
     }
 }

@@ -48,9 +48,14 @@ pub trait Authenticator: Send + Sync {
     /// The policy's name, for metrics and logs.
     fn name(&self) -> &Arc<str>;
 
-    /// Check the request's credential of this kind: `None` when it carries none. The
+    /// Check the request's credential of this kind (in its header, or its connection's
+    /// client certificate): `None` when it carries none. The
     /// [`Found`] is where the credential was, to strip it; `None` to forward it.
-    async fn authenticate(&self, req: &RequestHeader) -> Option<(Auth, Option<Found>)>;
+    async fn authenticate(
+        &self,
+        req: &RequestHeader,
+        cx: &Context,
+    ) -> Option<(Auth, Option<Found>)>;
 
     /// `WWW-Authenticate` for a 401 from this policy.
     fn challenge(&self, reason: &str) -> HeaderValue;
@@ -125,7 +130,7 @@ impl Filter for Authentication {
         // The first policy that found no credential, for the 401 or its anonymous consumer.
         let mut missing: Option<&Arc<dyn Authenticator>> = None;
         for policy in self.policies.iter() {
-            let Some((auth, found)) = policy.authenticate(req).await else {
+            let Some((auth, found)) = policy.authenticate(req, cx).await else {
                 if missing.is_none_or(|m| m.anonymous().is_none() && policy.anonymous().is_some()) {
                     missing = Some(policy);
                 }
@@ -234,7 +239,11 @@ mod tests {
         fn name(&self) -> &Arc<str> {
             &self.name
         }
-        async fn authenticate(&self, req: &RequestHeader) -> Option<(Auth, Option<Found>)> {
+        async fn authenticate(
+            &self,
+            req: &RequestHeader,
+            _cx: &Context,
+        ) -> Option<(Auth, Option<Found>)> {
             let v = req.headers.get(&self.header)?;
             let auth = match v.as_bytes() {
                 b"ok" => Auth::consumer(Arc::new(Consumer::new(&self.name, vec![]))),

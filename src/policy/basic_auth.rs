@@ -13,6 +13,7 @@ use super::verified::{self, Verified};
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfDuration, ConfigError};
 use crate::consumer::Consumer;
+use crate::filter::Context;
 use async_trait::async_trait;
 use base64::Engine;
 use http::HeaderValue;
@@ -308,7 +309,11 @@ impl Authenticator for BasicAuth {
         &self.name
     }
 
-    async fn authenticate(&self, req: &RequestHeader) -> Option<(Auth, Option<Found>)> {
+    async fn authenticate(
+        &self,
+        req: &RequestHeader,
+        _cx: &Context,
+    ) -> Option<(Auth, Option<Found>)> {
         let encoded = BasicAuth::credential(req)?;
         let found =
             (!self.forward_credentials).then_some(Found::Header(http::header::AUTHORIZATION));

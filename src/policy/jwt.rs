@@ -17,6 +17,7 @@ use super::verified::{self, Verified};
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfDuration, ConfTimeout, ConfigError, Secret};
 use crate::consumer::{Consumer, Identity};
+use crate::filter::Context;
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
@@ -548,7 +549,11 @@ impl Authenticator for Jwt {
         &self.name
     }
 
-    async fn authenticate(&self, req: &RequestHeader) -> Option<(Auth, Option<Found>)> {
+    async fn authenticate(
+        &self,
+        req: &RequestHeader,
+        _cx: &Context,
+    ) -> Option<(Auth, Option<Found>)> {
         let token = Jwt::credential(req)?;
         let found =
             (!self.p.forward_credentials).then_some(Found::Header(http::header::AUTHORIZATION));

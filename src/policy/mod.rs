@@ -16,6 +16,7 @@ pub mod acl;
 pub mod api_key;
 pub mod auth;
 pub mod basic_auth;
+pub mod client_cert;
 pub mod compression;
 pub mod concurrency;
 pub mod cors;

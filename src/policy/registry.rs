@@ -18,6 +18,7 @@ pub const KINDS: &[Kind] = &[
     super::api_key::KIND,
     super::basic_auth::KIND,
     super::jwt::KIND,
+    super::client_cert::KIND,
     super::acl::KIND,
     super::rate_limit::KIND,
     super::concurrency::KIND,

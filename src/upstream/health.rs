@@ -95,9 +95,10 @@ pub(super) fn pool_check_name(name: &str, upstream: &UpstreamConfig) -> String {
 /// `target_name` (their TLS name, and the `Host` of HTTP checks unless `host` is set).
 pub(super) fn build_check(
     hc: &HealthCheckConfig,
-    upstream: &UpstreamConfig,
+    reach: &super::reach::Reach,
     target_name: &str,
 ) -> Arc<dyn HealthCheck + Send + Sync> {
+    let upstream = &reach.config;
     match hc.kind {
         HealthCheckKind::Tcp => {
             let mut check = if upstream.tls {
@@ -110,8 +111,7 @@ pub(super) fn build_check(
             let o = &mut check.peer_template.options;
             o.connection_timeout = Some(hc.timeout.0);
             o.total_connection_timeout = Some(hc.timeout.0);
-            o.verify_cert = upstream.verify;
-            o.verify_hostname = upstream.verify;
+            reach.verify(o);
             let check: Box<dyn HealthCheck + Send + Sync> = check;
             Arc::from(check)
         }
@@ -128,8 +128,7 @@ pub(super) fn build_check(
             o.total_connection_timeout = Some(hc.timeout.0);
             o.read_timeout = Some(hc.timeout.0);
             o.write_timeout = Some(hc.timeout.0);
-            o.verify_cert = upstream.verify;
-            o.verify_hostname = upstream.verify;
+            reach.verify(o);
             // The path was validated at load, so this cannot fail.
             check.req.set_uri(
                 http::Uri::try_from(hc.path.get_ref().as_str())

@@ -86,7 +86,8 @@ mod tests {
             host: addr.to_string(),
         };
         let config: crate::config::UpstreamConfig = toml::from_str("").unwrap();
-        let b = Target::backend(&found, addr, "static", Arc::default(), &config).unwrap();
+        let reach = crate::upstream::reach::Reach::new(&config).unwrap();
+        let b = Target::backend(&found, addr, "static", Arc::default(), &reach).unwrap();
         let t = Target::of(&b).unwrap();
         for _ in 0..inflight {
             std::mem::forget(t.acquire());

@@ -18,6 +18,7 @@ mod budget;
 pub mod discovery;
 mod health;
 mod least_requests;
+pub mod reach;
 mod slow_start;
 mod supervisor;
 mod window;
@@ -43,6 +44,7 @@ use pingora_load_balancing::selection::{
     BackendIter, BackendSelection, Consistent, Random, RoundRobin,
 };
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use reach::Reach;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -121,14 +123,14 @@ impl Target {
         label: &str,
         source: &'static str,
         state: Arc<TargetState>,
-        config: &UpstreamConfig,
+        reach: &Reach,
     ) -> Result<Backend, String> {
         let target = Arc::new(Target {
             addr: found.addr,
             label: label.into(),
             host_header: http::HeaderValue::from_str(&found.host)
                 .unwrap_or_else(|_| http::HeaderValue::from_static("")),
-            peer: peer_for(found.addr, &found.host, config),
+            peer: reach.peer(found.addr, &found.host),
             state,
             source,
             weight: found.weight,
@@ -286,7 +288,7 @@ pub struct Upstream {
     /// The check of static targets; discovered ones get one per name they are known by.
     check: Option<Arc<dyn HealthCheck + Send + Sync>>,
     checks_by_name: std::sync::Mutex<HashMap<String, Arc<dyn HealthCheck + Send + Sync>>>,
-    config: Arc<UpstreamConfig>,
+    reach: Reach,
     /// What learns from each attempt to a target ([`attempt`]).
     pub observers: Box<[Arc<dyn AttemptObserver>]>,
     breakers: Option<Arc<Breakers>>,
@@ -308,6 +310,7 @@ impl Upstream {
     ) -> Result<Upstream, String> {
         // A target a reload adds to a checked pool waits for its first passing check.
         let gated = config.health_check.is_some();
+        let reach = Reach::new(config).map_err(|e| format!("upstream `{name}`: {e}"))?;
         let reloading = keeper.reloading();
         let mut backends = BTreeSet::new();
         for t in &config.targets {
@@ -326,7 +329,7 @@ impl Upstream {
                 weight: t.weight(),
                 host: t.addr().to_string(),
             };
-            let backend = Target::backend(&found, t.addr(), "static", state, config)
+            let backend = Target::backend(&found, t.addr(), "static", state, &reach)
                 .map_err(|e| format!("upstream `{name}`: {e}"))?;
             backends.insert(backend);
         }
@@ -334,7 +337,7 @@ impl Upstream {
             Some(d) => {
                 let members = keeper.keep_default::<_, Members>("discovery", name, ());
                 let kind = discovery::kind_label(d.get_ref().kind);
-                let peers = config.clone();
+                let peers = reach.clone();
                 let make: discovery::MakeBackend = Box::new(move |found, state| {
                     let label = found.addr.to_string();
                     Target::backend(found, &label, kind, state, &peers).ok()
@@ -405,9 +408,9 @@ impl Upstream {
             check: config
                 .health_check
                 .as_ref()
-                .map(|hc| health::build_check(hc, config, &health::pool_check_name(name, config))),
+                .map(|hc| health::build_check(hc, &reach, &health::pool_check_name(name, config))),
             checks_by_name: std::sync::Mutex::default(),
-            config: Arc::new(config.clone()),
+            reach,
             observers: observers.into(),
             breakers,
             max_inflight: config.max_inflight.map(|m| m.get()),
@@ -460,7 +463,7 @@ impl Upstream {
         target: &Target,
     ) -> Arc<dyn HealthCheck + Send + Sync> {
         let host = target.host_header.to_str().unwrap_or_default();
-        let name = sni_for(host, &self.config);
+        let name = sni_for(host, &self.reach.config);
         let mut checks = self
             .checks_by_name
             .lock()
@@ -468,7 +471,7 @@ impl Upstream {
         Arc::clone(
             checks
                 .entry(name)
-                .or_insert_with_key(|name| health::build_check(hc, &self.config, name)),
+                .or_insert_with_key(|name| health::build_check(hc, &self.reach, name)),
         )
     }
 
@@ -698,24 +701,6 @@ pub fn sni_for(written: &str, config: &UpstreamConfig) -> String {
         .sni
         .clone()
         .unwrap_or_else(|| host_of(written).to_string())
-}
-
-/// The peer for one target, with the pool's timeouts and TLS settings.
-fn peer_for(addr: SocketAddr, written: &str, config: &UpstreamConfig) -> HttpPeer {
-    let sni = if config.tls {
-        sni_for(written, config)
-    } else {
-        String::new()
-    };
-    let mut peer = HttpPeer::new(addr, config.tls, sni);
-    let o = &mut peer.options;
-    o.connection_timeout = Some(config.connect_timeout.0);
-    o.read_timeout = Some(config.read_timeout.0);
-    o.write_timeout = Some(config.write_timeout.0);
-    o.idle_timeout = Some(config.idle_timeout.0);
-    o.verify_cert = config.verify;
-    o.verify_hostname = config.verify;
-    peer
 }
 
 #[cfg(test)]

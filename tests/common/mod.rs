@@ -1,6 +1,8 @@
 //! Test harness: real `pylon` and `echo` processes on loopback ports, spoken to over real HTTP.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;

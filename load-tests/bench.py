@@ -45,7 +45,7 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 if FD_LIMIT == resource.RLIM_INFINITY:
     FD_LIMIT = 1 << 20
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,latency,connections,large,instructions").split(",")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,tls,latency,connections,large,instructions").split(",")
 # CPU lists for taskset; on a bigger machine give the proxies more cores and threads, e.g.
 # BENCH_PROXY_CPUS=0-3 BENCH_LOAD_CPUS=4-7 BENCH_THREADS=4.
 PROXY_CPU = os.environ.get("BENCH_PROXY_CPUS", "0")
@@ -55,6 +55,8 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 UPSTREAM = 18000
 REDIS = 18010
 PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004, "pingora": 18007}
+# TLS listeners of the same processes, with one certificate (the `tls` scenario).
+TLS_PORTS = {"nginx-tls": 18005, "haproxy-tls": 18008, "pylon-tls": 18006}
 # Another Pylon binary (an earlier build) to measure beside this one in `plain` and `policies`:
 # before/after figures from one run.
 BASELINE = os.environ.get("BENCH_BASELINE")
@@ -258,7 +260,25 @@ slow_start = "30s"
 """
 
 
+def tls_block(tmp):
+    """The `[[server.tls]]` listener of the main Pylon process."""
+    return f"""
+[[server.tls]]
+listen = "127.0.0.1:{TLS_PORTS['pylon-tls']}"
+certificates = [{{ cert = "{tmp}/bench.pem", key = "{tmp}/bench.key" }}]
+"""
+
+
 def configs(tmp):
+    # One P-256 certificate for every TLS listener: nginx, haproxy and Pylon do the same work.
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", f"{tmp}/bench.key", "-out", f"{tmp}/bench.pem", "-days", "2",
+                    "-subj", "/CN=bench.local", "-addext", "subjectAltName=DNS:bench.local"],
+                   check=True, capture_output=True)
+    with open(f"{tmp}/bench-haproxy.pem", "w") as out:
+        for part in ("bench.pem", "bench.key"):
+            with open(f"{tmp}/{part}") as f:
+                out.write(f.read())
     os.makedirs(os.path.join(tmp, "www"))
     with open(os.path.join(tmp, "www", "large"), "wb") as f:
         f.write(os.urandom(1 << 20))
@@ -292,6 +312,14 @@ http {{
       proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
     }}
   }}
+  server {{
+    listen 127.0.0.1:{TLS_PORTS['nginx-tls']} ssl backlog=4096;
+    ssl_certificate {tmp}/bench.pem; ssl_certificate_key {tmp}/bench.key;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    location / {{
+      proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
+    }}
+  }}
 }}
 """)
     HAPROXY_MAXCONN = IDLE_CONNECTIONS + 200
@@ -310,6 +338,9 @@ defaults
 frontend fe
   bind 127.0.0.1:{PORTS['haproxy']}
   default_backend be
+frontend fe_tls
+  bind 127.0.0.1:{TLS_PORTS['haproxy-tls']} ssl crt {tmp}/bench-haproxy.pem ssl-min-ver TLSv1.2
+  default_backend be
 backend be
   server s1 127.0.0.1:{UPSTREAM}
 """)
@@ -327,7 +358,9 @@ level = "error"
 [upstreams.backend]
 targets = ["127.0.0.1:{UPSTREAM}"]
 """
-    write(os.path.join(tmp, "pylon.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon"]}"]\nupgrade_sock = "{tmp}/u1.sock"') + """
+    main = base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon"]}"]\nupgrade_sock = "{tmp}/u1.sock"')
+    main = main.replace("\n[log]", tls_block(tmp) + "\n[log]", 1)
+    write(os.path.join(tmp, "pylon.toml"), main + """
 [[routes]]
 name = "all"
 upstream = "backend"
@@ -434,10 +467,10 @@ def parse_ms(text):
     return float(m.group(1)) * UNIT[m.group(2)]
 
 
-def wrk(port, path="/", connections=32, headers=()):
+def wrk(port, path="/", connections=32, headers=(), scheme="http"):
     extra = [a for h in headers for a in ("-H", h)]
     out = subprocess.run(pinned(LOAD_CPU, ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{DURATION}s", "--latency",
-                                           *extra, f"http://127.0.0.1:{port}{path}"]),
+                                           *extra, f"{scheme}://127.0.0.1:{port}{path}"]),
                          capture_output=True, text=True).stdout
     if "Requests/sec" not in out or "99%" not in out:
         raise RuntimeError(f"wrk against port {port} failed:\n{out}")
@@ -588,12 +621,16 @@ def main():
                     text = f.read()
                 # An earlier build may not know the resilience keys; it measures the plain route.
                 text = text.split("\n[upstreams.resilient]")[0].split("\n[policies.cors]")[0]
+                # An earlier build may have no TLS listeners either.
+                text = text.replace(tls_block(tmp), "")
                 text = (text.replace(f"127.0.0.1:{PORTS[like]}", f"127.0.0.1:{PORTS[name]}")
                         .replace(".sock", "-before.sock").replace(".pid", "-before.pid")
                         .replace("access.log", "access-before.log"))
                 write(f"{tmp}/{conf}", text)
                 PIDS[name] = procs.start(name, [BASELINE, "-c", f"{tmp}/{conf}"], PROXY_CPU).pid
-        for port in [UPSTREAM, REDIS, *PORTS.values()]:
+        for name in TLS_PORTS:
+            PIDS[name] = PIDS[name.removesuffix("-tls")]
+        for port in [UPSTREAM, REDIS, *PORTS.values(), *TLS_PORTS.values()]:
             wait_port(port)
         # Warm up connection pools.
         for port in PORTS.values():
@@ -625,6 +662,9 @@ def main():
             print("## transforms: pylon's plain route against CORS with a header transform, a JSON body edit of 1 KiB and gzip of 10 KiB, each beside the same route without it", flush=True)
             runs = TRANSFORM_RUNS
             report("transforms", alternate(list(runs), lambda p: wrk(PORTS["pylon"], runs[p][0], headers=runs[p][1])), reference="pylon")
+        if "tls" in SCENARIOS:
+            print("## tls: the plain route over TLS 1.3 (one P-256 certificate), 32 reused connections (no handshakes after the first)", flush=True)
+            report("tls", alternate(list(TLS_PORTS), lambda p: wrk(TLS_PORTS[p], scheme="https")), reference="nginx-tls")
         if "latency" in SCENARIOS:
             # 50% of nginx's peak, capped: the generator shares its core with the upstream and
             # itself falls behind above ~25k requests/s here, which would measure oha, not the

@@ -13,7 +13,7 @@ BUILD_PKGS := cmake pkg-config libssl-dev curl
 TEST_PKGS := systemd redis-server redis-tools dnsmasq-base chromium curl wfuzz
 TEST_MARK := target/.apt-test-installed
 # What `make bench` compares against and loads with.
-BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind
+BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind openssl
 APT_MARK := target/.apt-installed
 BENCH_MARK := target/.apt-bench-installed
 

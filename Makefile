@@ -9,11 +9,12 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 BUILD_PKGS := cmake pkg-config libssl-dev curl
 # What only the tests need: systemd-analyze for the unit check, redis-server for cluster rate
 # limits and a Redis Cluster (redis-cli --cluster create), dnsmasq for DNS and SRV discovery;
-# each test starts its own on free loopback ports.
-TEST_PKGS := systemd redis-server redis-tools dnsmasq-base chromium curl wfuzz
+# each test starts its own on free loopback ports. wfuzz: attack lists; modsecurity-crs: the
+# OWASP Core Rule Set the `crs` WAF engine loads.
+TEST_PKGS := systemd redis-server redis-tools dnsmasq-base chromium curl wfuzz modsecurity-crs
 TEST_MARK := target/.apt-test-installed
 # What `make bench` compares against and loads with.
-BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind openssl
+BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind openssl modsecurity-crs
 APT_MARK := target/.apt-installed
 BENCH_MARK := target/.apt-bench-installed
 

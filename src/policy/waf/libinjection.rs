@@ -1,81 +1,20 @@
-//! `waf`: SQL-injection and XSS detection on the request, with libinjection (`libinjectionrs`,
-//! a pure-Rust port: its fingerprint tables, not patterns of our own).
+//! The `libinjection` engine: SQL-injection and XSS detection with libinjection
+//! (`libinjectionrs`, a pure-Rust port: its fingerprint tables, not patterns of our own).
 //!
 //! What it reads, as `inspect` says: the path, each query parameter, the chosen headers, each
 //! cookie, and a bounded JSON or form body (every string and key, every field). Each value is
 //! URL-decoded (twice when the first pass leaves escapes, against double encoding) and, when it
-//! has entities, HTML-decoded as well, and each form is checked. `mode = "block"` answers
-//! `403 request_blocked`; `"detect"` lets the request through. Both count every finding in
-//! `pylon_blocked_requests_total{route,policy,reason}` (`sqli`, `xss`) and log where it was
-//! (never the value). `exclude_rules` turn findings off for false positives, by detector and
-//! place: `"sqli"`, `"xss:query:q"`, `"*:cookie:session"`, `"sqli:body:description"`.
-//!
-//! `engine = "crs"` (the OWASP Core Rule Set) is not built yet and is refused at load.
+//! has entities, HTML-decoded as well, and each form is checked. Findings are `sqli` or `xss`.
+//! `exclude_rules` turn findings off for false positives, by detector and place: `"sqli"`,
+//! `"xss:query:q"`, `"*:cookie:session"`, `"sqli:body:description"`.
 
-use super::registry::Kind;
-use super::{Compile, Compiled, Source, Spec};
-use crate::config::{ConfSize, ConfigError};
-use crate::error;
-use crate::filter::{Context, Filter, Phases, Reply, Stage};
-use crate::metrics::METRICS;
+use super::{Engine, Finding, Head, WafConfig};
+use crate::filter::Context;
 use async_trait::async_trait;
-use bytes::Bytes;
 use http::HeaderName;
 use pingora::http::RequestHeader;
-use serde::{Deserialize, Serialize};
+use std::any::Any;
 use std::borrow::Cow;
-use std::sync::Arc;
-
-pub const KIND: Kind = Kind { name: "waf", parse };
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    Block,
-    Detect,
-}
-
-#[derive(Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct WafConfig {
-    #[serde(default = "default_mode")]
-    pub mode: Mode,
-    #[serde(default = "default_engine")]
-    pub engine: String,
-    /// CRS only.
-    pub paranoia_level: Option<u8>,
-    /// CRS only.
-    pub anomaly_threshold: Option<u32>,
-    #[serde(default = "default_inspect")]
-    pub inspect: Vec<String>,
-    /// The headers `inspect = ["headers"]` reads.
-    #[serde(default = "default_headers")]
-    pub headers: Vec<String>,
-    /// The most of a body that is read; a larger one is inspected up to this and the rest
-    /// streams through.
-    #[serde(default = "default_max_body")]
-    pub max_body: ConfSize,
-    #[serde(default)]
-    pub exclude_rules: Vec<String>,
-}
-
-fn default_mode() -> Mode {
-    Mode::Block
-}
-fn default_engine() -> String {
-    "libinjection".into()
-}
-fn default_inspect() -> Vec<String> {
-    ["path", "query", "headers", "cookies", "body"]
-        .map(String::from)
-        .to_vec()
-}
-fn default_headers() -> Vec<String> {
-    ["user-agent", "referer"].map(String::from).to_vec()
-}
-fn default_max_body() -> ConfSize {
-    ConfSize(64 << 10)
-}
 
 /// Which detector found something.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,99 +105,48 @@ impl Exclusion {
     }
 }
 
-struct WafSpec {
-    config: WafConfig,
-    filter: Arc<Waf>,
-}
-
-impl Spec for WafSpec {
-    fn describe(&self) -> serde_json::Value {
-        super::describe(&self.config)
-    }
-
-    fn compile(&self, _cx: &mut Compile<'_, '_>) -> Result<Compiled, String> {
-        Ok(Compiled::Filter(self.filter.clone()))
-    }
-}
-
-pub struct Waf {
-    name: Arc<str>,
-    mode: Mode,
+pub struct Libinjection {
     path: bool,
     query: bool,
     headers: Box<[HeaderName]>,
     cookies: bool,
-    body: bool,
-    max_body: usize,
     exclusions: Box<[Exclusion]>,
 }
 
-fn parse(src: &mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>> {
-    let config: WafConfig = src.settings()?;
-    let mut errors = Vec::new();
-    match config.engine.as_str() {
-        "libinjection" => {
-            if config.paranoia_level.is_some() || config.anomaly_threshold.is_some() {
-                errors.push(
-                    src.place.error(
-                        "`paranoia_level` and `anomaly_threshold` are for `engine = \"crs\"`",
-                    ),
-                );
+impl Libinjection {
+    /// The engine for a policy's `inspect`, `headers` and `exclude_rules`; every problem.
+    pub fn new(config: &WafConfig) -> Result<Libinjection, Vec<String>> {
+        let mut errors = Vec::new();
+        let mut headers = Vec::new();
+        for h in &config.headers {
+            match HeaderName::from_bytes(h.as_bytes()) {
+                Ok(n) => headers.push(n),
+                Err(_) => errors.push(format!("{h:?} in `headers` is not a header name")),
             }
         }
-        "crs" => errors.push(src.place.error(
-            "`engine = \"crs\"` (the OWASP Core Rule Set) is not available in this build yet; \
-             use \"libinjection\"",
-        )),
-        other => errors.push(
-            src.place
-                .error(format!("unknown engine {other:?} (libinjection or crs)")),
-        ),
-    }
-    for i in &config.inspect {
-        if !["path", "query", "headers", "cookies", "body"].contains(&i.as_str()) {
-            errors.push(src.place.error(format!(
-                "`inspect`: unknown place {i:?} (path, query, headers, cookies, body)"
-            )));
+        let mut exclusions = Vec::new();
+        for e in &config.exclude_rules {
+            match Exclusion::parse(e) {
+                Ok(x) => exclusions.push(x),
+                Err(msg) => errors.push(msg),
+            }
         }
-    }
-    let mut headers = Vec::new();
-    for h in &config.headers {
-        match HeaderName::from_bytes(h.as_bytes()) {
-            Ok(n) => headers.push(n),
-            Err(_) => errors.push(
-                src.place
-                    .error(format!("{h:?} in `headers` is not a header name")),
-            ),
+        if !errors.is_empty() {
+            return Err(errors);
         }
+        let has = |what: &str| config.inspect.iter().any(|i| i == what);
+        Ok(Libinjection {
+            path: has("path"),
+            query: has("query"),
+            headers: if has("headers") {
+                headers.into()
+            } else {
+                Box::new([])
+            },
+            cookies: has("cookies"),
+            exclusions: exclusions.into(),
+        })
     }
-    let mut exclusions = Vec::new();
-    for e in &config.exclude_rules {
-        match Exclusion::parse(e) {
-            Ok(x) => exclusions.push(x),
-            Err(msg) => errors.push(src.place.error(msg)),
-        }
-    }
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let has = |what: &str| config.inspect.iter().any(|i| i == what);
-    let filter = Arc::new(Waf {
-        name: src.place.name.as_str().into(),
-        mode: config.mode,
-        path: has("path"),
-        query: has("query"),
-        headers: if has("headers") {
-            headers.into()
-        } else {
-            Box::new([])
-        },
-        cookies: has("cookies"),
-        body: has("body"),
-        max_body: config.max_body.bytes(),
-        exclusions: exclusions.into(),
-    });
-    Ok(Arc::new(WafSpec { config, filter }))
 }
 
 /// Percent-decoded (a second time when escapes remain: double encoding).
@@ -288,10 +176,7 @@ fn might_be_xss(v: &[u8]) -> bool {
     v.iter().any(|b| b"<>\"'=`".contains(b))
 }
 
-/// A finding: which detector, and where.
-type Finding = (Detector, String);
-
-impl Waf {
+impl Libinjection {
     /// Check one value in all its forms; the first finding not excluded.
     fn value(&self, value: &[u8], place: Place<'_>) -> Option<Finding> {
         if value.is_empty() {
@@ -321,7 +206,10 @@ impl Waf {
                         "" => place.kind().to_string(),
                         n => format!("{}:{n}", place.kind()),
                     };
-                    return Some((detector, at));
+                    return Some(Finding {
+                        reason: detector.as_str(),
+                        at,
+                    });
                 }
             }
         }
@@ -342,7 +230,7 @@ impl Waf {
         None
     }
 
-    fn head(&self, req: &RequestHeader) -> Option<Finding> {
+    fn head_of(&self, req: &RequestHeader) -> Option<Finding> {
         if self.path {
             let path = url_decoded(req.uri.path().as_bytes());
             if let Some(f) = self.value(&path, Place::Path) {
@@ -408,35 +296,6 @@ impl Waf {
             BodyKind::Json => self.value(body, Place::Body("")),
         }
     }
-
-    /// Count (and in block mode refuse) a finding.
-    fn found(&self, (detector, at): Finding, cx: &mut Context) -> Result<(), Reply> {
-        METRICS
-            .blocked_requests
-            .with_label_values(&[cx.route_name(), &self.name, detector.as_str()])
-            .inc();
-        log::warn!(
-            "waf `{}`: {} in {at} (request {}, {})",
-            self.name,
-            detector.as_str(),
-            cx.request_id.as_str(),
-            if self.mode == Mode::Block {
-                "blocked"
-            } else {
-                "detected only"
-            }
-        );
-        match self.mode {
-            Mode::Block => {
-                cx.notes.push("waf_blocked");
-                Err(Reply::error(error::REQUEST_BLOCKED))
-            }
-            Mode::Detect => {
-                cx.notes.push("waf_detected");
-                Ok(())
-            }
-        }
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,81 +304,45 @@ enum BodyKind {
     Form,
 }
 
-/// A body being held back until it is inspected.
-struct Held {
-    kind: BodyKind,
-    data: Vec<u8>,
+impl BodyKind {
+    /// The bodies this engine reads, by content type.
+    fn of(req: &RequestHeader) -> Option<BodyKind> {
+        let ct = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if ct.starts_with("application/x-www-form-urlencoded") {
+            Some(BodyKind::Form)
+        } else if ct.starts_with("application/json") || ct.contains("+json") {
+            Some(BodyKind::Json)
+        } else {
+            None
+        }
+    }
 }
 
 #[async_trait]
-impl Filter for Waf {
-    fn phases(&self) -> Phases {
-        match self.body {
-            true => Phases::REQUEST | Phases::REQUEST_BODY,
-            false => Phases::REQUEST,
+impl Engine for Libinjection {
+    async fn head(&self, req: &RequestHeader, _cx: &Context, body: bool) -> Head {
+        if let Some(f) = self.head_of(req) {
+            return Head::Found(f);
+        }
+        match BodyKind::of(req).filter(|_| body) {
+            Some(kind) => Head::Body(Box::new(kind)),
+            None => Head::Clean,
         }
     }
 
-    /// Before authentication: an attack costs no credential check.
-    fn stage(&self) -> Stage {
-        Stage::BeforeAuth
-    }
-
-    async fn request(&self, req: &RequestHeader, cx: &mut Context) -> Result<(), Reply> {
-        if let Some(f) = self.head(req) {
-            self.found(f, cx)?;
-        }
-        if self.body {
-            let ct = req
-                .headers
-                .get(http::header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_ascii_lowercase();
-            let kind = if ct.starts_with("application/x-www-form-urlencoded") {
-                Some(BodyKind::Form)
-            } else if ct.starts_with("application/json") || ct.contains("+json") {
-                Some(BodyKind::Json)
-            } else {
-                None
-            };
-            if let Some(kind) = kind {
-                cx.state.insert(Held {
-                    kind,
-                    data: Vec::new(),
-                });
-            }
-        }
-        Ok(())
-    }
-
-    async fn request_body(
+    async fn body(
         &self,
-        chunk: &mut Option<Bytes>,
-        end: bool,
-        cx: &mut Context,
-    ) -> Result<(), Reply> {
-        let Some(held) = cx.state.get_mut::<Held>() else {
-            return Ok(());
-        };
-        if let Some(c) = chunk.as_deref() {
-            held.data.extend_from_slice(c);
-        }
-        let full = held.data.len() > self.max_body;
-        if !end && !full {
-            // Held back until inspected (an empty chunk is not sent).
-            *chunk = Some(Bytes::new());
-            return Ok(());
-        }
-        let Some(Held { kind, data }) = cx.state.remove::<Held>() else {
-            return Ok(());
-        };
-        let inspected = &data[..data.len().min(self.max_body)];
-        if let Some(f) = self.body_of(kind, inspected, !full) {
-            self.found(f, cx)?;
-        }
-        *chunk = Some(Bytes::from(data));
-        Ok(())
+        state: Box<dyn Any + Send + Sync>,
+        body: &[u8],
+        whole: bool,
+    ) -> Option<Finding> {
+        let kind = state.downcast_ref::<BodyKind>()?;
+        self.body_of(*kind, body, whole)
     }
 }
 
@@ -527,16 +350,12 @@ impl Filter for Waf {
 mod tests {
     use super::*;
 
-    fn waf(exclusions: &[&str]) -> Waf {
-        Waf {
-            name: "w".into(),
-            mode: Mode::Block,
+    fn waf(exclusions: &[&str]) -> Libinjection {
+        Libinjection {
             path: true,
             query: true,
             headers: vec![HeaderName::from_static("user-agent")].into(),
             cookies: true,
-            body: true,
-            max_body: 1024,
             exclusions: exclusions
                 .iter()
                 .map(|e| Exclusion::parse(e).unwrap())
@@ -544,24 +363,24 @@ mod tests {
         }
     }
 
-    fn head(w: &Waf, uri: &str, headers: &[(&str, &str)]) -> Option<Finding> {
+    fn head(w: &Libinjection, uri: &str, headers: &[(&str, &str)]) -> Option<Finding> {
         let mut req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
         for (k, v) in headers {
             req.insert_header(k.to_string(), *v).unwrap();
         }
-        w.head(&req)
+        w.head_of(&req)
     }
 
     #[test]
     fn finds_sqli_and_xss_where_they_are() {
         let w = waf(&[]);
         assert_eq!(
-            head(&w, "/search?q=1%27%20OR%20%271%27%3D%271", &[]).map(|f| f.0),
-            Some(Detector::Sqli)
+            head(&w, "/search?q=1%27%20OR%20%271%27%3D%271", &[]).map(|f| f.reason),
+            Some("sqli")
         );
         assert_eq!(
-            head(&w, "/p?c=%3Cscript%3Ealert(1)%3C%2Fscript%3E", &[]).map(|f| f.0),
-            Some(Detector::Xss)
+            head(&w, "/p?c=%3Cscript%3Ealert(1)%3C%2Fscript%3E", &[]).map(|f| f.reason),
+            Some("xss")
         );
         // Double encoding and HTML entities do not hide it.
         assert!(head(
@@ -578,7 +397,7 @@ mod tests {
             &[],
         )
         .unwrap();
-        assert_eq!(f.1, "query:id");
+        assert_eq!(f.at, "query:id");
     }
 
     #[test]
@@ -665,7 +484,7 @@ mod tests {
         let w = waf(&[]);
         let json = br#"{"name":"Al","comment":{"text":"<script>alert(1)</script>"}}"#;
         assert_eq!(
-            w.body_of(BodyKind::Json, json, true).map(|f| f.1),
+            w.body_of(BodyKind::Json, json, true).map(|f| f.at),
             Some("body:text".into())
         );
         assert!(w

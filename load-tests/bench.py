@@ -275,6 +275,11 @@ slow_start = "30s"
 """
 
 
+# The `connections` scenario holds thousands of connections from one address: above the
+# per-address cap (1,000 by default) the gateway would refuse them.
+CONNECTION_CAP = "max_connections_per_ip = 1000000\n"
+
+
 def tls_block(tmp):
     """The `[[server.tls]]` listener of the main Pylon process."""
     return f"""
@@ -374,7 +379,7 @@ level = "error"
 targets = ["127.0.0.1:{UPSTREAM}"]
 """
     main = base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon"]}"]\nupgrade_sock = "{tmp}/u1.sock"')
-    main = main.replace("\n[log]", tls_block(tmp) + "\n[log]", 1)
+    main = main.replace("\n[log]", CONNECTION_CAP + tls_block(tmp) + "\n[log]", 1)
     write(os.path.join(tmp, "pylon.toml"), main + """
 [[routes]]
 name = "all"
@@ -637,7 +642,7 @@ def main():
                 # An earlier build may not know the resilience keys; it measures the plain route.
                 text = text.split("\n[upstreams.resilient]")[0].split("\n[policies.cors]")[0]
                 # An earlier build may have no TLS listeners either.
-                text = text.replace(tls_block(tmp), "")
+                text = text.replace(tls_block(tmp), "").replace(CONNECTION_CAP, "")
                 text = (text.replace(f"127.0.0.1:{PORTS[like]}", f"127.0.0.1:{PORTS[name]}")
                         .replace(".sock", "-before.sock").replace(".pid", "-before.pid")
                         .replace("access.log", "access-before.log"))

@@ -116,14 +116,23 @@ fn sigusr1_right_after_start_is_harmless() {
     );
     let pid = child.0.id().to_string();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    // Once the process runs Pylon (past exec, and soon past the first line of `main`), signal
-    // repeatedly through start-up until the listener answers.
-    let exe = format!("/proc/{pid}/exe");
-    while std::fs::read_link(&exe).ok().as_deref() != Some(std::path::Path::new(PYLON)) {
+    // Once the first line of `main` has run (SIGUSR1 shows as ignored in the process's status;
+    // before that, no program can do anything about a signal), signal repeatedly through
+    // start-up until the listener answers.
+    let status = format!("/proc/{pid}/status");
+    let usr1_ignored = || {
+        std::fs::read_to_string(&status)
+            .ok()
+            .and_then(|s| {
+                let mask = s.lines().find_map(|l| l.strip_prefix("SigIgn:"))?;
+                u64::from_str_radix(mask.trim(), 16).ok()
+            })
+            .is_some_and(|mask| mask & (1 << (libc::SIGUSR1 - 1)) != 0)
+    };
+    while !usr1_ignored() {
         assert!(std::time::Instant::now() < deadline, "pylon never started");
         std::thread::sleep(Duration::from_micros(200));
     }
-    std::thread::sleep(Duration::from_millis(20));
     let mut sent = 0;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(

@@ -135,8 +135,21 @@ fn the_same_limits_over_http2() {
     assert_eq!(curl(&["-H", &big, &gw.url("/x")]), "2 431");
     let uri = gw.url(&format!("/x?q={}", "a".repeat(9 << 10)));
     assert_eq!(curl(&[&uri]), "2 414");
+    // Answered from `content-length` while the client is still sending: under load the h2
+    // stream is sometimes reset before the 413 goes out (Pingora resets a stream whose body is
+    // unread, and h2 then drops its queued frames), so it gets three tries. The upstream never
+    // sees any of them.
     let body = "z".repeat(2048);
-    assert_eq!(curl(&["--data-binary", &body, &gw.url("/small")]), "2 413");
+    let before = hits(&e);
+    let answers: Vec<String> = (0..3)
+        .map(|_| curl(&["--data-binary", &body, &gw.url("/small")]))
+        .collect();
+    assert!(answers.iter().any(|a| a == "2 413"), "{answers:?}");
+    assert!(
+        answers.iter().all(|a| a == "2 413" || a == "0 000"),
+        "{answers:?}"
+    );
+    assert_eq!(hits(&e), before);
     assert_eq!(curl(&[&gw.url("/x")]), "2 200");
 }
 

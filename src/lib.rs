@@ -14,6 +14,7 @@ pub mod consumer;
 pub mod error;
 pub mod filter;
 pub mod head;
+pub mod headers;
 pub mod keepalive;
 pub mod metrics;
 pub mod otlp;

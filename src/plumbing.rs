@@ -1,9 +1,11 @@
 //! Request plumbing every proxied request gets: request ids, `x-forwarded-*`, hop-by-hop headers.
 
+use http::header::MaxSizeReached;
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{ErrorType::InvalidHTTPHeader, OrErr};
 use std::net::IpAddr;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -13,17 +15,6 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
 pub const PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
 
-/// Title-case spellings of the headers Pylon adds to every request, for inserting. Pingora keeps
-/// a `&'static str` name as it is; a `HeaderName` outside its own short title-case table is
-/// copied into a new buffer on every insert, so lookups use the names above and inserts these.
-pub mod titled {
-    pub const X_REQUEST_ID: &str = "X-Request-Id";
-    pub const X_FORWARDED_FOR: &str = "X-Forwarded-For";
-    pub const X_FORWARDED_PROTO: &str = "X-Forwarded-Proto";
-    pub const X_FORWARDED_HOST: &str = "X-Forwarded-Host";
-    pub const X_CONSUMER: &str = "X-Consumer";
-    pub const TRACEPARENT: &str = "Traceparent";
-}
 /// Other client-address headers an upstream might believe; dropped unless a trusted proxy sent them.
 const UNTRUSTED_FORWARDING: [HeaderName; 3] = [
     HeaderName::from_static("forwarded"),
@@ -251,10 +242,6 @@ pub fn prepare_upstream(
     // Hop-by-hop headers, and those a client names in `Connection`, are already gone:
     // Pingora's default upstream request policy strips them before the filter runs (and
     // refuses requests that nominate `Host` or `X-Forwarded-*`).
-    upstream.remove_header(&X_CONSUMER);
-    if let Some(c) = &cx.identity.consumer {
-        upstream.insert_header(titled::X_CONSUMER, c.header.clone())?;
-    }
     let client_host = client
         .headers
         .get(http::header::HOST)
@@ -269,50 +256,70 @@ pub fn prepare_upstream(
     } else {
         PROTO_HTTP
     };
-    set_forwarded(upstream, cx.peer, client_host, proto, trusted)?;
-    if let Some(host) = host {
-        upstream.insert_header(http::header::HOST, host.clone())?;
-    }
-    upstream.insert_header(titled::X_REQUEST_ID, cx.request_id.header())?;
-    upstream.insert_header(titled::TRACEPARENT, cx.trace.header())?;
-    Ok(())
+    let consumer = cx.identity.consumer.as_ref().map(|c| c.header.clone());
+    crate::headers::edit_request(upstream, ADDED_UPSTREAM, |h| {
+        match consumer {
+            Some(c) => h.try_insert(X_CONSUMER, c)?,
+            None => h.remove(X_CONSUMER),
+        };
+        set_forwarded(h, cx.peer, client_host, proto, trusted)?;
+        if let Some(host) = host {
+            h.try_insert(http::header::HOST, host.clone())?;
+        }
+        h.try_insert(X_REQUEST_ID, cx.request_id.header())?;
+        h.try_insert(TRACEPARENT, cx.trace.header())?;
+        Ok::<_, MaxSizeReached>(())
+    })?
+    .or_err(InvalidHTTPHeader, "too many request headers")
 }
+
+/// The most headers [`prepare_upstream`] adds: `x-consumer`, three `x-forwarded-*`, `host`,
+/// the request id and `traceparent`.
+const ADDED_UPSTREAM: usize = 7;
 
 /// Set `x-forwarded-for`, `-proto` and `-host` on the upstream request. Values the client sent
 /// are kept only when the peer is a trusted proxy.
 pub fn set_forwarded(
-    req: &mut RequestHeader,
+    h: &mut HeaderMap,
     peer: Option<IpAddr>,
     host: Option<HeaderValue>,
     proto: HeaderValue,
     proxies: &[IpNet],
-) -> pingora::Result<()> {
+) -> Result<(), MaxSizeReached> {
     let believed = peer.is_some_and(|p| trusted(p, proxies));
     let previous = if believed {
-        join(req.headers.get_all(&X_FORWARDED_FOR))
+        join(h.get_all(&X_FORWARDED_FOR))
     } else {
         for name in &UNTRUSTED_FORWARDING {
-            req.remove_header(name);
+            h.remove(name);
         }
         None
     };
-    if let Some(peer) = peer {
-        let value = match previous {
-            Some(prev) => format!("{prev}, {peer}"),
-            None => ip_text(peer),
-        };
-        req.insert_header(titled::X_FORWARDED_FOR, value)?;
-    } else {
-        req.remove_header(&X_FORWARDED_FOR);
+    match peer {
+        Some(peer) => {
+            let value = match previous {
+                Some(prev) => format!("{prev}, {peer}"),
+                None => ip_text(peer),
+            };
+            // An address and commas are always a valid header value.
+            if let Ok(value) = HeaderValue::try_from(value) {
+                h.try_insert(X_FORWARDED_FOR, value)?;
+            }
+        }
+        None => {
+            h.remove(&X_FORWARDED_FOR);
+        }
     }
-    if !(believed && req.headers.contains_key(&X_FORWARDED_PROTO)) {
-        req.insert_header(titled::X_FORWARDED_PROTO, proto)?;
+    if !(believed && h.contains_key(&X_FORWARDED_PROTO)) {
+        h.try_insert(X_FORWARDED_PROTO, proto)?;
     }
-    if !(believed && req.headers.contains_key(&X_FORWARDED_HOST)) {
+    if !(believed && h.contains_key(&X_FORWARDED_HOST)) {
         match host {
-            Some(h) => req.insert_header(titled::X_FORWARDED_HOST, h)?,
+            Some(v) => {
+                h.try_insert(X_FORWARDED_HOST, v)?;
+            }
             None => {
-                req.remove_header(&X_FORWARDED_HOST);
+                h.remove(&X_FORWARDED_HOST);
             }
         }
     }
@@ -365,21 +372,20 @@ fn connection_listed(headers: &HeaderMap) -> Vec<HeaderName> {
 }
 
 /// Remove hop-by-hop headers from a response going to the client; Pingora frames the
-/// connection itself. A `101 Switching Protocols` keeps its upgrade headers.
-pub fn strip_hop_by_hop_response(resp: &mut ResponseHeader) {
-    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
-    if resp.headers.contains_key(CONNECTION) {
-        for name in connection_listed(&resp.headers) {
+/// connection itself. A `101 Switching Protocols` (`upgrade`) keeps its upgrade headers.
+pub fn strip_hop_by_hop_response(h: &mut HeaderMap, upgrade: bool) {
+    if h.contains_key(CONNECTION) {
+        for name in connection_listed(h) {
             if !(upgrade && name == UPGRADE) {
-                resp.remove_header(&name);
+                h.remove(&name);
             }
         }
         if !upgrade {
-            resp.remove_header(&CONNECTION);
+            h.remove(&CONNECTION);
         }
     }
     for name in [KEEP_ALIVE, PROXY_CONNECTION] {
-        resp.remove_header(&name);
+        h.remove(&name);
     }
 }
 
@@ -421,20 +427,6 @@ pub fn vary(resp: &mut ResponseHeader, name: &'static str) -> pingora::Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn titled_names_are_the_same_headers() {
-        for (titled, name) in [
-            (titled::X_REQUEST_ID, X_REQUEST_ID),
-            (titled::X_FORWARDED_FOR, X_FORWARDED_FOR),
-            (titled::X_FORWARDED_PROTO, X_FORWARDED_PROTO),
-            (titled::X_FORWARDED_HOST, X_FORWARDED_HOST),
-            (titled::X_CONSUMER, X_CONSUMER),
-            (titled::TRACEPARENT, TRACEPARENT),
-        ] {
-            assert_eq!(HeaderName::try_from(titled).unwrap(), name);
-        }
-    }
 
     #[test]
     fn ip_text_matches_display() {
@@ -559,60 +551,68 @@ mod tests {
     #[test]
     fn forwarded_headers() {
         let proxies = nets(&["10.0.0.0/8"]);
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
-        req.insert_header("x-forwarded-proto", "https").unwrap();
-        req.insert_header("x-real-ip", "6.6.6.6").unwrap();
-        req.insert_header("forwarded", "for=6.6.6.6").unwrap();
+        let client = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (n, v) in pairs {
+                h.insert(*n, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let mut h = client(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+        ]);
         set_forwarded(
-            &mut req,
+            &mut h,
             Some("9.9.9.9".parse().unwrap()),
             Some(HeaderValue::from_static("h")),
             HeaderValue::from_static("http"),
             &proxies,
         )
         .unwrap();
-        assert!(req.headers.get("x-real-ip").is_none());
-        assert!(req.headers.get("forwarded").is_none());
-        assert_eq!(req.headers["x-forwarded-for"], "9.9.9.9");
-        assert_eq!(req.headers["x-forwarded-proto"], "http");
-        assert_eq!(req.headers["x-forwarded-host"], "h");
+        assert!(h.get("x-real-ip").is_none());
+        assert!(h.get("forwarded").is_none());
+        assert_eq!(h["x-forwarded-for"], "9.9.9.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "h");
 
-        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
-        req.insert_header("x-forwarded-proto", "https").unwrap();
+        let mut h = client(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-forwarded-proto", "https"),
+        ]);
         set_forwarded(
-            &mut req,
+            &mut h,
             Some("10.1.1.1".parse().unwrap()),
             Some(HeaderValue::from_static("h")),
             HeaderValue::from_static("http"),
             &proxies,
         )
         .unwrap();
-        assert_eq!(req.headers["x-forwarded-for"], "6.6.6.6, 10.1.1.1");
-        assert_eq!(req.headers["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-for"], "6.6.6.6, 10.1.1.1");
+        assert_eq!(h["x-forwarded-proto"], "https");
     }
 
     #[test]
     fn hop_by_hop() {
-        let mut resp = ResponseHeader::build(200, None).unwrap();
-        resp.insert_header("connection", "keep-alive, x-secret")
-            .unwrap();
-        resp.insert_header("x-secret", "1").unwrap();
-        resp.insert_header("keep-alive", "timeout=5").unwrap();
-        resp.insert_header("x-keep", "1").unwrap();
-        strip_hop_by_hop_response(&mut resp);
-        assert!(resp.headers.get("x-secret").is_none());
-        assert!(resp.headers.get("connection").is_none());
-        assert!(resp.headers.get("keep-alive").is_none());
-        assert!(resp.headers.get("x-keep").is_some());
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(KEEP_ALIVE, HeaderValue::from_static("timeout=5"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        strip_hop_by_hop_response(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("connection").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("x-keep").is_some());
 
-        let mut ws = ResponseHeader::build(101, None).unwrap();
-        ws.insert_header("connection", "Upgrade").unwrap();
-        ws.insert_header("upgrade", "websocket").unwrap();
-        strip_hop_by_hop_response(&mut ws);
-        assert_eq!(ws.headers["upgrade"], "websocket");
-        assert_eq!(ws.headers["connection"], "Upgrade");
+        let mut ws = HeaderMap::new();
+        ws.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+        ws.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop_response(&mut ws, true);
+        assert_eq!(ws["upgrade"], "websocket");
+        assert_eq!(ws["connection"], "Upgrade");
     }
 
     #[test]

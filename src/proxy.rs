@@ -322,7 +322,6 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        plumbing::strip_hop_by_hop_response(upstream_response);
         reply::finish(session.req_header(), upstream_response, &mut ctx.cx)
     }
 

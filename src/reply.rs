@@ -6,7 +6,7 @@
 //! matched no route), so a CORS or security-header policy sees every response the client gets.
 
 use crate::filter::{Body, Chain, Context, Phases, Reply};
-use crate::plumbing::titled;
+use crate::plumbing::X_REQUEST_ID;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -35,9 +35,16 @@ fn with_chain(
     }
 }
 
-/// Finish a response header for the client: the request id, then the response-phase filters.
+/// Finish a proxied response header for the client: hop-by-hop headers out, the request id
+/// in, then the response-phase filters.
 pub fn finish(req: &RequestHeader, resp: &mut ResponseHeader, cx: &mut Context) -> Result<()> {
-    resp.insert_header(titled::X_REQUEST_ID, cx.request_id.header())?;
+    let id = cx.request_id.header();
+    let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
+    crate::headers::edit_response(resp, 1, |h| {
+        crate::plumbing::strip_hop_by_hop_response(h, upgrade);
+        h.try_insert(X_REQUEST_ID, id)
+    })?
+    .or_err(InvalidHTTPHeader, "too many response headers")?;
     if interim(resp) {
         return Ok(());
     }

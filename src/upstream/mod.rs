@@ -19,6 +19,7 @@ pub mod discovery;
 mod health;
 mod least_requests;
 pub mod reach;
+mod rotation;
 mod slow_start;
 mod supervisor;
 mod window;
@@ -45,6 +46,7 @@ use pingora_load_balancing::selection::{
 };
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use reach::Reach;
+use rotation::Rotation;
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -234,7 +236,7 @@ impl HashOn {
 
 /// The selection a pool uses; one variant per `balancer`.
 enum Pool {
-    RoundRobin(LoadBalancer<RoundRobin>),
+    RoundRobin(LoadBalancer<RoundRobin>, Rotation),
     Random(LoadBalancer<Random>),
     Consistent(LoadBalancer<Consistent>),
     LeastRequests(LoadBalancer<LeastRequests>),
@@ -244,12 +246,13 @@ fn select<S>(
     lb: &LoadBalancer<S>,
     key: &[u8],
     accept: impl Fn(&Backend, bool) -> bool,
-) -> Option<Backend>
+) -> Option<Arc<Target>>
 where
     S: BackendSelection + 'static,
     S::Iter: BackendIter,
 {
-    lb.select_with(key, MAX_SELECT_STEPS, accept)
+    let chosen = lb.select_with(key, MAX_SELECT_STEPS, accept)?;
+    Target::of(&chosen).cloned()
 }
 
 /// What a pool keeps across reloads: whether it has checks and their first round is done, its
@@ -357,7 +360,9 @@ impl Upstream {
             Backends::new(source)
         };
         let pool = match config.balancer {
-            Balancer::RoundRobin => Pool::RoundRobin(LoadBalancer::from_backends(view())),
+            Balancer::RoundRobin => {
+                Pool::RoundRobin(LoadBalancer::from_backends(view()), Rotation::default())
+            }
             Balancer::Random => Pool::Random(LoadBalancer::from_backends(view())),
             Balancer::ConsistentHash => Pool::Consistent(LoadBalancer::from_backends(view())),
             Balancer::LeastRequests => Pool::LeastRequests(LoadBalancer::from_backends(view())),
@@ -439,7 +444,7 @@ impl Upstream {
 
     async fn update(&self) -> pingora::Result<()> {
         match &self.pool {
-            Pool::RoundRobin(lb) => lb.update().await,
+            Pool::RoundRobin(lb, _) => lb.update().await,
             Pool::Random(lb) => lb.update().await,
             Pool::Consistent(lb) => lb.update().await,
             Pool::LeastRequests(lb) => lb.update().await,
@@ -482,7 +487,7 @@ impl Upstream {
 
     fn backends(&self) -> &Backends {
         match &self.pool {
-            Pool::RoundRobin(lb) => lb.backends(),
+            Pool::RoundRobin(lb, _) => lb.backends(),
             Pool::Random(lb) => lb.backends(),
             Pool::Consistent(lb) => lb.backends(),
             Pool::LeastRequests(lb) => lb.backends(),
@@ -655,26 +660,26 @@ impl Upstream {
             0
         };
         let pick = |ramp: Option<u64>| {
-            let accept = |b: &Backend, _: bool| {
-                Target::of(b).is_some_and(|t| {
-                    self.in_rotation(t)
-                        && !skip(t)
-                        && ramp.is_none_or(|ms| t.state.joined.admits(now, ms))
-                        && self.breaker_admits(t, now)
-                })
+            let accept = |t: &Target| {
+                self.in_rotation(t)
+                    && !skip(t)
+                    && ramp.is_none_or(|ms| t.state.joined.admits(now, ms))
+                    && self.breaker_admits(t, now)
             };
+            let backend = |b: &Backend, _: bool| Target::of(b).is_some_and(|t| accept(t));
             match &self.pool {
-                Pool::RoundRobin(lb) => select(lb, key, accept),
-                Pool::Random(lb) => select(lb, key, accept),
-                Pool::Consistent(lb) => select(lb, key, accept),
-                Pool::LeastRequests(lb) => select(lb, key, accept),
+                Pool::RoundRobin(lb, rotation) => {
+                    rotation.select(lb.backends().get_backend(), accept)
+                }
+                Pool::Random(lb) => select(lb, key, backend),
+                Pool::Consistent(lb) => select(lb, key, backend),
+                Pool::LeastRequests(lb) => select(lb, key, backend),
             }
         };
-        let chosen = pick(self.slow_start_ms).or_else(|| {
+        pick(self.slow_start_ms).or_else(|| {
             self.slow_start_ms?;
             pick(None)
-        })?;
-        Target::of(&chosen).cloned()
+        })
     }
 
     fn breaker_admits(&self, target: &Target, now: u64) -> bool {

@@ -95,6 +95,9 @@ impl ProxyHttp for Gateway {
     /// still runs on every response.
     fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
 
+    /// Answers the gateway writes itself (errors, `respond`, aggregates) are awaited boxed:
+    /// inline, their futures (an aggregate's is kilobytes) would size this hook's future, which
+    /// is allocated and moved on every request.
     async fn request_filter(
         &self,
         session: &mut Session,
@@ -119,12 +122,17 @@ impl ProxyHttp for Gateway {
                 cx.snapshot = Some(snapshot);
                 let reply =
                     Reply::error(error::METHOD_NOT_ALLOWED).with(http::header::ALLOW, allow);
-                reply::send(session, cx, reply).await?;
+                Box::pin(reply::send(session, cx, reply)).await?;
                 return Ok(true);
             }
             Lookup::NotFound => {
                 cx.snapshot = Some(snapshot);
-                reply::send(session, cx, Reply::error(error::ROUTE_NOT_FOUND)).await?;
+                Box::pin(reply::send(
+                    session,
+                    cx,
+                    Reply::error(error::ROUTE_NOT_FOUND),
+                ))
+                .await?;
                 return Ok(true);
             }
         };
@@ -133,7 +141,7 @@ impl ProxyHttp for Gateway {
         cx.route = Some(route);
         if let Some(route) = ctx.route_with(Phases::REQUEST) {
             if let Err(reply) = route.chain.request(session.req_header(), &mut ctx.cx).await {
-                reply::send(session, &mut ctx.cx, reply).await?;
+                Box::pin(reply::send(session, &mut ctx.cx, reply)).await?;
                 return Ok(true);
             }
         }
@@ -146,12 +154,14 @@ impl ProxyHttp for Gateway {
             // Only here is the route held apart from the context, which its parts borrow.
             Some(Action::Aggregate(_)) => match ctx.cx.route.clone() {
                 Some(route) => {
-                    Aggregate::answer(&route, session.req_header(), &matched, &mut ctx.cx).await
+                    let answer =
+                        Aggregate::answer(&route, session.req_header(), &matched, &mut ctx.cx);
+                    Box::pin(answer).await
                 }
                 None => return Ok(false),
             },
         };
-        reply::send(session, &mut ctx.cx, reply).await?;
+        Box::pin(reply::send(session, &mut ctx.cx, reply)).await?;
         Ok(true)
     }
 

@@ -504,6 +504,13 @@ name = "catch-all"
 paths = ["/"]
 upstream = "backend"
 """)
+    # The same for callgrind, on its own port, pid file, socket and log.
+    with open(os.path.join(tmp, "pylon-1000.toml")) as f:
+        text = f.read()
+    write(os.path.join(tmp, "pylon-callgrind-1000.toml"),
+          text.replace(f"127.0.0.1:{PORTS['pylon-1000-routes']}", f"127.0.0.1:{CALLGRIND_PORTS['pylon']}")
+          .replace("u2.sock", "u4.sock").replace("pylon.pid", "pylon-callgrind-1000.pid")
+          .replace("access.log", "access-callgrind.log"))
 
 
 UNIT = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4, "h": 3.6e6}
@@ -840,6 +847,9 @@ def main():
                 argv["pylon-before"] = [BASELINE, "-c", f"{tmp}/pylon-callgrind.toml"]
                 CALLGRIND_PORTS["pylon-before"] = CALLGRIND_PORTS["pylon"]
             res = {p: instructions(p, argv[p], CALLGRIND_PORTS[p], tmp) for p in argv}
+            # The policies scenario's request on its 1,000 routes and full chain.
+            res["pylon-policies"] = instructions("pylon-policies", [PYLON, "-c", f"{tmp}/pylon-callgrind-1000.toml"],
+                                                 CALLGRIND_PORTS["pylon"], tmp, POLICY_PATH, POLICY_HEADERS)
             # The transforms scenario's routes, each beside the same route without the policy.
             transforms = [PYLON, "-c", f"{tmp}/pylon-callgrind-transforms.toml"]
             for p, (path, headers) in TRANSFORM_RUNS.items():

@@ -43,6 +43,7 @@ pub fn server_conf(config: &Config, mode: StartMode) -> ServerConf {
             .or_else(|| std::thread::available_parallelism().ok())
             .map_or(1, |n| n.get()),
         work_stealing: s.work_stealing,
+        upstream_keepalive_pool_size: s.upstream_keepalive.get(),
         grace_period_seconds: Some(s.grace_period.0.as_secs()),
         graceful_shutdown_timeout_seconds: Some(s.shutdown_timeout.0.as_secs()),
         ..ServerConf::default()

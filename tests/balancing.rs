@@ -132,3 +132,36 @@ fn least_requests_avoids_the_busy_target() {
     // Round robin would give both the same count; least requests sends the slow one little.
     assert!(f > 5 * s.max(1), "slow {s}, fast {f}");
 }
+
+/// Upstream connections of `round` requests made at once: the echo's view of where each came
+/// from.
+fn peers_of_concurrent(url: &str, round: usize) -> std::collections::HashSet<String> {
+    let handles: Vec<_> = (0..round)
+        .map(|_| {
+            let url = url.to_string();
+            std::thread::spawn(move || get(&url).json()["peer"].as_str().unwrap().to_string())
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+/// `upstream_keepalive` bounds the idle upstream connections kept for reuse, per worker
+/// thread: with 1 (the test gateway has two threads), of four connections a burst opened at
+/// most two are used again; with the default, all are.
+#[test]
+fn idle_upstream_connections_are_kept_up_to_upstream_keepalive() {
+    let e = echo("e", &["--delay", "300ms"]);
+    let config = pool(&quoted(&[&e]), "");
+    for (keys, reused_at_least, reused_at_most) in [("upstream_keepalive = 1\n", 0, 2), ("", 4, 4)]
+    {
+        let gw = gateway_with_server(keys, &config);
+        let first = peers_of_concurrent(&gw.url("/"), 4);
+        assert_eq!(first.len(), 4, "four connections at once: {first:?}");
+        let second = peers_of_concurrent(&gw.url("/"), 4);
+        let reused = second.intersection(&first).count();
+        assert!(
+            (reused_at_least..=reused_at_most).contains(&reused),
+            "{keys:?}: {reused} of 4 reused ({first:?} then {second:?})"
+        );
+    }
+}

@@ -98,6 +98,7 @@ impl Args {
 
 async fn handle(
     args: Arc<Args>,
+    peer: std::net::SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.uri().path() == "/healthz" {
@@ -139,6 +140,8 @@ async fn handle(
         "path": path,
         "query": query,
         "version": version,
+        // The connection it came on: tells a reused upstream connection from a new one.
+        "peer": peer.to_string(),
         "headers": headers,
         "body": body,
     });
@@ -234,12 +237,12 @@ async fn main() -> std::io::Result<()> {
     let tls = acceptor(&args)?.map(Arc::new);
     println!("listening on {}", listener.local_addr()?);
     loop {
-        let (stream, _) = listener.accept().await?;
+        let (stream, peer) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
         let args = Arc::clone(&args);
         let tls = tls.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| handle(Arc::clone(&args), req));
+            let service = service_fn(move |req| handle(Arc::clone(&args), peer, req));
             let server = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let Some(tls) = tls else {
                 let _ = server

@@ -91,6 +91,10 @@ pub struct ServerConfig {
     /// Connections one client address may hold open at once (trusted proxies exempt).
     #[serde(default = "default_connections_per_ip")]
     pub max_connections_per_ip: NonZeroU32,
+    /// Idle upstream connections kept for reuse per worker thread, all pools together: at
+    /// least the requests a thread has in flight at once, or connections churn.
+    #[serde(default = "default_upstream_keepalive")]
+    pub upstream_keepalive: NonZeroUsize,
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
     /// Pingora's work-stealing runtime; off gives each thread its own queue.
@@ -173,6 +177,7 @@ impl Default for ServerConfig {
             header_timeout: default_header_timeout(),
             body_timeout: default_body_timeout(),
             max_connections_per_ip: default_connections_per_ip(),
+            upstream_keepalive: default_upstream_keepalive(),
             trusted_proxies: Vec::new(),
             work_stealing: true,
             watch: false,
@@ -199,6 +204,9 @@ fn default_grace_period() -> ConfDuration {
 }
 fn default_connections_per_ip() -> NonZeroU32 {
     NonZeroU32::MIN.saturating_add(999)
+}
+fn default_upstream_keepalive() -> NonZeroUsize {
+    NonZeroUsize::MIN.saturating_add(127)
 }
 fn default_header_timeout() -> ConfTimeout {
     ConfTimeout(Duration::from_secs(10))

@@ -12,14 +12,17 @@
 //! The request target as received (absolute-form, a path that is not UTF-8), the HTTP/2
 //! end-of-stream flag and a response's own reason phrase are kept.
 
+use http::header::MaxSizeReached;
 use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{ErrorType, OrErr};
 
-/// Run `edit` on the headers of `req`, with room reserved for `adds` more.
+/// Run `edit` on the headers of `req`, with room reserved for `adds` more. A map that would
+/// outgrow the `http` crate's limit is an invalid header, as Pingora's own inserts report it.
 pub fn edit_request<R>(
     req: &mut RequestHeader,
     adds: usize,
-    edit: impl FnOnce(&mut HeaderMap) -> R,
+    edit: impl FnOnce(&mut HeaderMap) -> Result<R, MaxSizeReached>,
 ) -> pingora::Result<R> {
     let from_uri = req.uri.path_and_query().map(|p| p.as_str().as_bytes());
     let verbatim = (from_uri != Some(req.raw_path())).then(|| req.raw_path().to_vec());
@@ -35,14 +38,14 @@ pub fn edit_request<R>(
     if end_stream == Some(false) {
         req.set_send_end_stream(false);
     }
-    Ok(out)
+    out.or_err(ErrorType::InvalidHTTPHeader, "too many request headers")
 }
 
 /// Run `edit` on the headers of `resp`, with room reserved for `adds` more.
 pub fn edit_response<R>(
     resp: &mut ResponseHeader,
     adds: usize,
-    edit: impl FnOnce(&mut HeaderMap) -> R,
+    edit: impl FnOnce(&mut HeaderMap) -> Result<R, MaxSizeReached>,
 ) -> pingora::Result<R> {
     let reason = resp.get_reason_phrase();
     let reason = (reason != resp.status.canonical_reason()).then(|| reason.map(str::to_owned));
@@ -54,7 +57,7 @@ pub fn edit_response<R>(
     if let Some(reason) = reason {
         resp.set_reason_phrase(reason.as_deref())?;
     }
-    Ok(out)
+    out.or_err(ErrorType::InvalidHTTPHeader, "too many response headers")
 }
 
 #[cfg(test)]
@@ -74,7 +77,7 @@ mod tests {
     fn headers_are_edited_and_kept() {
         let mut req = parsed(b"/a?b=c");
         edit_request(&mut req, 1, |h| {
-            h.insert(X_ADDED, HeaderValue::from_static("2"));
+            h.try_insert(X_ADDED, HeaderValue::from_static("2"))
         })
         .unwrap();
         assert_eq!(req.headers["x-kept"], "1");
@@ -95,7 +98,7 @@ mod tests {
         for target in [&b"http://example.org/p?q"[..], b"/caf\xc3\xa9", b"/\xff"] {
             let mut req = parsed(target);
             let before = req.raw_path().to_vec();
-            edit_request(&mut req, 0, |_| ()).unwrap();
+            edit_request(&mut req, 0, |_| Ok(())).unwrap();
             assert_eq!(
                 req.raw_path(),
                 before,
@@ -111,14 +114,14 @@ mod tests {
         resp.set_reason_phrase(Some("Fine")).unwrap();
         resp.insert_header("X-Kept", "1").unwrap();
         edit_response(&mut resp, 1, |h| {
-            h.insert(X_ADDED, HeaderValue::from_static("2"));
+            h.try_insert(X_ADDED, HeaderValue::from_static("2"))
         })
         .unwrap();
         assert_eq!(resp.get_reason_phrase(), Some("Fine"));
         assert_eq!(resp.headers["x-kept"], "1");
         assert_eq!(resp.headers["x-added"], "2");
         let mut plain = ResponseHeader::build(404, None).unwrap();
-        edit_response(&mut plain, 0, |_| ()).unwrap();
+        edit_response(&mut plain, 0, |_| Ok(())).unwrap();
         assert_eq!(plain.get_reason_phrase(), Some("Not Found"));
     }
 
@@ -127,7 +130,7 @@ mod tests {
         let mut req = parsed(b"/");
         req.set_version(http::Version::HTTP_2);
         req.set_send_end_stream(false);
-        edit_request(&mut req, 0, |_| ()).unwrap();
+        edit_request(&mut req, 0, |_| Ok(())).unwrap();
         assert_eq!(req.send_end_stream(), Some(false));
     }
 }

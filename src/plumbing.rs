@@ -5,7 +5,6 @@ use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::{ErrorType::InvalidHTTPHeader, OrErr};
 use std::net::IpAddr;
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -268,9 +267,8 @@ pub fn prepare_upstream(
         }
         h.try_insert(X_REQUEST_ID, cx.request_id.header())?;
         h.try_insert(TRACEPARENT, cx.trace.header())?;
-        Ok::<_, MaxSizeReached>(())
-    })?
-    .or_err(InvalidHTTPHeader, "too many request headers")
+        Ok(())
+    })
 }
 
 /// The most headers [`prepare_upstream`] adds: `x-consumer`, three `x-forwarded-*`, `host`,
@@ -410,8 +408,8 @@ pub fn streamed(resp: &mut ResponseHeader) -> pingora::Result<()> {
 }
 
 /// Add `name` to the response's `Vary`, unless it is listed already (or `Vary: *`).
-pub fn vary(resp: &mut ResponseHeader, name: &'static str) -> pingora::Result<()> {
-    let listed = resp.headers.get_all(http::header::VARY).iter().any(|v| {
+pub fn vary(h: &mut HeaderMap, name: &'static str) -> Result<(), MaxSizeReached> {
+    let listed = h.get_all(http::header::VARY).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(',')
                 .any(|t| t.trim() == "*" || t.trim().eq_ignore_ascii_case(name))
@@ -420,7 +418,7 @@ pub fn vary(resp: &mut ResponseHeader, name: &'static str) -> pingora::Result<()
     if listed {
         return Ok(());
     }
-    resp.append_header("Vary", HeaderValue::from_static(name))
+    h.try_append(http::header::VARY, HeaderValue::from_static(name))
         .map(drop)
 }
 
@@ -633,9 +631,12 @@ mod tests {
         let mut resp = ResponseHeader::build(200, None).unwrap();
         resp.insert_header("vary", "Accept-Encoding, Cookie")
             .unwrap();
-        vary(&mut resp, "accept-encoding").unwrap();
-        vary(&mut resp, "Origin").unwrap();
-        vary(&mut resp, "Origin").unwrap();
+        crate::headers::edit_response(&mut resp, 1, |h| {
+            vary(h, "accept-encoding")?;
+            vary(h, "Origin")?;
+            vary(h, "Origin")
+        })
+        .unwrap();
         let all: Vec<_> = resp.headers.get_all("vary").iter().collect();
         assert_eq!(all, ["Accept-Encoding, Cookie", "Origin"]);
     }

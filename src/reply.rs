@@ -43,8 +43,7 @@ pub fn finish(req: &RequestHeader, resp: &mut ResponseHeader, cx: &mut Context) 
     crate::headers::edit_response(resp, 1, |h| {
         crate::plumbing::strip_hop_by_hop_response(h, upgrade);
         h.try_insert(X_REQUEST_ID, id)
-    })?
-    .or_err(InvalidHTTPHeader, "too many response headers")?;
+    })?;
     if interim(resp) {
         return Ok(());
     }

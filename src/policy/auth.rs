@@ -176,10 +176,8 @@ impl Filter for Authentication {
 
     fn upstream_request(&self, req: &mut RequestHeader, cx: &mut Context) -> Result<()> {
         // Read, not taken: Pingora builds the upstream request anew for every attempt.
-        match cx.state.get::<Strip>() {
-            Some(Strip(Found::Header(name))) => {
-                req.remove_header(name);
-            }
+        let strip = match cx.state.get::<Strip>() {
+            Some(Strip(Found::Header(name))) => Some(name),
             Some(Strip(Found::Query(name))) => {
                 if let Some(query) = req.uri.query() {
                     let kept = strip_query_param(query, name);
@@ -191,18 +189,21 @@ impl Filter for Authentication {
                         .or_err(ErrorType::InternalError, "stripped URI is not valid")?;
                     req.set_uri(uri);
                 }
+                None
             }
-            None => {}
-        }
-        for name in self.owned.iter() {
-            req.remove_header(name);
-        }
-        if let Some(claims) = &cx.identity.claims {
-            for (name, value) in claims.iter() {
-                req.insert_header(name.clone(), value.clone())?;
+            None => None,
+        };
+        let claims = cx.identity.claims.as_deref().unwrap_or_default();
+        // Straight into the header map: `insert_header` would copy and parse each name again.
+        crate::headers::edit_request(req, claims.len(), |h| {
+            for name in strip.into_iter().chain(self.owned.iter()) {
+                h.remove(name);
             }
-        }
-        Ok(())
+            for (name, value) in claims {
+                h.try_insert(name.clone(), value.clone())?;
+            }
+            Ok(())
+        })
     }
 }
 

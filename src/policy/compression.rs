@@ -296,7 +296,7 @@ impl Filter for Compression {
         if !self.compressible(resp) {
             return Ok(());
         }
-        plumbing::vary(resp, "Accept-Encoding")?;
+        crate::headers::edit_response(resp, 1, |h| plumbing::vary(h, "Accept-Encoding"))?;
         let Some(algorithm) = self.negotiate(req.headers.get(ACCEPT_ENCODING)) else {
             return Ok(());
         };

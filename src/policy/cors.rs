@@ -14,12 +14,13 @@ use crate::filter::{Body, Context, Filter, Phases, Reply, Stage};
 use crate::plumbing;
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::header::MaxSizeReached;
 use http::header::{
     ACCESS_CONTROL_ALLOW_CREDENTIALS, ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS,
     ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE,
     ACCESS_CONTROL_REQUEST_HEADERS, ACCESS_CONTROL_REQUEST_METHOD, ORIGIN,
 };
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -36,18 +37,6 @@ const ALLOW_PRIVATE_NETWORK: HeaderName =
 const REQUEST_PRIVATE_NETWORK: HeaderName =
     HeaderName::from_static("access-control-request-private-network");
 
-/// The names CORS sets, spelled for the wire: a `&'static str` name goes in as it is, where a
-/// `HeaderName` outside Pingora's short title-case table is copied on every insert.
-mod titled {
-    pub const ALLOW_ORIGIN: &str = "Access-Control-Allow-Origin";
-    pub const ALLOW_CREDENTIALS: &str = "Access-Control-Allow-Credentials";
-    pub const ALLOW_METHODS: &str = "Access-Control-Allow-Methods";
-    pub const ALLOW_HEADERS: &str = "Access-Control-Allow-Headers";
-    pub const EXPOSE_HEADERS: &str = "Access-Control-Expose-Headers";
-    pub const MAX_AGE: &str = "Access-Control-Max-Age";
-    pub const ALLOW_PRIVATE_NETWORK: &str = "Access-Control-Allow-Private-Network";
-}
-
 /// Every response header CORS owns: the target's are dropped, so none is ever doubled.
 const OWNED: [HeaderName; 7] = [
     ACCESS_CONTROL_ALLOW_ORIGIN,
@@ -58,6 +47,10 @@ const OWNED: [HeaderName; 7] = [
     ACCESS_CONTROL_MAX_AGE,
     ALLOW_PRIVATE_NETWORK,
 ];
+
+/// The most headers a response gets: the owned ones but `expose` (not on a preflight), and a
+/// `Vary` for each of `Origin` and `Access-Control-Request-Headers`.
+const ADDED: usize = 8;
 
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -218,31 +211,28 @@ impl Cors {
     }
 
     /// The preflight's own headers, for an allowed origin.
-    fn preflight(&self, req: &RequestHeader, resp: &mut ResponseHeader) -> pingora::Result<()> {
-        resp.insert_header(titled::ALLOW_METHODS, self.methods.clone())?;
+    fn preflight(&self, req: &RequestHeader, h: &mut HeaderMap) -> Result<(), MaxSizeReached> {
+        h.try_insert(ACCESS_CONTROL_ALLOW_METHODS, self.methods.clone())?;
         let asked = req.headers.get(ACCESS_CONTROL_REQUEST_HEADERS);
         match (&self.headers, asked) {
-            (Some(h), _) if !h.is_empty() => {
-                resp.insert_header(titled::ALLOW_HEADERS, h.clone())?;
+            (Some(allowed), _) if !allowed.is_empty() => {
+                h.try_insert(ACCESS_CONTROL_ALLOW_HEADERS, allowed.clone())?;
             }
             (None, Some(asked)) => {
-                plumbing::vary(resp, "Access-Control-Request-Headers")?;
-                resp.insert_header(titled::ALLOW_HEADERS, asked.clone())?;
+                plumbing::vary(h, "Access-Control-Request-Headers")?;
+                h.try_insert(ACCESS_CONTROL_ALLOW_HEADERS, asked.clone())?;
             }
             _ => {}
         }
         if let Some(age) = &self.max_age {
-            resp.insert_header(titled::MAX_AGE, age.clone())?;
+            h.try_insert(ACCESS_CONTROL_MAX_AGE, age.clone())?;
         }
         let private = req
             .headers
             .get(REQUEST_PRIVATE_NETWORK)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"true"));
         if private && self.private_network {
-            resp.insert_header(
-                titled::ALLOW_PRIVATE_NETWORK,
-                HeaderValue::from_static("true"),
-            )?;
+            h.try_insert(ALLOW_PRIVATE_NETWORK, HeaderValue::from_static("true"))?;
         }
         Ok(())
     }
@@ -281,36 +271,46 @@ impl Filter for Cors {
             // The target answers preflights itself.
             return Ok(());
         }
+        let origin = req.headers.get(ORIGIN).filter(|o| self.allows(o));
         // One pass over the (few) response headers instead of a lookup per owned name.
         let theirs = resp
             .headers
             .keys()
             .any(|k| k.as_str().starts_with("access-control-"));
-        if theirs {
-            for name in &OWNED {
-                resp.remove_header(name);
-            }
-        }
-        if !self.any {
-            plumbing::vary(resp, "Origin")?;
-        }
-        let Some(origin) = req.headers.get(ORIGIN).filter(|o| self.allows(o)) else {
+        if !theirs && self.any && origin.is_none() {
             return Ok(());
-        };
-        let allow = match self.any {
-            true => HeaderValue::from_static("*"),
-            false => origin.clone(),
-        };
-        resp.insert_header(titled::ALLOW_ORIGIN, allow)?;
-        if self.credentials {
-            resp.insert_header(titled::ALLOW_CREDENTIALS, HeaderValue::from_static("true"))?;
         }
-        if preflight {
-            self.preflight(req, resp)?;
-        } else if let Some(expose) = &self.expose {
-            resp.insert_header(titled::EXPOSE_HEADERS, expose.clone())?;
-        }
-        Ok(())
+        // Straight into the header map, room for all of them reserved once.
+        crate::headers::edit_response(resp, ADDED, |h| {
+            if theirs {
+                for name in &OWNED {
+                    h.remove(name);
+                }
+            }
+            if !self.any {
+                plumbing::vary(h, "Origin")?;
+            }
+            let Some(origin) = origin else {
+                return Ok(());
+            };
+            let allow = match self.any {
+                true => HeaderValue::from_static("*"),
+                false => origin.clone(),
+            };
+            h.try_insert(ACCESS_CONTROL_ALLOW_ORIGIN, allow)?;
+            if self.credentials {
+                h.try_insert(
+                    ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                    HeaderValue::from_static("true"),
+                )?;
+            }
+            if preflight {
+                self.preflight(req, h)?;
+            } else if let Some(expose) = &self.expose {
+                h.try_insert(ACCESS_CONTROL_EXPOSE_HEADERS, expose.clone())?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -122,13 +122,15 @@ impl Filter for SecurityHeaders {
         resp: &mut ResponseHeader,
         _cx: &mut Context,
     ) -> pingora::Result<()> {
-        for name in self.remove.iter() {
-            resp.remove_header(name);
-        }
-        for (name, value) in self.set.iter() {
-            resp.insert_header(name.clone(), value.clone())?;
-        }
-        Ok(())
+        crate::headers::edit_response(resp, self.set.len(), |h| {
+            for name in self.remove.iter() {
+                h.remove(name);
+            }
+            for (name, value) in self.set.iter() {
+                h.try_insert(name.clone(), value.clone())?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -386,13 +386,16 @@ impl Filter for RateLimit {
                 HeaderValue::from_str(items).unwrap_or_else(|_| self.item.clone())
             }
         };
-        resp.insert_header(RATELIMIT_POLICY, policy)?;
-        if state.tightest.name == self.name {
-            for (name, value) in state.tightest.headers() {
-                resp.insert_header(name, value)?;
+        let tightest = (state.tightest.name == self.name).then(|| state.tightest.headers());
+        // Straight into the header map: through `insert_header` each of these names would be
+        // copied and parsed again, twice over, on every response.
+        crate::headers::edit_response(resp, 5, |h| {
+            h.try_insert(RATELIMIT_POLICY, policy)?;
+            for (name, value) in tightest.into_iter().flatten() {
+                h.try_insert(name, value)?;
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }
 

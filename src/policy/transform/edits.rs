@@ -4,20 +4,18 @@
 
 use super::template::Template;
 use crate::filter::Context;
-use bytes::Bytes;
+use http::header::MaxSizeReached;
 use http::{HeaderMap, HeaderName, HeaderValue};
-use pingora::http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
+use pingora::http::RequestHeader;
 
-/// A header to set or add: its name as it goes on the wire (as written in the file, so no copy
-/// per request), and its value, prepared once when it has no variables.
+/// A header's value to set or add, prepared once when it has no variables.
 pub struct Value {
-    wire: Bytes,
     template: Template,
     fixed: Option<HeaderValue>,
 }
 
 impl Value {
-    pub fn new(name: &str, template: Template) -> Result<Value, String> {
+    pub fn new(template: Template) -> Result<Value, String> {
         // An empty value removes the header, like a variable that comes out empty.
         let fixed = match template.fixed() {
             Some(text) if !text.is_empty() => Some(
@@ -26,11 +24,7 @@ impl Value {
             ),
             _ => None,
         };
-        Ok(Value {
-            wire: Bytes::copy_from_slice(name.as_bytes()),
-            template,
-            fixed,
-        })
+        Ok(Value { template, fixed })
     }
 
     fn get(&self, req: &RequestHeader, cx: &Context) -> Option<HeaderValue> {
@@ -40,37 +34,6 @@ impl Value {
         }
     }
 }
-
-/// The header maps edits apply to: Pingora's request and response headers, which keep the
-/// header's case beside the map, so edits go through their own methods.
-pub trait Headers {
-    fn map(&self) -> &HeaderMap;
-    fn remove(&mut self, name: &HeaderName);
-    fn insert(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue);
-    fn append(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue);
-}
-
-macro_rules! headers_for {
-    ($t:ty) => {
-        impl Headers for $t {
-            fn map(&self) -> &HeaderMap {
-                &self.headers
-            }
-            fn remove(&mut self, name: &HeaderName) {
-                self.remove_header(name);
-            }
-            fn insert(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue) {
-                // Names and values were checked when they were built.
-                let _ = self.insert_header(name, value);
-            }
-            fn append(&mut self, name: impl IntoCaseHeaderName, value: HeaderValue) {
-                let _ = self.append_header(name, value);
-            }
-        }
-    };
-}
-headers_for!(RequestHeader);
-headers_for!(ResponseHeader);
 
 #[derive(Default)]
 pub struct HeaderEdits {
@@ -92,20 +55,25 @@ impl HeaderEdits {
             && self.add.is_empty()
     }
 
-    /// Edit `target` with the values [`HeaderEdits::values`] rendered.
-    pub fn apply(&self, target: &mut impl Headers, values: Rendered) {
+    /// The most headers [`HeaderEdits::apply`] adds.
+    pub fn adds(&self) -> usize {
+        self.rename.len() + self.set.len() + self.add.len()
+    }
+
+    /// Edit the header map `h` with the values [`HeaderEdits::values`] rendered.
+    pub fn apply(&self, h: &mut HeaderMap, values: Rendered) -> Result<(), MaxSizeReached> {
         for name in self.remove.iter() {
-            target.remove(name);
+            h.remove(name);
         }
         for (from, to) in self.rename.iter() {
-            let moved: Vec<HeaderValue> = target.map().get_all(from).iter().cloned().collect();
+            let moved: Vec<HeaderValue> = h.get_all(from).iter().cloned().collect();
             if moved.is_empty() {
                 continue;
             }
-            target.remove(from);
-            target.remove(to);
+            h.remove(from);
+            h.remove(to);
             for v in moved {
-                target.append(to.clone(), v);
+                h.try_append(to.clone(), v)?;
             }
         }
         let mut rendered = values.0.map(Vec::into_iter);
@@ -115,15 +83,16 @@ impl HeaderEdits {
         };
         for (name, v) in self.set.iter() {
             match next(v) {
-                Some(value) => target.insert(v.wire.clone(), value),
-                None => target.remove(name),
+                Some(value) => drop(h.try_insert(name.clone(), value)?),
+                None => drop(h.remove(name)),
             }
         }
-        for (_, v) in self.add.iter() {
+        for (name, v) in self.add.iter() {
             if let Some(value) = next(v) {
-                target.append(v.wire.clone(), value);
+                h.try_append(name.clone(), value)?;
             }
         }
+        Ok(())
     }
 
     /// The values of `set` then `add` for this request, rendered before anything is edited.
@@ -214,8 +183,8 @@ impl QueryEdits {
 mod tests {
     use super::*;
 
-    fn value(name: &str, s: &str) -> Value {
-        Value::new(name, Template::parse(s).unwrap()).unwrap()
+    fn value(s: &str) -> Value {
+        Value::new(Template::parse(s).unwrap()).unwrap()
     }
 
     #[test]
@@ -228,17 +197,11 @@ mod tests {
             )]
             .into(),
             set: vec![
-                (
-                    HeaderName::from_static("x-source"),
-                    value("x-source", "pylon"),
-                ),
-                (
-                    HeaderName::from_static("x-from"),
-                    value("X-From", "$header.x-old"),
-                ),
+                (HeaderName::from_static("x-source"), value("pylon")),
+                (HeaderName::from_static("x-from"), value("$header.x-old")),
             ]
             .into(),
-            add: vec![(HeaderName::from_static("x-tag"), value("x-tag", "b"))].into(),
+            add: vec![(HeaderName::from_static("x-tag"), value("b"))].into(),
         };
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-internal", "secret").unwrap();
@@ -247,7 +210,7 @@ mod tests {
         req.insert_header("x-source", "client").unwrap();
         req.insert_header("x-tag", "a").unwrap();
         let values = edits.values(&req, &Context::default());
-        edits.apply(&mut req, values);
+        crate::headers::edit_request(&mut req, edits.adds(), |h| edits.apply(h, values)).unwrap();
         let all = |n: &str| -> Vec<&str> {
             req.headers
                 .get_all(n)

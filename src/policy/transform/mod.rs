@@ -163,7 +163,7 @@ impl Check<'_, '_, '_> {
                 let (Some(name), Some(t)) = (self.name(k, what), self.template(v)) else {
                     continue;
                 };
-                match Value::new(k, t) {
+                match Value::new(t) {
                     Ok(v) => out.push((name, v)),
                     Err(e) => self.errors.push(ConfigError::at(v.span(), e)),
                 }

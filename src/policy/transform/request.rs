@@ -76,7 +76,8 @@ impl Filter for RequestTransform {
         }
         if !self.headers.is_empty() {
             let values = self.headers.values(req, cx);
-            self.headers.apply(req, values);
+            let edits = &self.headers;
+            crate::headers::edit_request(req, edits.adds(), |h| edits.apply(h, values))?;
         }
         if !self.query.is_empty() {
             self.query.apply(req, cx)?;

@@ -89,8 +89,8 @@ impl Filter for ResponseTransform {
         cx: &mut Context,
     ) -> pingora::Result<()> {
         let values = self.headers.values(req, cx);
-        self.headers.apply(resp, values);
-        Ok(())
+        let edits = &self.headers;
+        crate::headers::edit_response(resp, edits.adds(), |h| edits.apply(h, values))
     }
 
     fn response_body(

@@ -67,7 +67,7 @@ impl Telemetry {
         }
         if let Some(log) = &self.access_log {
             log.log(&Entry {
-                time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+                time: humantime::format_rfc3339_millis(SystemTime::now()),
                 request_id: cx.request_id.as_str(),
                 trace_id: cx.trace.trace_id(),
                 client,

@@ -180,7 +180,6 @@ fn might_be_sqli(v: &[u8]) -> bool {
 /// numbers only, and none of its SQL-injection fingerprints is made of those alone (checked
 /// against its table when this was written; the unit test below holds it to libinjection).
 fn plain_words(v: &[u8]) -> bool {
-    use libinjectionrs::sqli::{sqli_data::lookup_word, TokenType};
     if !v.iter().all(|b| b.is_ascii_alphanumeric() || *b == b' ') {
         return false;
     }
@@ -193,17 +192,43 @@ fn plain_words(v: &[u8]) -> bool {
         if number && !word.bytes().all(|b| b.is_ascii_digit()) {
             return false;
         }
-        if !number && lookup_word(word) != TokenType::Bareword {
+        if !number && sql_word(&[word.as_bytes()]) {
             return false;
         }
         if let Some(p) = previous {
-            if lookup_word(&format!("{p} {word}")) != TokenType::Bareword {
+            if sql_word(&[p.as_bytes(), b" ", word.as_bytes()]) {
                 return false;
             }
         }
         previous = Some(word);
     }
     true
+}
+
+/// Room for the longest word in libinjection's keyword table (29 bytes).
+const LONGEST_KEYWORD: usize = 32;
+
+/// Whether libinjection's keyword table knows the word made of `parts` (ASCII, any case) as
+/// SQL: what its `lookup_word` tells from a bareword, without the upper-cased `String` that
+/// allocates per call (twice per word of a searched phrase, with the pair).
+fn sql_word(parts: &[&[u8]]) -> bool {
+    use libinjectionrs::sqli::sqli_data::SQL_KEYWORDS;
+    let mut upper = [0u8; LONGEST_KEYWORD];
+    let mut len = 0;
+    for b in parts.iter().flat_map(|p| p.iter()) {
+        let Some(slot) = upper.get_mut(len) else {
+            return false;
+        };
+        *slot = b.to_ascii_uppercase();
+        len += 1;
+    }
+    let word = &upper[..len];
+    // `n` entries are barewords to libinjection too; every other kind is SQL.
+    SQL_KEYWORDS
+        .binary_search_by(|k| k.word.as_bytes().cmp(word))
+        .ok()
+        .and_then(|i| SQL_KEYWORDS.get(i))
+        .is_some_and(|k| k.token_type != b'n')
 }
 
 /// Whether a value could hold XSS at all: without a tag bracket, a quote, a backtick or an
@@ -520,6 +545,25 @@ mod tests {
         assert!(might_be_sqli(b"admin--") && might_be_sqli(b"1/**/or"));
         assert!(!might_be_sqli(b"running shoes") && !might_be_sqli(b"size 42 red"));
         assert!(might_be_sqli(b"1 union select 1") && might_be_sqli(b"x sounds like y"));
+    }
+
+    #[test]
+    fn sql_word_answers_as_libinjection_does() {
+        use libinjectionrs::sqli::sqli_data::{lookup_word, SQL_KEYWORDS};
+        use libinjectionrs::sqli::TokenType;
+        assert!(SQL_KEYWORDS.iter().all(|k| k.word.len() <= LONGEST_KEYWORD));
+        let mut words: Vec<String> = SQL_KEYWORDS.iter().map(|k| k.word.to_string()).collect();
+        words.extend(SQL_KEYWORDS.iter().map(|k| k.word.to_ascii_lowercase()));
+        words.extend(["running", "shoes", "x", "", "unionx", &"a".repeat(40)].map(String::from));
+        for w in &words {
+            assert_eq!(
+                sql_word(&[w.as_bytes()]),
+                lookup_word(w) != TokenType::Bareword,
+                "{w:?}"
+            );
+        }
+        assert!(sql_word(&[b"sounds", b" ", b"like"]));
+        assert!(!sql_word(&[b"running", b" ", b"shoes"]));
     }
 
     #[test]

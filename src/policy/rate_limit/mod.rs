@@ -19,6 +19,7 @@ use crate::error;
 use crate::filter::{Context, Filter, Phases, Reply};
 use crate::metrics::METRICS;
 use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
 use cluster::ClusterWindows;
 use http::HeaderValue;
 use local::LocalWindows;
@@ -205,7 +206,7 @@ struct LimitState {
     tightest: LimitStatus,
     /// `RateLimit-Policy` so far: each limit of the chain adds its item as the response
     /// header is written.
-    policy: Option<String>,
+    policy: Option<HeaderValue>,
 }
 
 /// Count a refusal by a rate or concurrency limit and note it for the access log.
@@ -375,17 +376,16 @@ impl Filter for RateLimit {
         let Some(state) = cx.state.get_mut::<LimitState>() else {
             return Ok(());
         };
-        let policy = match &mut state.policy {
-            None => {
-                state.policy = Some(String::from_utf8_lossy(self.item.as_bytes()).into_owned());
-                self.item.clone()
-            }
+        // A route's only limit sends its prebuilt item; a second one joins the list.
+        let policy = match state.policy.take() {
+            None => self.item.clone(),
             Some(items) => {
-                items.push_str(", ");
-                items.push_str(&String::from_utf8_lossy(self.item.as_bytes()));
-                HeaderValue::from_str(items).unwrap_or_else(|_| self.item.clone())
+                let joined = [items.as_bytes(), b", ", self.item.as_bytes()].concat();
+                HeaderValue::from_maybe_shared(Bytes::from(joined))
+                    .unwrap_or_else(|_| self.item.clone())
             }
         };
+        state.policy = Some(policy.clone());
         let tightest = (state.tightest.name == self.name).then(|| state.tightest.headers());
         // Straight into the header map: through `insert_header` each of these names would be
         // copied and parsed again, twice over, on every response.
@@ -424,18 +424,32 @@ impl LimitStatus {
         }
     }
 
-    /// `RateLimit` and `X-RateLimit-*`.
+    /// `RateLimit` and `X-RateLimit-*`: the four values are written into one buffer and
+    /// each is a slice of it, one allocation instead of four and no formatting machinery.
     pub fn headers(&self) -> [(http::HeaderName, HeaderValue); 4] {
-        let reset = secs(self.reset);
+        let (mut n, reset) = (itoa::Buffer::new(), secs(self.reset));
+        let mut text = BytesMut::with_capacity(self.name.len() + 96);
+        let mut put = |parts: &[&[u8]]| {
+            let start = text.len();
+            parts.iter().for_each(|p| text.extend_from_slice(p));
+            start..text.len()
+        };
+        let name = self.name.as_bytes();
+        let start = put(&[b"\"", name, b"\";r=", n.format(self.remaining).as_bytes()]).start;
+        let ratelimit = start..put(&[b";t=", n.format(reset).as_bytes()]).end;
+        let limit = put(&[n.format(self.allowance).as_bytes()]);
+        let remaining = put(&[n.format(self.remaining).as_bytes()]);
+        let reset = put(&[n.format(reset).as_bytes()]);
+        let text = text.freeze();
+        let value = |r| {
+            HeaderValue::from_maybe_shared(text.slice(r))
+                .unwrap_or_else(|_| HeaderValue::from_static(""))
+        };
         [
-            (
-                RATELIMIT,
-                HeaderValue::from_str(&format!("\"{}\";r={};t={reset}", self.name, self.remaining))
-                    .unwrap_or_else(|_| HeaderValue::from_static("")),
-            ),
-            (X_RATELIMIT_LIMIT, self.allowance.into()),
-            (X_RATELIMIT_REMAINING, self.remaining.into()),
-            (X_RATELIMIT_RESET, reset.into()),
+            (RATELIMIT, value(ratelimit)),
+            (X_RATELIMIT_LIMIT, value(limit)),
+            (X_RATELIMIT_REMAINING, value(remaining)),
+            (X_RATELIMIT_RESET, value(reset)),
         ]
     }
 }

@@ -50,6 +50,15 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", cli.conf.display());
         return ExitCode::SUCCESS;
     }
+    let taken = if cli.upgrade {
+        Vec::new()
+    } else {
+        server::unbindable(&config)
+    };
+    if !taken.is_empty() {
+        eprintln!("{}", config::Diagnostics::new(&config.source, taken));
+        return ExitCode::FAILURE;
+    }
     // Reload and self-upgrade read the file again after `-d` may have changed directory.
     let mut config = config;
     // Absolute, not canonical: a symlinked config (e.g. a swapped ConfigMap) must be followed anew.

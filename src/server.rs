@@ -70,6 +70,27 @@ impl Pylon {
     }
 }
 
+/// The listen addresses (plain, TLS, admin) that cannot be bound, each at its key. Pingora binds
+/// them later, on a service's own thread, where a failed bind only ends that service: the
+/// process would run on, serving nothing on any of its addresses. So a fresh start checks
+/// them first (an upgrade takes the running process's sockets instead).
+pub fn unbindable(config: &Config) -> Vec<crate::config::ConfigError> {
+    let listen = config.server.listen.iter();
+    let tls = config.server.tls.iter().map(|t| &t.listen);
+    let admin = config.admin.iter().map(|a| &a.listen);
+    listen
+        .chain(tls)
+        .chain(admin)
+        .filter_map(|addr| {
+            let why = std::net::TcpListener::bind(addr.get_ref()).err()?;
+            Some(crate::config::ConfigError::at(
+                addr.span(),
+                format!("cannot listen on {}: {why}", addr.get_ref()),
+            ))
+        })
+        .collect()
+}
+
 /// Build the server: the proxy on every `listen` address, the admin API and the background
 /// services (health checks, reload, log reopening).
 pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pylon, String> {

@@ -304,3 +304,55 @@ fn version_is_printed() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
 }
+
+#[test]
+fn an_address_in_use_stops_the_start_with_its_line() {
+    // Pingora binds on a service thread, where a failed bind ends only that service: without
+    // the check the process ran on, serving on none of its addresses.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let (free, admin) = (free_port(), free_port());
+    let dir = scratch();
+    let path = dir.join("pylon.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[server]\nlisten = [\"127.0.0.1:{free}\", \"127.0.0.1:{busy}\"]\n\
+             upgrade_sock = \"{d}/u.sock\"\npid_file = \"{d}/p.pid\"\n\
+             [admin]\nlisten = \"127.0.0.1:{admin}\"\n{UP}\
+             [[routes]]\nname = \"r\"\nupstream = \"a\"\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(PYLON)
+        .arg("-c")
+        .arg(&path)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("pylon kept running with one of its addresses taken");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{}:2:", path.display()))
+            && stderr.contains(&format!("cannot listen on 127.0.0.1:{busy}")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains(&format!("{free}:")),
+        "only the taken one: {stderr}"
+    );
+    // The free addresses were not left bound.
+    std::net::TcpListener::bind(("127.0.0.1", free)).unwrap();
+    std::net::TcpListener::bind(("127.0.0.1", admin)).unwrap();
+    drop(taken);
+}

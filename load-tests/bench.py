@@ -67,7 +67,7 @@ TLS_PORTS = {"nginx-tls": 18005, "haproxy-tls": 18008, "pylon-tls": 18006}
 # before/after figures from one run.
 BASELINE = os.environ.get("BENCH_BASELINE")
 if BASELINE:
-    PORTS.update({"pylon-before": 18005, "pylon-before-1000-routes": 18006})
+    PORTS.update({"pylon-before": 18015, "pylon-before-1000-routes": 18016})
 # The `instructions` scenario runs its own copy of each proxy under callgrind, on these ports.
 CALLGRIND_PORTS = {"nginx": 18011, "pingora": 18012, "pylon": 18013}
 POLICY_PATH = "/svc500/items?q=running+shoes&page=2"
@@ -115,16 +115,25 @@ def pinned(cpu, argv):
 
 
 class Procs:
-    def __init__(self):
-        self.procs = {}
+    """The servers of a run. Each one's output goes to NAME.log in the run's directory, so a
+    server that died during the run is named, with the end of its log, when the run stops."""
+    def __init__(self, tmp):
+        self.procs, self.tmp = {}, tmp
 
     def start(self, name, argv, cpu, **kw):
-        p = subprocess.Popen(pinned(cpu, argv), preexec_fn=raise_fd_limit,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        with open(os.path.join(self.tmp, f"{name}.log"), "wb") as log:
+            p = subprocess.Popen(pinned(cpu, argv), preexec_fn=raise_fd_limit,
+                                 stdout=log, stderr=subprocess.STDOUT, **kw)
         self.procs[name] = p
         return p
 
     def stop_all(self):
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                with open(os.path.join(self.tmp, f"{name}.log"), errors="replace") as f:
+                    tail = f.readlines()[-10:]
+                print(f"  {name} had exited ({p.returncode}) before the end of the run:\n"
+                      + "".join("    " + line for line in tail), flush=True)
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGINT)
@@ -527,9 +536,10 @@ def wrk(port, path="/", connections=32, headers=(), scheme="http"):
     extra = [a for h in headers for a in ("-H", h)]
     out = subprocess.run(pinned(LOAD_CPU, ["wrk", f"-t{THREADS}", f"-c{connections}", f"-d{DURATION}s", "--latency",
                                            *extra, f"{scheme}://127.0.0.1:{port}{path}"]),
-                         capture_output=True, text=True).stdout
+                         capture_output=True, text=True)
+    out, err = out.stdout, out.stderr
     if "Requests/sec" not in out or "99%" not in out:
-        raise RuntimeError(f"wrk against port {port} failed:\n{out}")
+        raise RuntimeError(f"wrk against port {port} failed:\n{out}{err}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = parse_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = parse_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
@@ -732,7 +742,7 @@ def main():
     tmp = tempfile.mkdtemp(prefix="pylon-bench-")
     os.chmod(tmp, 0o755)  # nginx workers started by root run as www-data
     configs(tmp)
-    procs = Procs()
+    procs = Procs(tmp)
     try:
         procs.start("upstream", ["nginx", "-c", f"{tmp}/upstream.conf", "-p", tmp], LOAD_CPU)
         procs.start("redis", ["redis-server", "--port", str(REDIS), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], LOAD_CPU)

@@ -6,6 +6,10 @@ use pingora::http::ResponseHeader;
 use pingora::{ErrorSource, ErrorType};
 use pingora_proxy::Session;
 
+/// The `content-type` and `cache-control` of every error body.
+pub const JSON: http::HeaderValue = http::HeaderValue::from_static("application/json");
+pub const NO_STORE: http::HeaderValue = http::HeaderValue::from_static("no-store");
+
 /// One kind of gateway error: its status, code and the message clients see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GatewayError {
@@ -118,14 +122,18 @@ impl GatewayError {
         headers: &[(http::HeaderName, http::HeaderValue)],
     ) -> pingora::Result<()> {
         let body = self.body(request_id.as_str());
-        let mut resp = ResponseHeader::build(self.status, Some(5 + headers.len()))?;
-        for (name, value) in headers {
-            resp.insert_header(name.clone(), value.clone())?;
-        }
-        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-        resp.insert_header(crate::plumbing::X_REQUEST_ID, request_id.header())?;
-        resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        // Straight into the header map, as every other answer's headers (`crate::headers`).
+        let mut resp = ResponseHeader::build_no_case(self.status, None)?;
+        crate::headers::edit_response(&mut resp, 4 + headers.len(), |h| {
+            for (name, value) in headers {
+                h.try_insert(name.clone(), value.clone())?;
+            }
+            h.try_insert(http::header::CONTENT_TYPE, JSON)?;
+            h.try_insert(http::header::CONTENT_LENGTH, body.len().into())?;
+            h.try_insert(crate::plumbing::X_REQUEST_ID, request_id.header())?;
+            h.try_insert(http::header::CACHE_CONTROL, NO_STORE)?;
+            Ok(())
+        })?;
         session.write_response_header(Box::new(resp), false).await?;
         session.write_response_body(Some(body), true).await
     }

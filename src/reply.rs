@@ -72,10 +72,18 @@ pub async fn send(session: &mut Session, cx: &mut Context, reply: Reply) -> Resu
         Body::Fixed(b) => (b, false, false),
         Body::Composed(b) => (b, false, true),
     };
-    let mut resp = ResponseHeader::build(reply.status, Some(reply.headers.len() + 5))?;
-    for (name, value) in reply.headers {
-        resp.append_header(name, value)?;
-    }
+    // Straight into the header map (`crate::headers`); `Body` is an error or composed, not both.
+    let mut resp = ResponseHeader::build_no_case(reply.status, None)?;
+    crate::headers::edit_response(&mut resp, reply.headers.len() + 4, |h| {
+        for (name, value) in reply.headers {
+            h.try_append(name, value)?;
+        }
+        if error {
+            h.try_insert(http::header::CONTENT_TYPE, crate::error::JSON)?;
+            h.try_insert(http::header::CACHE_CONTROL, crate::error::NO_STORE)?;
+        }
+        Ok(())
+    })?;
     if composed {
         if let Some(route) = cx
             .route
@@ -84,10 +92,6 @@ pub async fn send(session: &mut Session, cx: &mut Context, reply: Reply) -> Resu
         {
             route.chain.upstream_response(&mut resp, cx)?;
         }
-    }
-    if error {
-        resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
-        resp.insert_header(http::header::CACHE_CONTROL, "no-store")?;
     }
     finish(session.req_header(), &mut resp, cx)?;
     let mut body = Some(body);

@@ -29,9 +29,10 @@
 use crate::conn_cap::ConnectionCap;
 use crate::head::{self, Verdict};
 use crate::metrics::METRICS;
+use crate::pipeline;
 use async_trait::async_trait;
 use bytes::BytesMut;
-use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::apps::{HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::l4::stream::Stream as L4Stream;
 use pingora::protocols::Stream;
@@ -164,7 +165,8 @@ where
             return self.app.process_new(l4, shutdown).await;
         }
         let idle_secs = self.timeouts.idle.as_secs().max(1);
-        let mut settings: Option<HttpPersistentSettings> = None;
+        // Requests this connection may still serve after the next one (Pingora's count).
+        let mut reuses = options.and_then(|o| o.keepalive_request_limit);
         let mut shutdown_rx = shutdown.clone();
         loop {
             if let Verdict::Refuse(e) = head::check(&first) {
@@ -174,12 +176,10 @@ where
                 return None;
             }
             let mut session = ServerSession::new_http1(stream);
-            match settings.take() {
-                Some(settings) => settings.apply_to_session(&mut session),
-                None => session.set_keepalive_reuses_remaining(
-                    options.and_then(|o| o.keepalive_request_limit),
-                ),
-            }
+            session.set_keepalive_reuses_remaining(reuses);
+            // Every request on the connection is answered, in order, however it arrived
+            // (RFC 9112 §9.3): bytes read past a request are kept for the next.
+            session.set_pipelining_enabled(true);
             // Also bounds reading the rest of the request header: a reused session would
             // otherwise carry Pingora's "infinite" and wait for it forever.
             session.set_keepalive(Some(idle_secs));
@@ -198,9 +198,15 @@ where
                     }
                 })
                 .await?;
-            let (next, next_settings) = reused.consume();
+            let (next, settings) = reused.consume();
             stream = next;
-            settings = next_settings;
+            reuses = reuses.map(|n| n.saturating_sub(1));
+            // The next request may be here already, read with this one: then there is nothing
+            // to wait for (its client waits for the answers).
+            if let Some(pipelined) = settings.as_ref().and_then(pipeline::prefix) {
+                first = pipelined;
+                continue;
+            }
             idle.as_mut().reset(Instant::now() + self.timeouts.idle);
             first = first_bytes(&mut stream, idle.as_mut(), Some(&mut shutdown_rx)).await?;
         }

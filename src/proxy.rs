@@ -3,6 +3,7 @@
 //! writer of the gateway's own responses ([`crate::reply`]).
 
 use crate::aggregate::Aggregate;
+use crate::conform;
 use crate::error::{self, GatewayError};
 use crate::filter::{Context, Phases, Reply};
 use crate::keepalive;
@@ -115,6 +116,13 @@ impl ProxyHttp for Gateway {
         cx.peer = peer_ip(session);
         cx.tls = session.digest().and_then(|d| d.ssl_digest.clone());
         let snapshot = self.snapshot.load_full();
+        if let Err(e) = conform::check(session.req_header_mut()) {
+            cx.snapshot = Some(snapshot);
+            // Nothing more is read of a request that could not be placed.
+            session.set_keepalive(None);
+            Box::pin(reply::send(session, cx, Reply::error(e))).await?;
+            return Ok(true);
+        }
         let (lookup, matched) = snapshot.router.route(session.req_header());
         let route = match lookup {
             Lookup::Found { route, .. } => Arc::clone(route),
@@ -288,6 +296,7 @@ impl ProxyHttp for Gateway {
             return Ok(());
         };
         route.rewrite_uri(upstream_request, &ctx.matched)?;
+        conform::canonical_length(upstream_request);
         let target = ctx.attempts.target().filter(|_| !route.preserve_host);
         plumbing::prepare_upstream(
             upstream_request,

@@ -4,18 +4,6 @@
 
 mod common;
 use common::*;
-use std::io::{Read, Write};
-
-/// Send `raw` on a fresh connection; everything the gateway answers until it closes.
-fn send(gw: &Gateway, raw: &[u8]) -> String {
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .unwrap();
-    s.write_all(raw).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 const CASES: &[(&str, &[u8])] = &[
     ("content-length with transfer-encoding", b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
@@ -52,7 +40,7 @@ fn smuggling_and_malformed_heads_are_refused_before_the_upstream() {
     ));
     for (what, raw) in CASES {
         let before = hits(&e);
-        let answer = send(&gw, raw);
+        let answer = send_raw(gw.port, raw);
         assert!(answer.starts_with("HTTP/1.1 400 "), "{what}: {answer}");
         assert!(
             answer.contains("\"code\":\"bad_request\""),
@@ -69,11 +57,11 @@ fn smuggling_and_malformed_heads_are_refused_before_the_upstream() {
         many.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
     }
     many.extend_from_slice(b"\r\n");
-    let answer = send(&gw, &many);
+    let answer = send_raw(gw.port, &many);
     assert!(answer.starts_with("HTTP/1.1 431 "), "{answer}");
     assert!(answer.contains("request_header_too_large"));
     // What is well framed still goes through, tab before the coding included.
-    let ok = send(&gw, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
+    let ok = send_raw(gw.port, b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\nConnection: close\r\n\r\n3\r\nabc\r\n0\r\n\r\n");
     assert!(ok.starts_with("HTTP/1.1 200 "), "{ok}");
     assert!(ok.contains("\"body\":\"abc\""), "{ok}");
 }

@@ -11,8 +11,10 @@ BUILD_PKGS := cmake pkg-config libssl-dev curl
 # limits and a Redis Cluster (redis-cli --cluster create), dnsmasq for DNS and SRV discovery;
 # each test starts its own on free loopback ports. wfuzz: attack lists; modsecurity-crs: the
 # OWASP Core Rule Set the `crs` WAF engine loads.
-TEST_PKGS := systemd redis-server redis-tools dnsmasq-base chromium curl wfuzz modsecurity-crs
+TEST_PKGS := systemd redis-server redis-tools dnsmasq-base chromium curl wfuzz modsecurity-crs python3-pip
 TEST_MARK := target/.apt-test-installed
+# Python packages the tests run (the WebSocket client and server), kept under target/.
+PY_MARK := target/py/.installed
 # What `make bench` compares against and loads with.
 BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind openssl modsecurity-crs python3-pip
 APT_MARK := target/.apt-installed
@@ -53,7 +55,11 @@ $(TEST_MARK): Makefile
 	@.ci/apt-ensure $(TEST_PKGS)
 	@mkdir -p target && touch $@
 
-test: deps $(TEST_MARK)
+$(PY_MARK): Makefile $(TEST_MARK)
+	@PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --upgrade --target target/py websockets
+	@touch $@
+
+test: deps $(TEST_MARK) $(PY_MARK)
 	$(CARGO) test --all-targets
 
 # Side by side with nginx and haproxy on pinned cores; prints RESULT lines (docs/performance.md).

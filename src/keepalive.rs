@@ -111,6 +111,13 @@ pub fn header_read() {
     let _ = HEADER_READ.try_with(|read| read.set(true));
 }
 
+/// The connection becomes a tunnel (a `101` to an upgrade): its bytes are no request body, so
+/// the body deadline no longer bounds a pause between them; a quiet WebSocket stays open (the
+/// upstream's `read_timeout` still ends one whose upstream goes quiet).
+pub fn tunnel(session: &mut ServerSession) {
+    session.set_read_timeout(None);
+}
+
 /// Fires at `deadline` when the request header has not been read by then; never otherwise.
 async fn slow_header(deadline: Pin<&mut Sleep>) {
     deadline.await;

@@ -175,11 +175,16 @@ impl ProxyHttp for Gateway {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         end_of_stream: bool,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
+        // The bytes of an upgraded tunnel (a WebSocket) are no request body: no body limit or
+        // filter applies to them.
+        if session.was_upgraded() {
+            return Ok(());
+        }
         let Some(route) = ctx.route_with(Phases::REQUEST_BODY) else {
             return Ok(());
         };
@@ -348,6 +353,9 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            keepalive::tunnel(session.as_downstream_mut());
+        }
         reply::finish(session.req_header(), upstream_response, &mut ctx.cx)
     }
 

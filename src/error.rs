@@ -49,6 +49,16 @@ pub const BAD_REQUEST: GatewayError = GatewayError {
     code: "bad_request",
     message: "the request could not be understood",
 };
+pub const REQUEST_TIMEOUT: GatewayError = GatewayError {
+    status: 408,
+    code: "request_timeout",
+    message: "the request body did not arrive in time",
+};
+pub const LENGTH_REQUIRED: GatewayError = GatewayError {
+    status: 411,
+    code: "length_required",
+    message: "a body this large needs a content-length on this route",
+};
 pub const PAYLOAD_TOO_LARGE: GatewayError = GatewayError {
     status: 413,
     code: "payload_too_large",

@@ -16,6 +16,7 @@ pub mod error;
 pub mod filter;
 pub mod head;
 pub mod headers;
+pub mod held_body;
 pub mod keepalive;
 pub mod metrics;
 pub mod otlp;

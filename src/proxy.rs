@@ -6,6 +6,7 @@ use crate::aggregate::Aggregate;
 use crate::conform;
 use crate::error::{self, GatewayError};
 use crate::filter::{Context, Phases, Reply};
+use crate::held_body::HeldBody;
 use crate::keepalive;
 use crate::metrics::{self, InflightRoute, RouteMetrics};
 use crate::plumbing::{self, RequestId, TraceContext};
@@ -51,6 +52,10 @@ pub struct RequestCtx {
     attempts: Attempts,
     /// Counts the request in `pylon_inflight_requests{route}` until dropped.
     route_inflight: Option<InflightRoute>,
+    /// The body, or its start, read before the upstream (routes whose filters hold bodies).
+    held: Option<HeldBody>,
+    /// A body filter refused the request while its body was arriving.
+    body_refused: bool,
 }
 
 impl RequestCtx {
@@ -89,6 +94,8 @@ impl ProxyHttp for Gateway {
             matched: Matched::default(),
             attempts: Attempts::default(),
             route_inflight: None,
+            held: None,
+            body_refused: false,
         })
     }
 
@@ -156,6 +163,18 @@ impl ProxyHttp for Gateway {
         let reply = match ctx.cx.route.as_deref().map(|r| &r.action) {
             None | Some(Action::Upstream(_)) => {
                 ctx.matched = matched;
+                // Judged (and edited) before any upstream is contacted.
+                let holds = ctx.cx.route.as_ref().is_some_and(|r| r.chain.holds() > 0);
+                if let Some(route) = holds.then(|| ctx.cx.route.clone()).flatten() {
+                    let read = HeldBody::read(session.as_mut(), &route.chain, &mut ctx.cx);
+                    match Box::pin(read).await {
+                        Ok(held) => ctx.held = held,
+                        Err(reply) => {
+                            Box::pin(reply::send(session, &mut ctx.cx, reply)).await?;
+                            return Ok(true);
+                        }
+                    }
+                }
                 return Ok(false);
             }
             Some(Action::Respond(r)) => r.reply(),
@@ -188,16 +207,18 @@ impl ProxyHttp for Gateway {
         let Some(route) = ctx.route_with(Phases::REQUEST_BODY) else {
             return Ok(());
         };
-        match route
-            .chain
-            .request_body(body, end_of_stream, &mut ctx.cx)
-            .await
-        {
+        let RequestCtx { cx, held, .. } = &mut **ctx;
+        let judged = match held {
+            Some(held) => held.body(body, end_of_stream, &route.chain, cx).await,
+            None => route.chain.request_body(body, end_of_stream, cx).await,
+        };
+        match judged {
             Ok(()) => Ok(()),
             // Written by `fail_to_proxy`, through the one writer.
             Err(reply) => {
                 let status = reply.status;
                 ctx.cx.pending = Some(reply);
+                ctx.body_refused = true;
                 Error::e_explain(HTTPStatus(status), "refused by a request body filter")
             }
         }
@@ -309,8 +330,13 @@ impl ProxyHttp for Gateway {
             &ctx.cx,
             target.map(|t| &t.host_header),
         )?;
-        match ctx.route_with(Phases::UPSTREAM_REQUEST) {
-            Some(route) => route.chain.upstream_request(upstream_request, &mut ctx.cx),
+        if let Some(route) = ctx.route_with(Phases::UPSTREAM_REQUEST) {
+            route
+                .chain
+                .upstream_request(upstream_request, &mut ctx.cx)?;
+        }
+        match ctx.held.as_mut() {
+            Some(held) => held.upstream(upstream_request),
             None => Ok(()),
         }
     }
@@ -423,15 +449,19 @@ impl ProxyHttp for Gateway {
                 ctx.cx.request_id = RequestId::of(&session.req_header().headers);
             }
             // The connection is closed after a proxy failure: say so, so that a client does not
-            // send its next request on it.
-            session.set_keepalive(None);
+            // send its next request on it. A body refused while it arrives is the exception:
+            // the rest is read and dropped (for a bounded time) so that a client still sending
+            // reads the answer instead of a reset.
+            if !ctx.body_refused {
+                session.set_keepalive(None);
+            }
             if let Err(write) = reply::send(session, &mut ctx.cx, reply).await {
                 log::debug!("could not send the error response: {write}");
             }
         }
         FailToProxy {
             error_code: status,
-            can_reuse_downstream: false,
+            can_reuse_downstream: ctx.body_refused,
         }
     }
 }

@@ -105,6 +105,14 @@ pub trait Filter: Send + Sync {
         Ok(())
     }
 
+    /// How much of a request body this filter must see before any upstream is contacted: a
+    /// body edit needs it all (up to its limit), a WAF the part it inspects. 0, the default:
+    /// the body may stream. A route whose filters hold bodies reads them first
+    /// (`crate::held_body`).
+    fn holds_body(&self) -> usize {
+        0
+    }
+
     /// A chunk of the request body (`None` at the end of some bodies); `end` on the last.
     async fn request_body(
         &self,
@@ -167,6 +175,8 @@ pub struct Chain {
     response: List,
     response_body: List,
     log: List,
+    /// The most of a request body any filter holds (`Filter::holds_body`).
+    holds: usize,
 }
 
 impl Chain {
@@ -186,7 +196,13 @@ impl Chain {
             response: phase(Phases::RESPONSE),
             response_body: phase(Phases::RESPONSE_BODY),
             log: phase(Phases::LOG),
+            holds: filters.iter().map(|f| f.holds_body()).max().unwrap_or(0),
         }
+    }
+
+    /// How much of a request body must be read before the upstream: 0 when it may stream.
+    pub fn holds(&self) -> usize {
+        self.holds
     }
 
     /// Whether some filter of the chain takes part in `phase`. Without a request- or

@@ -47,6 +47,8 @@ pub struct Buffer {
     data: Vec<u8>,
     decoder: Option<Box<dyn Encode + Send + Sync>>,
     limit: usize,
+    /// The bytes as they came (compressed, if they were): bounded by `limit` too.
+    raw: usize,
 }
 
 /// The body grew beyond `max_body`, or its compression was corrupt.
@@ -95,6 +97,7 @@ impl BodyEdits {
                 data: Vec::new(),
                 decoder,
                 limit: self.max_body,
+                raw: 0,
             }),
             Err(reason) => {
                 self.skip(reason);
@@ -183,7 +186,8 @@ impl Buffer {
 
     /// Add a chunk as it arrived.
     pub fn push(&mut self, chunk: &[u8], end: bool) -> Result<(), Refused> {
-        if chunk.len() > self.limit {
+        self.raw += chunk.len();
+        if self.raw > self.limit {
             return Err(Refused::TooLarge);
         }
         match &mut self.decoder {

@@ -17,11 +17,14 @@ pub struct RequestTransform {
     pub body: Option<BodyEdits>,
 }
 
-/// The request has a body within `max_body` (as far as its header says): edit it.
-struct EditBody;
-
-/// The body of the current attempt, being collected.
+/// The body being collected for its edit.
 struct Collecting(Buffer);
+
+/// The body was edited: the header says what it now is.
+struct Edited {
+    /// It was decompressed to be edited, and goes upstream plain.
+    decoded: bool,
+}
 
 /// The declared body length, if the request declares one.
 fn content_length(req: &RequestHeader) -> Option<u64> {
@@ -40,6 +43,12 @@ impl Filter for RequestTransform {
         }
     }
 
+    /// The whole body is read, edited and sent with its new length before the target is
+    /// contacted (`crate::held_body`).
+    fn holds_body(&self) -> usize {
+        self.body.as_ref().map_or(0, |b| b.max_body)
+    }
+
     async fn request(&self, req: &RequestHeader, cx: &mut Context) -> Result<(), Reply> {
         let Some(body) = &self.body else {
             return Ok(());
@@ -48,30 +57,22 @@ impl Filter for RequestTransform {
         if declared.is_some_and(|n| n > body.max_body as u64) {
             return Err(Reply::error(error::PAYLOAD_TOO_LARGE));
         }
-        if declared.is_some_and(|n| n > 0) || req.headers.contains_key(TRANSFER_ENCODING) {
-            cx.state.insert(EditBody);
+        let has_body =
+            declared.is_some_and(|n| n > 0) || req.headers.contains_key(TRANSFER_ENCODING);
+        if let Some(buffer) = has_body.then(|| body.start(&req.headers)).flatten() {
+            cx.state.insert(Collecting(buffer));
         }
         Ok(())
     }
 
     fn upstream_request(&self, req: &mut RequestHeader, cx: &mut Context) -> pingora::Result<()> {
-        // Every attempt starts its body afresh: a retry sends the client's body again.
-        if let (Some(body), Some(EditBody)) = (&self.body, cx.state.get::<EditBody>()) {
-            match body.start(&req.headers) {
-                Some(buffer) => {
-                    req.remove_header(&CONTENT_LENGTH);
-                    req.insert_header(TRANSFER_ENCODING, "chunked")?;
-                    if buffer.decodes() {
-                        req.remove_header(&CONTENT_ENCODING);
-                    }
-                    if let Some(ct) = body.output_type() {
-                        req.insert_header(CONTENT_TYPE, ct)?;
-                    }
-                    cx.state.insert(Collecting(buffer));
-                }
-                None => {
-                    cx.state.remove::<Collecting>();
-                }
+        // The body's length is set with the body (`crate::held_body`); its kind here.
+        if let (Some(body), Some(Edited { decoded })) = (&self.body, cx.state.get::<Edited>()) {
+            if *decoded {
+                req.remove_header(&CONTENT_ENCODING);
+            }
+            if let Some(ct) = body.output_type() {
+                req.insert_header(CONTENT_TYPE, ct)?;
             }
         }
         if !self.headers.is_empty() {
@@ -102,11 +103,15 @@ impl Filter for RequestTransform {
             Refused::TooLarge => Reply::error(error::PAYLOAD_TOO_LARGE),
             Refused::Corrupt => Reply::error(error::BAD_REQUEST),
         })?;
-        *chunk = Some(match end {
+        if !end {
             // Nothing goes out until the body is whole (an empty chunk is not sent).
-            false => Bytes::new(),
-            true => body.finish(buffer.take()),
-        });
+            *chunk = Some(Bytes::new());
+            return Ok(());
+        }
+        let decoded = buffer.decodes();
+        *chunk = Some(body.finish(buffer.take()));
+        cx.state.remove::<Collecting>();
+        cx.state.insert(Edited { decoded });
         Ok(())
     }
 }

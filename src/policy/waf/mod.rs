@@ -254,6 +254,14 @@ impl Filter for Waf {
         Stage::BeforeAuth
     }
 
+    /// A body is judged before the target has a byte of the request.
+    fn holds_body(&self) -> usize {
+        match self.body {
+            true => self.max_body,
+            false => 0,
+        }
+    }
+
     async fn request(&self, req: &RequestHeader, cx: &mut Context) -> Result<(), Reply> {
         let body = self.body && has_body(req);
         match self.engine.head(req, cx, body).await {

@@ -111,9 +111,11 @@ impl HeldBody {
         }))
     }
 
-    /// A new attempt: its request header gets the held body's exact length.
+    /// A new attempt: its request header gets the held body's exact length, and no
+    /// `Expect: 100-continue` (the body is here; the client had its `100`).
     pub fn upstream(&mut self, req: &mut RequestHeader) -> pingora::Result<()> {
         self.sent = false;
+        req.remove_header(&EXPECT);
         if self.whole {
             req.remove_header(&TRANSFER_ENCODING);
             req.insert_header(CONTENT_LENGTH, self.body.len())?;

@@ -51,9 +51,9 @@ use tokio::time::{Instant, Sleep};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// The most the first read of a request takes: Pingora's own initial header buffer size.
 const FIRST_READ: usize = 4096;
-/// How long the rest of a body refused early (a `413` to an upload) is read and dropped
-/// before the connection is closed: closing with unread bytes sends a reset, and a client
-/// still sending would lose the answer to it (nginx's lingering close).
+/// How long the rest of a body is read and dropped after an early answer (a `413` to an
+/// upload) before the connection is given up: closing with unread bytes sends a reset, and a
+/// client still sending would lose the answer to it (nginx's lingering close).
 const LINGER: Duration = Duration::from_secs(5);
 
 /// How long a client connection may take, at each stage.
@@ -195,6 +195,10 @@ where
             // otherwise carry Pingora's "infinite" and wait for it forever.
             session.set_keepalive(Some(idle_secs));
             session.set_read_timeout(Some(self.timeouts.body));
+            // An answer that goes out before the request's body is all in (a 413 to an
+            // upload, an upstream that answered early) keeps the connection until the rest is
+            // read and dropped, instead of Pingora's close with the rest unread.
+            session.set_close_on_response_before_downstream_finish(false);
             session.set_total_drain_timeout(Some(LINGER));
             session.set_pipelined_prefix(first);
             // The connection's one timer now counts down the header deadline.

@@ -449,19 +449,23 @@ impl ProxyHttp for Gateway {
                 ctx.cx.request_id = RequestId::of(&session.req_header().headers);
             }
             // The connection is closed after a proxy failure: say so, so that a client does not
-            // send its next request on it. A body refused while it arrives is the exception:
-            // the rest is read and dropped (for a bounded time) so that a client still sending
-            // reads the answer instead of a reset.
-            if !ctx.body_refused {
-                session.set_keepalive(None);
-            }
+            // send its next request on it.
+            session.set_keepalive(None);
             if let Err(write) = reply::send(session, &mut ctx.cx, reply).await {
                 log::debug!("could not send the error response: {write}");
             }
         }
+        if ctx.body_refused {
+            // Closed with the rest of the body unread, the connection would be reset under
+            // the answer of a client still sending: the rest is read and dropped first, for a
+            // bounded time (the session's drain timeout), as nginx's lingering close does.
+            if let Err(e) = session.as_mut().drain_request_body().await {
+                log::debug!("gave up draining a refused body: {e}");
+            }
+        }
         FailToProxy {
             error_code: status,
-            can_reuse_downstream: ctx.body_refused,
+            can_reuse_downstream: false,
         }
     }
 }

@@ -150,12 +150,18 @@ fn a_body_longer_than_the_waf_reads_is_judged_then_streams_whole() {
     );
 }
 
-/// Send a whole upload before reading a byte of the answer; the status line read then.
+/// Send a whole upload, in pieces as a real upload arrives, before reading a byte of the
+/// answer; the status line read then (or what failed).
 fn upload_then_read(port: u16, raw: &[u8]) -> String {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    s.write_all(raw).unwrap();
+    for piece in raw.chunks(8 * 1024) {
+        if let Err(e) = s.write_all(piece) {
+            return format!("write failed: {e}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

@@ -91,6 +91,15 @@ pub fn check(req: &mut RequestHeader) -> Result<(), GatewayError> {
     if req.version == Version::HTTP_2 && req.headers.values().any(padded) {
         return Err(error::BAD_REQUEST);
     }
+    // One run of digits, as `head.rs` holds heads it read: a head longer than it reads (or a
+    // list Pingora reconciled, `10, 010`) is held to the same here.
+    let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
+    if let Some(length) = lengths.next() {
+        let digits = length.as_bytes();
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || lengths.next().is_some() {
+            return Err(error::BAD_REQUEST);
+        }
+    }
     Ok(())
 }
 
@@ -123,7 +132,7 @@ fn padded(v: &HeaderValue) -> bool {
 
 /// The request's `content-length` as the upstream gets it: without leading zeros, which
 /// some parsers read as octal (`010` is 8 to them, 10 to Pylon, and the two disagree on where
-/// the next request starts). The raw head check has made sure it is one run of digits.
+/// the next request starts). [`check`] has made sure it is one run of digits.
 pub fn canonical_length(upstream: &mut RequestHeader) {
     let Some(v) = upstream.headers.get(CONTENT_LENGTH) else {
         return;
@@ -232,6 +241,24 @@ mod tests {
         let mut r = req("GET", b"/", &[("x-a", "in side")]);
         r.set_version(Version::HTTP_2);
         assert_eq!(check(&mut r), Ok(()));
+    }
+
+    #[test]
+    fn a_content_length_is_one_run_of_digits() {
+        assert_eq!(
+            verdict("POST", b"/", &[("host", "a"), ("content-length", "010")]),
+            Ok(())
+        );
+        for bad in ["10, 010", "+1", "", "1 "] {
+            let h = [("host", "a"), ("content-length", bad)];
+            assert_eq!(verdict("POST", b"/", &h), Err(400), "{bad:?}");
+        }
+        let two = [
+            ("host", "a"),
+            ("content-length", "1"),
+            ("content-length", "1"),
+        ];
+        assert_eq!(verdict("POST", b"/", &two), Err(400));
     }
 
     #[test]

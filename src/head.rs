@@ -5,11 +5,11 @@
 //! `content-length` together with `transfer-encoding`, repeated `content-length` (even equal),
 //! a `transfer-encoding` other than one final `chunked`, line ends that are a bare LF. And the
 //! heads Pingora does refuse get its own plain-text 400 with `Server: Pingora`, which names the
-//! engine to a scanner and is not the contract's JSON. So every HTTP/1.1 head that arrives whole
-//! in the connection's first read (nearly all do: the read takes up to 4 KiB) is parsed here,
-//! with `httparse` as Pingora does, and refused in the contract's shape: `400 bad_request`, or
-//! `431 request_header_too_large` for a header of more lines than Pingora accepts. A head that
-//! spans reads goes to Pingora unchecked by this and, if Pingora refuses it, gets its answer.
+//! engine to a scanner and is not the contract's JSON. So every HTTP/1.1 head is parsed here,
+//! with `httparse` as Pingora does, once the keep-alive loop has read it whole (nearly always in
+//! one read; a head in pieces, a pipelined one, is read on up to 64 KiB), and refused in the
+//! contract's shape: `400 bad_request`, or `431 request_header_too_large` for a header of more
+//! lines than Pingora accepts. A longer head goes to Pingora unchecked by this.
 //! The first chunk size of a chunked body that came with its head is checked too: Pingora
 //! refuses a bad one only when it reads the body, after the target has the request's head.
 

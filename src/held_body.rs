@@ -29,6 +29,9 @@ use pingora::protocols::http::ServerSession;
 /// Pingora's retry buffer: bodies (or their rest) within it are replayed to the upstream.
 const RETRY_BUFFER: u64 = 64 * 1024;
 
+/// The longest pause between two reads of a body when no configuration says (`body_timeout`).
+const DEFAULT_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What was read of a request body before the upstream.
 pub struct HeldBody {
     /// The body as the filters left it.
@@ -54,11 +57,15 @@ impl HeldBody {
         let length = declared(req);
         if req.version == http::Version::HTTP_11 && expects_continue(req) {
             // The client waits for this before it sends the body.
-            session
-                .write_continue_response()
-                .await
-                .map_err(|e| read_error(&e))?;
+            if let Err(e) = session.write_continue_response().await {
+                session.set_keepalive(None);
+                return Err(read_error(&e));
+            }
         }
+        let pause = cx
+            .snapshot
+            .as_deref()
+            .map_or(DEFAULT_PAUSE, |s| s.config.server.body_timeout.0);
         let need = chain.holds() as u64;
         // A body with a length is read whole when it ends within what Pingora can replay past
         // what the filters need; a longer one only up to that need.
@@ -78,10 +85,19 @@ impl HeldBody {
                     session.enable_retry_buffering();
                 }
             }
-            let mut chunk = session
-                .read_request_body()
-                .await
-                .map_err(|e| read_error(&e))?;
+            // HTTP/1 reads carry the session's own deadline; HTTP/2's have none in Pingora.
+            let next = tokio::time::timeout(pause, session.read_request_body()).await;
+            let mut chunk = match next {
+                Ok(Ok(chunk)) => chunk,
+                failed => {
+                    // Where the next request would start on this connection is unknown now.
+                    session.set_keepalive(None);
+                    return Err(match failed {
+                        Ok(Err(e)) => read_error(&e),
+                        _ => Reply::error(error::REQUEST_TIMEOUT),
+                    });
+                }
+            };
             read += chunk.as_ref().map_or(0, |c| c.len() as u64);
             let end = chunk.is_none() || session.is_body_done();
             chain.request_body(&mut chunk, end, cx).await?;

@@ -12,9 +12,9 @@
 //! keep-alive to "infinite"); this one applies `keepalive_timeout` before every request and to
 //! the reading of every request header.
 //!
-//! Each request's first bytes are checked first (`head.rs`): heads Pingora would let through
-//! but a gateway must refuse (smuggling), or would answer in its own plain form, get the
-//! contract's JSON error here.
+//! Each request's head is checked first (`head.rs`), read on here when it has not all arrived
+//! (up to 64 KiB): heads Pingora would let through but a gateway must refuse (smuggling), or
+//! would answer in its own plain form, get the contract's JSON error here.
 //!
 //! It also caps how many connections one client address holds (`conn_cap.rs`), and bounds how
 //! slowly a client may send: the whole request header must arrive within
@@ -54,7 +54,10 @@ const FIRST_READ: usize = 4096;
 /// How long the rest of a body is read and dropped after an early answer (a `413` to an
 /// upload) before the connection is given up: closing with unread bytes sends a reset, and a
 /// client still sending would lose the answer to it (nginx's lingering close).
-const LINGER: Duration = Duration::from_secs(5);
+pub const LINGER: Duration = Duration::from_secs(5);
+/// The longest head read and checked here: past the default `request_limits` header size
+/// (32 KiB); a longer one goes to Pingora as it is, and is refused by those limits.
+const CHECKED_HEAD: usize = 64 * 1024;
 
 /// How long a client connection may take, at each stage.
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +125,23 @@ pub fn tunnel(session: &mut ServerSession) {
     session.set_read_timeout(None);
 }
 
+/// An answer is about to go out. A client that asked for `100 Continue`, has not had it, and
+/// has sent nothing of its body may never send that body, or send it after all: where its next
+/// request would start is unknown, so the connection closes after this answer (Pingora's
+/// default, and nginx's) instead of waiting for the body to drop it.
+pub fn before_answer(session: &mut ServerSession) {
+    let waiting = session
+        .req_header()
+        .headers
+        .contains_key(http::header::EXPECT)
+        && session.response_written().is_none()
+        && session.body_bytes_read() == 0
+        && !session.is_body_done();
+    if waiting {
+        session.set_keepalive(None);
+    }
+}
+
 /// Fires at `deadline` when the request header has not been read by then; never otherwise.
 async fn slow_header(deadline: Pin<&mut Sleep>) {
     deadline.await;
@@ -180,7 +200,18 @@ where
         let mut reuses = options.and_then(|o| o.keepalive_request_limit);
         let mut shutdown_rx = shutdown.clone();
         loop {
-            if let Verdict::Refuse(e) = head::check(&first) {
+            // The connection's one timer now counts down the header deadline.
+            idle.as_mut().reset(Instant::now() + self.timeouts.header);
+            // A head not all here yet (a slow client, a pipelined request of which a byte came
+            // with the one before) is read on, so that every head is checked before Pingora
+            // parses it; a client that does not finish it within the deadline is dropped.
+            let mut verdict = head::check(&first);
+            while verdict == Verdict::Partial && first.len() < CHECKED_HEAD {
+                let more = first_bytes(&mut stream, idle.as_mut(), None).await?;
+                first.extend_from_slice(&more);
+                verdict = head::check(&first);
+            }
+            if let Verdict::Refuse(e) = verdict {
                 // Answered here, in the contract's shape, before Pingora sees the head.
                 let _ = stream.write_all(&head::answer(e)).await;
                 let _ = stream.flush().await;
@@ -201,8 +232,6 @@ where
             session.set_close_on_response_before_downstream_finish(false);
             session.set_total_drain_timeout(Some(LINGER));
             session.set_pipelined_prefix(first);
-            // The connection's one timer now counts down the header deadline.
-            idle.as_mut().reset(Instant::now() + self.timeouts.header);
             let serve = self.app.process_new_http(session, shutdown);
             let deadline = idle.as_mut();
             let reused = HEADER_READ

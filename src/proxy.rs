@@ -381,6 +381,8 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             keepalive::tunnel(session.as_downstream_mut());
+        } else if !reply::interim(upstream_response) {
+            keepalive::before_answer(session.as_downstream_mut());
         }
         reply::finish(session.req_header(), upstream_response, &mut ctx.cx)
     }
@@ -444,7 +446,11 @@ impl ProxyHttp for Gateway {
         };
         let status = reply.status;
         // Once the response has started, the only honest signal left is closing the connection.
-        if session.response_written().is_none() {
+        // (A `100 Continue` is no start: the answer is still to come.)
+        if session
+            .response_written()
+            .is_none_or(|r| r.status.is_informational())
+        {
             if ctx.cx.request_id.is_empty() {
                 ctx.cx.request_id = RequestId::of(&session.req_header().headers);
             }
@@ -459,8 +465,15 @@ impl ProxyHttp for Gateway {
             // Closed with the rest of the body unread, the connection would be reset under
             // the answer of a client still sending: the rest is read and dropped first, for a
             // bounded time (the session's drain timeout), as nginx's lingering close does.
-            if let Err(e) = session.as_mut().drain_request_body().await {
-                log::debug!("gave up draining a refused body: {e}");
+            // Bounded here too: HTTP/2 sessions have no drain timeout of their own.
+            let drain = session.as_mut().drain_request_body();
+            match tokio::time::timeout(keepalive::LINGER, drain).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::debug!("gave up draining a refused body: {e}"),
+                Err(_) => log::debug!(
+                    "gave up draining a refused body after {:?}",
+                    keepalive::LINGER
+                ),
             }
         }
         FailToProxy {

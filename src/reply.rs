@@ -67,6 +67,7 @@ pub fn body(body: &mut Option<Bytes>, end: bool, cx: &mut Context) -> Result<()>
 
 /// Write `reply` as the whole response.
 pub async fn send(session: &mut Session, cx: &mut Context, reply: Reply) -> Result<()> {
+    crate::keepalive::before_answer(session.as_mut());
     let (body, error, composed) = match reply.body {
         Body::Error(e) => (e.body(cx.request_id.as_str()), true, false),
         Body::Fixed(b) => (b, false, false),

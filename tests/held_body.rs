@@ -259,3 +259,100 @@ fn an_h2_body_is_edited_before_the_upstream_too() {
     let head = v["head"].as_str().unwrap().to_ascii_lowercase();
     assert!(head.contains("\r\ncontent-length: "), "{head}");
 }
+
+#[test]
+fn a_broken_chunk_on_a_held_route_gets_400_and_the_connection_is_not_reused() {
+    let up = Recorder::start();
+    let gw = gateway(&config(&up.addr));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let head = "POST /edit HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n5\r\n{\"a\":\r\n";
+    s.write_all(head.as_bytes()).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    // A chunk size that is no number; then, as a lenient front end would send it, the next
+    // request, which must not be read on a connection whose framing is lost.
+    let _ = s.write_all(b"zz\r\n1}\r\n0\r\n\r\n");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let _ = s.write_all(b"GET /edit/next HTTP/1.1\r\nHost: a\r\n\r\n");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(out.starts_with("HTTP/1.1 400 "), "{out}");
+    assert_eq!(out.matches("HTTP/1.1 ").count(), 1, "{out}");
+    assert_eq!(up.carried(), 0, "the upstream saw: {}", up.received());
+}
+
+#[test]
+fn expect_100_continue_gets_its_answer_when_no_upstream_can_take_it() {
+    // Nothing listens on the target.
+    let gw = gateway(&config(&format!("127.0.0.1:{}", free_port())));
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let json = br#"{"user":"ed"}"#;
+    let head = format!(
+        "POST /edit HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        json.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    s.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(json).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    assert!(
+        out.starts_with("HTTP/1.1 502 ") || out.starts_with("HTTP/1.1 503 "),
+        "{out}"
+    );
+    assert!(out.contains("\"error\""), "{out}");
+}
+
+#[test]
+fn an_early_answer_to_a_client_waiting_for_100_continue_closes_the_connection() {
+    let up = Recorder::start();
+    let gw = gateway(&config(&up.addr));
+    // Over the route's limit by its declared length: refused before any 100.
+    let head =
+        "POST /plain HTTP/1.1\r\nHost: a\r\nContent-Length: 200000\r\nExpect: 100-continue\r\n\r\n";
+    let out = send_raw(gw.port, head.as_bytes());
+    assert!(out.starts_with("HTTP/1.1 413 "), "{out}");
+    assert!(
+        out.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{out}"
+    );
+}
+
+#[test]
+fn an_h2_body_that_stalls_on_a_held_route_gets_408() {
+    let up = Recorder::start();
+    let gw = gateway_with_server("body_timeout = \"1s\"\n", &config(&up.addr));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let status = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+            .await
+            .unwrap();
+        let (client, conn) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(conn);
+        let mut client = client.ready().await.unwrap();
+        let req = http::Request::post(format!("http://127.0.0.1:{}/edit", gw.port))
+            .header("content-type", "application/json")
+            .body(())
+            .unwrap();
+        let (resp, mut body) = client.send_request(req, false).unwrap();
+        body.send_data(bytes::Bytes::from_static(b"{\"a\":"), false)
+            .unwrap();
+        // And nothing more: the gateway gives up after `body_timeout`.
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(10), resp)
+            .await
+            .expect("an answer within the body timeout");
+        drop(body);
+        resp.map(|r| r.status().as_u16()).unwrap_or(0)
+    });
+    assert_eq!(status, 408);
+    assert_eq!(up.carried(), 0);
+}

@@ -105,3 +105,22 @@ fn a_bad_head_pipelined_behind_a_good_one_is_refused_in_the_contracts_shape() {
     assert_eq!(refused.json()["error"]["code"], "bad_request");
     assert_eq!(hits(&e), 1);
 }
+
+#[test]
+fn a_bad_head_sent_while_the_one_before_is_upstream_is_refused_in_the_contracts_shape() {
+    // Pingora reads ahead a byte while the first request is upstream; the rest of the second
+    // head comes later, and the whole of it is still checked.
+    let e = echo("e", &["--delay", "200ms"]);
+    let gw = gateway_to(&e);
+    let mut raw = Raw::connect(gw.port);
+    raw.write_all(get("/slow").as_bytes());
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    raw.write_all(b"P");
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    raw.write_all(b"OST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    assert_eq!(paths(&answers(&mut raw, 1)), ["/slow"]);
+    let refused = raw.read_response(false);
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.json()["error"]["code"], "bad_request");
+    assert_eq!(hits(&e), 1);
+}

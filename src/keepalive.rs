@@ -200,17 +200,21 @@ where
         let mut reuses = options.and_then(|o| o.keepalive_request_limit);
         let mut shutdown_rx = shutdown.clone();
         loop {
-            // The connection's one timer now counts down the header deadline.
-            idle.as_mut().reset(Instant::now() + self.timeouts.header);
+            let header_deadline = Instant::now() + self.timeouts.header;
             // A head not all here yet (a slow client, a pipelined request of which a byte came
             // with the one before) is read on, so that every head is checked before Pingora
-            // parses it; a client that does not finish it within the deadline is dropped.
+            // parses it. A client that pauses longer than the idle timeout, as Pingora's own
+            // reads allow, or has not finished by the header deadline, is dropped.
             let mut verdict = head::check(&first);
             while verdict == Verdict::Partial && first.len() < CHECKED_HEAD {
+                let pause = Instant::now() + self.timeouts.idle;
+                idle.as_mut().reset(pause.min(header_deadline));
                 let more = first_bytes(&mut stream, idle.as_mut(), None).await?;
                 first.extend_from_slice(&more);
                 verdict = head::check(&first);
             }
+            // The connection's one timer now counts down the header deadline.
+            idle.as_mut().reset(header_deadline);
             if let Verdict::Refuse(e) = verdict {
                 // Answered here, in the contract's shape, before Pingora sees the head.
                 let _ = stream.write_all(&head::answer(e)).await;

@@ -71,14 +71,15 @@ pub fn form<'a>(
 }
 
 /// Check `req` (after Pingora parsed it) and bring an absolute-form target to origin form.
-pub fn check(req: &mut RequestHeader) -> Result<(), GatewayError> {
-    let mut hosts = req.headers.get_all(HOST).iter();
-    let (host, second) = (hosts.next(), hosts.next());
-    if req.version == Version::HTTP_11 && (host.is_none() || second.is_some()) {
+/// `head_checked`: `head.rs` has held the raw head to one `Host` and one run of digits in
+/// `content-length` already (every HTTP/1 head but the longest), so those are not looked up
+/// again.
+pub fn check(req: &mut RequestHeader, head_checked: bool) -> Result<(), GatewayError> {
+    if !head_checked && !fields_fine(req) {
         return Err(error::BAD_REQUEST);
     }
     if req.raw_path().first() != Some(&b'/') {
-        let host = host.map(HeaderValue::as_bytes);
+        let host = req.headers.get(HOST).map(HeaderValue::as_bytes);
         if let Form::Absolute {
             authority,
             path_and_query,
@@ -88,19 +89,26 @@ pub fn check(req: &mut RequestHeader) -> Result<(), GatewayError> {
             to_origin_form(req, &authority, &path_and_query)?;
         }
     }
-    if req.version == Version::HTTP_2 && req.headers.values().any(padded) {
-        return Err(error::BAD_REQUEST);
+    Ok(())
+}
+
+/// What `head.rs` holds a raw HTTP/1 head to, for a request it did not see: HTTP/1.1 has
+/// exactly one `Host`; `content-length` is one run of digits (not a list Pingora reconciled,
+/// `10, 010`); and over HTTP/2 no value has leading or trailing whitespace.
+fn fields_fine(req: &RequestHeader) -> bool {
+    let mut hosts = req.headers.get_all(HOST).iter();
+    let (host, second) = (hosts.next(), hosts.next());
+    if req.version == Version::HTTP_11 && (host.is_none() || second.is_some()) {
+        return false;
     }
-    // One run of digits, as `head.rs` holds heads it read: a head longer than it reads (or a
-    // list Pingora reconciled, `10, 010`) is held to the same here.
     let mut lengths = req.headers.get_all(CONTENT_LENGTH).iter();
     if let Some(length) = lengths.next() {
         let digits = length.as_bytes();
         if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || lengths.next().is_some() {
-            return Err(error::BAD_REQUEST);
+            return false;
         }
     }
-    Ok(())
+    !(req.version == Version::HTTP_2 && req.headers.values().any(padded))
 }
 
 /// The target as origin form, its authority as `Host`.
@@ -164,7 +172,7 @@ mod tests {
     }
 
     fn verdict(method: &str, target: &[u8], headers: &[(&str, &str)]) -> Result<(), u16> {
-        check(&mut req(method, target, headers)).map_err(|e| e.status)
+        check(&mut req(method, target, headers), false).map_err(|e| e.status)
     }
 
     #[test]
@@ -207,13 +215,13 @@ mod tests {
             b"http://api.example:8080/admin?x=1",
             &[("host", "api.example:8080")],
         );
-        check(&mut r).unwrap();
+        check(&mut r, false).unwrap();
         assert_eq!(r.raw_path(), b"/admin?x=1");
         assert_eq!(r.uri.path(), "/admin");
         assert_eq!(r.headers.get_all(HOST).iter().count(), 1);
         assert_eq!(r.headers[HOST], "api.example:8080");
         let mut r = req("GET", b"HTTPS://h?q", &[("host", "h")]);
-        check(&mut r).unwrap();
+        check(&mut r, false).unwrap();
         assert_eq!(r.raw_path(), b"/?q");
         assert_eq!(r.headers[HOST], "h");
     }
@@ -227,20 +235,20 @@ mod tests {
         );
         let mut old = req("GET", b"/", &[]);
         old.set_version(Version::HTTP_10);
-        assert_eq!(check(&mut old), Ok(()));
+        assert_eq!(check(&mut old, false), Ok(()));
     }
 
     #[test]
     fn h2_values_with_surrounding_whitespace_are_refused() {
         let mut r = req("GET", b"/", &[("x-a", " padded")]);
         r.set_version(Version::HTTP_2);
-        assert_eq!(check(&mut r), Err(error::BAD_REQUEST));
+        assert_eq!(check(&mut r, false), Err(error::BAD_REQUEST));
         let mut r = req("GET", b"/", &[("x-a", "padded\t")]);
         r.set_version(Version::HTTP_2);
-        assert_eq!(check(&mut r), Err(error::BAD_REQUEST));
+        assert_eq!(check(&mut r, false), Err(error::BAD_REQUEST));
         let mut r = req("GET", b"/", &[("x-a", "in side")]);
         r.set_version(Version::HTTP_2);
-        assert_eq!(check(&mut r), Ok(()));
+        assert_eq!(check(&mut r, false), Ok(()));
     }
 
     #[test]

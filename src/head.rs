@@ -51,7 +51,7 @@ pub fn check(bytes: &[u8]) -> Verdict {
         }
         Err(_) => return Verdict::Refuse(error::BAD_REQUEST),
     };
-    if bare_lf(&bytes[..end]) || smuggles(req.headers) {
+    if bare_lf(&bytes[..end]) || smuggles(req.headers, req.version == Some(1)) {
         return Verdict::Refuse(error::BAD_REQUEST);
     }
     // Targets other than origin form: refused here in the contract's shape, where Pingora
@@ -96,8 +96,9 @@ fn bare_lf(bytes: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', bytes).any(|i| i == 0 || bytes[i - 1] != b'\r')
 }
 
-/// Framing headers a second parser could read differently.
-fn smuggles(headers: &[httparse::Header<'_>]) -> bool {
+/// Framing headers a second parser could read differently, and an HTTP/1.1 request without
+/// exactly one `Host` (RFC 9112 §3.2).
+fn smuggles(headers: &[httparse::Header<'_>], http11: bool) -> bool {
     let mut lengths = 0;
     let mut encodings = 0;
     let mut hosts = 0;
@@ -115,7 +116,11 @@ fn smuggles(headers: &[httparse::Header<'_>]) -> bool {
             hosts += 1;
         }
     }
-    lengths > 1 || encodings > 1 || (encodings == 1 && (!chunked || lengths > 0)) || hosts > 1
+    lengths > 1
+        || encodings > 1
+        || (encodings == 1 && (!chunked || lengths > 0))
+        || hosts > 1
+        || (http11 && hosts == 0)
 }
 
 /// The whole HTTP/1.1 answer for a refused head: the contract's JSON, no `Server`, closing.
@@ -191,6 +196,7 @@ mod tests {
             b"GET admin HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET http://b/admin HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET http://u@a/admin HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n",
         ];
         for head in bad {
             assert_eq!(

@@ -108,14 +108,34 @@ impl<A> KeepAlive<A> {
 }
 
 tokio::task_local! {
-    /// Whether the request being served has its whole header: set by the proxy's first hook.
-    static HEADER_READ: Cell<bool>;
+    /// What is known of the request being served: whether its whole header has been read (set
+    /// by the proxy's first hook), and whether `head.rs` checked it whole.
+    static REQUEST: Cell<Seen>;
+}
+
+#[derive(Clone, Copy)]
+struct Seen {
+    header_read: bool,
+    head_checked: bool,
 }
 
 /// The request header is complete: the header deadline no longer applies to this request.
 /// (Outside this loop, for TLS and HTTP/2, it does nothing.)
 pub fn header_read() {
-    let _ = HEADER_READ.try_with(|read| read.set(true));
+    let _ = REQUEST.try_with(|seen| {
+        seen.set(Seen {
+            header_read: true,
+            ..seen.get()
+        })
+    });
+}
+
+/// Whether this loop checked the request's whole head (`head.rs`): false for HTTP/2, and for an
+/// HTTP/1 head longer than the loop reads.
+pub fn head_checked() -> bool {
+    REQUEST
+        .try_with(|seen| seen.get().head_checked)
+        .unwrap_or(false)
 }
 
 /// The connection becomes a tunnel (a `101` to an upgrade): its bytes are no request body, so
@@ -130,13 +150,13 @@ pub fn tunnel(session: &mut ServerSession) {
 /// request would start is unknown, so the connection closes after this answer (Pingora's
 /// default, and nginx's) instead of waiting for the body to drop it.
 pub fn before_answer(session: &mut ServerSession) {
-    let waiting = session
-        .req_header()
-        .headers
-        .contains_key(http::header::EXPECT)
-        && session.response_written().is_none()
+    let waiting = !session.is_body_done()
         && session.body_bytes_read() == 0
-        && !session.is_body_done();
+        && session.response_written().is_none()
+        && session
+            .req_header()
+            .headers
+            .contains_key(http::header::EXPECT);
     if waiting {
         session.set_keepalive(None);
     }
@@ -145,7 +165,7 @@ pub fn before_answer(session: &mut ServerSession) {
 /// Fires at `deadline` when the request header has not been read by then; never otherwise.
 async fn slow_header(deadline: Pin<&mut Sleep>) {
     deadline.await;
-    if HEADER_READ.with(Cell::get) {
+    if REQUEST.with(|seen| seen.get().header_read) {
         std::future::pending::<()>().await;
     }
 }
@@ -238,8 +258,12 @@ where
             session.set_pipelined_prefix(first);
             let serve = self.app.process_new_http(session, shutdown);
             let deadline = idle.as_mut();
-            let reused = HEADER_READ
-                .scope(Cell::new(false), async move {
+            let seen = Seen {
+                header_read: false,
+                head_checked: verdict == Verdict::Fine,
+            };
+            let reused = REQUEST
+                .scope(Cell::new(seen), async move {
                     tokio::select! {
                         biased;
                         reused = serve => reused,

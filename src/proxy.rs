@@ -123,7 +123,7 @@ impl ProxyHttp for Gateway {
         cx.peer = peer_ip(session);
         cx.tls = session.digest().and_then(|d| d.ssl_digest.clone());
         let snapshot = self.snapshot.load_full();
-        if let Err(e) = conform::check(session.req_header_mut()) {
+        if let Err(e) = conform::check(session.req_header_mut(), keepalive::head_checked()) {
             cx.snapshot = Some(snapshot);
             // Nothing more is read of a request that could not be placed.
             session.set_keepalive(None);

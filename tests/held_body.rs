@@ -215,13 +215,11 @@ fn a_client_that_uploads_300_kib_before_reading_gets_the_413_ten_times_of_ten() 
     }
 }
 
-#[test]
-fn a_client_that_waits_for_100_continue_gets_it_and_then_its_edit() {
-    let up = Recorder::start();
-    let gw = gateway(&config(&up.addr));
-    let json = br#"{"user":"cy","password":"p"}"#;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+/// POST `json` to `/edit` as a client that waits for `100 Continue` before its body: the
+/// `100` is checked, then everything answered until the connection closes.
+fn after_continue(port: u16, json: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
     let head = format!(
         "POST /edit HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
@@ -234,6 +232,14 @@ fn a_client_that_waits_for_100_continue_gets_it_and_then_its_edit() {
     s.write_all(json).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn a_client_that_waits_for_100_continue_gets_it_and_then_its_edit() {
+    let up = Recorder::start();
+    let gw = gateway(&config(&up.addr));
+    let out = after_continue(gw.port, br#"{"user":"cy","password":"p"}"#);
     let (_, sent) = recorded(&out);
     assert_eq!(sent, serde_json::json!({"user": "cy", "gateway": "pylon"}));
 }
@@ -286,21 +292,7 @@ fn a_broken_chunk_on_a_held_route_gets_400_and_the_connection_is_not_reused() {
 fn expect_100_continue_gets_its_answer_when_no_upstream_can_take_it() {
     // Nothing listens on the target.
     let gw = gateway(&config(&format!("127.0.0.1:{}", free_port())));
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    let json = br#"{"user":"ed"}"#;
-    let head = format!(
-        "POST /edit HTTP/1.1\r\nHost: a\r\nContent-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
-        json.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    let mut interim = [0u8; 25];
-    s.read_exact(&mut interim).unwrap();
-    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
-    s.write_all(json).unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
+    let out = after_continue(gw.port, br#"{"user":"ed"}"#);
     assert!(
         out.starts_with("HTTP/1.1 502 ") || out.starts_with("HTTP/1.1 503 "),
         "{out}"

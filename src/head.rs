@@ -25,8 +25,10 @@ const MAX_HEADERS: usize = 256;
 /// What to do with a connection's first bytes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// A whole head that passed: hand it to Pingora.
-    Fine,
+    /// A whole head that passed: hand it to Pingora. With the request's whole length (head
+    /// and body) when its framing tells it (no body, or a `content-length`); `None` when
+    /// chunked.
+    Fine(Option<usize>),
     /// Not all of the head has arrived: Pingora reads the rest.
     Partial,
     /// Answer with this error and close the connection.
@@ -51,9 +53,11 @@ pub fn check(bytes: &[u8]) -> Verdict {
         }
         Err(_) => return Verdict::Refuse(error::BAD_REQUEST),
     };
-    if bare_lf(&bytes[..end]) || smuggles(req.headers, req.version == Some(1)) {
+    let Some(body) =
+        framing(req.headers, req.version == Some(1)).filter(|_| !bare_lf(&bytes[..end]))
+    else {
         return Verdict::Refuse(error::BAD_REQUEST);
-    }
+    };
     // Targets other than origin form: refused here in the contract's shape, where Pingora
     // would refuse some with its own.
     let target = req.path.unwrap_or_default().as_bytes();
@@ -68,14 +72,18 @@ pub fn check(bytes: &[u8]) -> Verdict {
             return Verdict::Refuse(e);
         }
     }
-    let chunked = req
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"));
-    if chunked && !first_chunk_fine(&bytes[end..]) {
-        return Verdict::Refuse(error::BAD_REQUEST);
+    match body {
+        Body::Chunked if !first_chunk_fine(&bytes[end..]) => Verdict::Refuse(error::BAD_REQUEST),
+        Body::Chunked => Verdict::Fine(None),
+        Body::Length(n) => Verdict::Fine(usize::try_from(n).ok().and_then(|n| n.checked_add(end))),
     }
-    Verdict::Fine
+}
+
+/// How a head that passed frames its body.
+enum Body {
+    /// `content-length` (0 when absent).
+    Length(u64),
+    Chunked,
 }
 
 /// The first chunk-size line of a chunked body, when it arrived with the head: 1 to 16 hex
@@ -96,10 +104,11 @@ fn bare_lf(bytes: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', bytes).any(|i| i == 0 || bytes[i - 1] != b'\r')
 }
 
-/// Framing headers a second parser could read differently, and an HTTP/1.1 request without
-/// exactly one `Host` (RFC 9112 §3.2).
-fn smuggles(headers: &[httparse::Header<'_>], http11: bool) -> bool {
+/// How the head frames its body; `None` for framing headers a second parser could read
+/// differently, and for an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2).
+fn framing(headers: &[httparse::Header<'_>], http11: bool) -> Option<Body> {
     let mut lengths = 0;
+    let mut length = 0u64;
     let mut encodings = 0;
     let mut hosts = 0;
     let mut chunked = true;
@@ -107,8 +116,10 @@ fn smuggles(headers: &[httparse::Header<'_>], http11: bool) -> bool {
         if h.name.eq_ignore_ascii_case("content-length") {
             lengths += 1;
             if h.value.is_empty() || !h.value.iter().all(u8::is_ascii_digit) {
-                return true;
+                return None;
             }
+            // Past u64, the length is refused too (Pingora could not frame it either).
+            length = std::str::from_utf8(h.value).ok()?.parse().ok()?;
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             encodings += 1;
             chunked &= h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
@@ -116,11 +127,16 @@ fn smuggles(headers: &[httparse::Header<'_>], http11: bool) -> bool {
             hosts += 1;
         }
     }
-    lengths > 1
+    let smuggles = lengths > 1
         || encodings > 1
         || (encodings == 1 && (!chunked || lengths > 0))
         || hosts > 1
-        || (http11 && hosts == 0)
+        || (http11 && hosts == 0);
+    match (smuggles, encodings) {
+        (true, _) => None,
+        (false, 0) => Some(Body::Length(length)),
+        (false, _) => Some(Body::Chunked),
+    }
 }
 
 /// The whole HTTP/1.1 answer for a refused head: the contract's JSON, no `Server`, closing.
@@ -153,14 +169,22 @@ mod tests {
 
     #[test]
     fn ordinary_heads_pass() {
-        assert_eq!(verdict(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"), Verdict::Fine);
+        assert_eq!(
+            verdict(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Verdict::Fine(Some(27))
+        );
+        // A pipelined request behind it does not count.
+        assert_eq!(
+            verdict(b"GET / HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n"),
+            Verdict::Fine(Some(27))
+        );
         assert_eq!(
             verdict(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tChunked \r\n\r\n0\r\n\r\n"),
-            Verdict::Fine
+            Verdict::Fine(None)
         );
         assert_eq!(
             verdict(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"),
-            Verdict::Fine
+            Verdict::Fine(Some(50))
         );
         assert_eq!(
             verdict(b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: "),
@@ -168,7 +192,7 @@ mod tests {
         );
         assert_eq!(
             verdict(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n1a;x=y\r\n"),
-            Verdict::Fine
+            Verdict::Fine(None)
         );
     }
 

@@ -41,6 +41,7 @@ use std::cell::Cell;
 use std::future::poll_fn;
 use std::mem::MaybeUninit;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -215,6 +216,9 @@ where
             l4.rewind(&first);
             return self.app.process_new(l4, shutdown).await;
         }
+        // Counted from here on: whether Pingora read from the connection while it served a
+        // request tells whether it may hold a pipelined request's bytes.
+        let (mut stream, read) = pipeline::Watched::wrap(stream);
         let idle_secs = self.timeouts.idle.as_secs().max(1);
         // Requests this connection may still serve after the next one (Pingora's count).
         let mut reuses = options.and_then(|o| o.keepalive_request_limit);
@@ -255,12 +259,15 @@ where
             // read and dropped, instead of Pingora's close with the rest unread.
             session.set_close_on_response_before_downstream_finish(false);
             session.set_total_drain_timeout(Some(LINGER));
+            // Exactly one request in the bytes handed over: Pingora is left none of them.
+            let exact = matches!(verdict, Verdict::Fine(Some(n)) if n == first.len());
             session.set_pipelined_prefix(first);
+            read.store(0, Ordering::Relaxed);
             let serve = self.app.process_new_http(session, shutdown);
             let deadline = idle.as_mut();
             let seen = Seen {
                 header_read: false,
-                head_checked: verdict == Verdict::Fine,
+                head_checked: matches!(verdict, Verdict::Fine(_)),
             };
             let reused = REQUEST
                 .scope(Cell::new(seen), async move {
@@ -275,8 +282,11 @@ where
             stream = next;
             reuses = reuses.map(|n| n.saturating_sub(1));
             // The next request may be here already, read with this one: then there is nothing
-            // to wait for (its client waits for the answers).
-            if let Some(pipelined) = settings.as_ref().and_then(pipeline::prefix) {
+            // to wait for (its client waits for the answers). Pingora can hold such bytes only
+            // if it was handed more than the request, or read from the connection itself.
+            let may_hold = !exact || read.load(Ordering::Relaxed) > 0;
+            let pipelined = settings.as_ref().filter(|_| may_hold);
+            if let Some(pipelined) = pipelined.and_then(pipeline::prefix) {
                 first = pipelined;
                 continue;
             }

@@ -119,7 +119,7 @@ impl GatewayError {
     pub async fn send(
         &self,
         session: &mut Session,
-        request_id: &crate::plumbing::RequestId,
+        request_id: &crate::ids::RequestId,
     ) -> pingora::Result<()> {
         self.send_with(session, request_id, &[]).await
     }
@@ -128,7 +128,7 @@ impl GatewayError {
     pub async fn send_with(
         &self,
         session: &mut Session,
-        request_id: &crate::plumbing::RequestId,
+        request_id: &crate::ids::RequestId,
         headers: &[(http::HeaderName, http::HeaderValue)],
     ) -> pingora::Result<()> {
         let body = self.body(request_id.as_str());
@@ -140,7 +140,7 @@ impl GatewayError {
             }
             h.try_insert(http::header::CONTENT_TYPE, JSON)?;
             h.try_insert(http::header::CONTENT_LENGTH, body.len().into())?;
-            h.try_insert(crate::plumbing::X_REQUEST_ID, request_id.header())?;
+            h.try_insert(crate::ids::X_REQUEST_ID, request_id.header())?;
             h.try_insert(http::header::CACHE_CONTROL, NO_STORE)?;
             Ok(())
         })?;

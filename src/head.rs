@@ -15,7 +15,7 @@
 
 use crate::conform;
 use crate::error::{self, GatewayError};
-use crate::plumbing::RequestId;
+use crate::ids::RequestId;
 use bytes::Bytes;
 use std::mem::MaybeUninit;
 

@@ -7,6 +7,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod aggregate;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod conform;
@@ -17,6 +18,7 @@ pub mod filter;
 pub mod head;
 pub mod headers;
 pub mod held_body;
+pub mod ids;
 pub mod keepalive;
 pub mod metrics;
 pub mod otlp;

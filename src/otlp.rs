@@ -1,14 +1,14 @@
 //! OpenTelemetry export: one server span per sampled request, sent by OTLP/HTTP.
 //!
 //! The span's ids are the ones the request already carries: the trace id of its `traceparent`
-//! (continued or started by [`crate::plumbing::TraceContext`]), the gateway's span id (the
+//! (continued or started by [`crate::ids::TraceContext`]), the gateway's span id (the
 //! parent id the upstream received) and the client's span as parent. The SDK's tracer would mint
 //! its own ids, so spans are handed straight to its batch processor, which queues them (dropping
 //! when full, never blocking a request) and exports from its own thread. That thread starts with
 //! the first span: one started before `pylon -d` forks would not survive the fork.
 
 use crate::config::TracingConfig;
-use crate::plumbing::TraceContext;
+use crate::ids::TraceContext;
 use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
 };

@@ -6,7 +6,7 @@
 //! matched no route), so a CORS or security-header policy sees every response the client gets.
 
 use crate::filter::{Body, Chain, Context, Phases, Reply};
-use crate::plumbing::X_REQUEST_ID;
+use crate::ids::X_REQUEST_ID;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;

@@ -3,7 +3,6 @@
 use crate::access_log::{AccessLog, Entry};
 use crate::filter::Context;
 use crate::otlp::{Exporter, Finished};
-use crate::plumbing;
 use crate::upstream::Attempts;
 use pingora::http::RequestHeader;
 use pingora_proxy::Session;
@@ -44,7 +43,10 @@ impl Telemetry {
         }
         let req = session.req_header();
         let client = cx.client_ip(&req.headers);
-        let client = cx.peer.is_some().then(|| plumbing::ip_text(client));
+        let client = cx
+            .peer
+            .is_some()
+            .then(|| crate::client_addr::ip_text(client));
         let route = cx.route.as_deref();
         let upstream = route.and_then(|r| r.upstream()).map(|u| &*u.name);
         let target = attempts.target().map(|t| &*t.label);

@@ -2,8 +2,9 @@
 //! found out, and each filter's own per-request state.
 
 use super::Reply;
+use crate::client_addr;
 use crate::consumer::Identity;
-use crate::plumbing::{self, RequestId, TraceContext};
+use crate::ids::{RequestId, TraceContext};
 use crate::router::Route;
 use crate::runtime::Snapshot;
 use http::HeaderMap;
@@ -100,7 +101,7 @@ impl Context {
             return ip;
         }
         match (self.peer, &self.snapshot) {
-            (Some(peer), Some(s)) => plumbing::client_ip(peer, headers, &s.trusted_proxies),
+            (Some(peer), Some(s)) => client_addr::client_ip(peer, headers, &s.trusted_proxies),
             (Some(peer), None) => peer,
             (None, _) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         }

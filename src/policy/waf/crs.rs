@@ -219,7 +219,7 @@ struct Request {
 impl Request {
     fn of(req: &RequestHeader, cx: &Context) -> Request {
         Request {
-            client: crate::plumbing::ip_text(cx.peek_client_ip(&req.headers)),
+            client: crate::client_addr::ip_text(cx.peek_client_ip(&req.headers)),
             method: req.method.as_str().to_string(),
             uri: req.uri.to_string(),
             version: match req.version {

@@ -10,6 +10,12 @@
 //! a signature check. Entries verified with a JWKS key also record the key set's generation, so
 //! removing a key from the JWKS revokes the tokens it signed.
 
+mod claims;
+mod keys;
+
+use self::claims::{header_value, lookup, scopes, strings};
+use self::keys::validations;
+pub use self::keys::{pem_key, Family};
 use super::auth::{self, Auth, Authenticator, Found};
 use super::jwks::Jwks;
 use super::registry::Kind;
@@ -25,7 +31,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora::http::RequestHeader;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -217,38 +223,6 @@ fn prepare(config: &JwtConfig) -> Result<Prepared, Vec<String>> {
     })
 }
 
-/// One validation per accepted algorithm (algorithm names checked already).
-fn validations(config: &JwtConfig) -> HashMap<Algorithm, Validation> {
-    let leeway = config.leeway.map_or(0, |l| l.0.as_secs());
-    let mut required: HashSet<String> = HashSet::from(["exp".to_string()]);
-    required.extend(
-        config
-            .required_claims
-            .iter()
-            .filter(|c| ["iss", "aud", "sub", "nbf"].contains(&c.as_str()))
-            .cloned(),
-    );
-    let mut algorithms = HashMap::new();
-    for alg in config.algorithms.iter().filter_map(|a| a.parse().ok()) {
-        let mut v = Validation::new(alg);
-        v.leeway = leeway;
-        v.validate_nbf = true;
-        v.required_spec_claims = required.clone();
-        if let Some(iss) = &config.issuer {
-            v.set_issuer(&[iss]);
-            v.required_spec_claims.insert("iss".into());
-        }
-        if config.audience.is_empty() {
-            v.validate_aud = false;
-        } else {
-            v.set_audience(&config.audience);
-            v.required_spec_claims.insert("aud".into());
-        }
-        algorithms.insert(alg, v);
-    }
-    algorithms
-}
-
 /// Consumers by `jwt_subject`.
 type Subjects = HashMap<String, Arc<Consumer>>;
 
@@ -309,42 +283,6 @@ impl Spec for JwtSpec {
             anonymous,
         })))
     }
-}
-
-/// Which kind of key an algorithm needs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Family {
-    Hmac,
-    Rsa,
-    Ec,
-    Ed,
-}
-
-impl Family {
-    pub fn of(alg: Algorithm) -> Family {
-        use Algorithm::*;
-        match alg {
-            HS256 | HS384 | HS512 => Family::Hmac,
-            RS256 | RS384 | RS512 | PS256 | PS384 | PS512 => Family::Rsa,
-            ES256 | ES384 => Family::Ec,
-            EdDSA => Family::Ed,
-        }
-    }
-}
-
-/// A public key from PEM text: RSA, EC or Ed25519, whichever it is.
-pub fn pem_key(pem: &str) -> Result<(DecodingKey, Family), String> {
-    let pem = pem.as_bytes();
-    if let Ok(k) = DecodingKey::from_rsa_pem(pem) {
-        return Ok((k, Family::Rsa));
-    }
-    if let Ok(k) = DecodingKey::from_ec_pem(pem) {
-        return Ok((k, Family::Ec));
-    }
-    if let Ok(k) = DecodingKey::from_ed_pem(pem) {
-        return Ok((k, Family::Ed));
-    }
-    Err("not a PEM public key (RSA, EC or Ed25519)".into())
 }
 
 /// What a verified token grants, remembered until it expires.
@@ -580,60 +518,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// Scopes granted: `scope` (space-separated, OAuth 2) and `scp` (an array or a string).
-fn scopes(claims: &Map<String, Value>) -> Vec<String> {
-    let mut out = Vec::new();
-    for claim in ["scope", "scp"] {
-        match claims.get(claim) {
-            Some(Value::String(s)) => out.extend(s.split_whitespace().map(String::from)),
-            Some(v) => out.extend(strings(Some(v))),
-            None => {}
-        }
-    }
-    out
-}
-
-/// A claim at a dotted path (`realm_access.roles`).
-fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
-    let (first, rest) = path.split_first()?;
-    rest.iter()
-        .try_fold(claims.get(first)?, |v, key| v.get(key))
-}
-
-/// The strings of a claim that is a string or an array of strings.
-fn strings(value: Option<&Value>) -> Vec<String> {
-    match value {
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .filter_map(|v| v.as_str().map(String::from))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// A claim as an upstream header value: strings as they are, numbers and booleans printed,
-/// arrays of those joined with commas. Objects, and values a header cannot carry, are skipped.
-fn header_value(value: &Value) -> Option<HeaderValue> {
-    let text = match value {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Array(items) => items
-            .iter()
-            .map(|v| match v {
-                Value::String(s) => Some(s.clone()),
-                Value::Number(n) => Some(n.to_string()),
-                Value::Bool(b) => Some(b.to_string()),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()?
-            .join(","),
-        _ => return None,
-    };
-    HeaderValue::from_str(&text).ok()
 }
 
 #[cfg(test)]

@@ -16,18 +16,22 @@ pub mod attempt;
 pub mod breaker;
 mod budget;
 pub mod discovery;
+mod hash_on;
 mod health;
 mod least_requests;
 pub mod reach;
 mod rotation;
 mod slow_start;
 mod supervisor;
+mod target;
 mod window;
 
 pub use attempt::{Attempt, AttemptObserver, Attempts, Outcome, Unavailable};
+pub use hash_on::HashOn;
 pub use health::Health;
 pub use least_requests::LeastRequests;
 pub use supervisor::PoolSupervisor;
+pub use target::{InflightGuard, Target, TargetState};
 
 use crate::clock::now_ms;
 use crate::config::{
@@ -38,7 +42,6 @@ use breaker::Breakers;
 use budget::RetryBudget;
 use discovery::{Discovered, Found, Members};
 use futures::FutureExt;
-use pingora::upstreams::peer::HttpPeer;
 use pingora_load_balancing::discovery::{ServiceDiscovery, Static};
 use pingora_load_balancing::health_check::HealthCheck;
 use pingora_load_balancing::selection::{
@@ -48,191 +51,11 @@ use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 use reach::Reach;
 use rotation::Rotation;
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// How far selection looks for a usable target before giving up.
 const MAX_SELECT_STEPS: usize = 256;
-
-/// What outlives a reload of one target: its health, breaker, drain, requests in flight, and
-/// when it last joined the pool (slow start).
-pub struct TargetState {
-    pub health: Health,
-    pub breaker: breaker::Breaker,
-    /// Taken out of rotation by the admin API.
-    pub drained: AtomicBool,
-    inflight: AtomicUsize,
-    pub joined: slow_start::Joined,
-}
-
-impl Default for TargetState {
-    fn default() -> Self {
-        TargetState::new(Health::healthy())
-    }
-}
-
-impl TargetState {
-    pub fn new(health: Health) -> TargetState {
-        TargetState {
-            health,
-            breaker: breaker::Breaker::default(),
-            drained: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
-            joined: slow_start::Joined::default(),
-        }
-    }
-
-    /// A target joining a running pool: it ramps up (slow start) and, in a checked pool
-    /// (`gated`), waits for its first passing check.
-    pub fn joining(gated: bool) -> TargetState {
-        let health = if gated {
-            Health::starting_unknown()
-        } else {
-            Health::healthy()
-        };
-        TargetState {
-            joined: slow_start::Joined::at(now_ms()),
-            ..TargetState::new(health)
-        }
-    }
-
-    pub fn drained(&self) -> bool {
-        self.drained.load(Ordering::Relaxed)
-    }
-}
-
-/// One target of a pool, shared by every selector that holds its [`Backend`].
-pub struct Target {
-    pub addr: SocketAddr,
-    /// The label in logs, metrics and the admin API: a static target as written in the config
-    /// (`api.internal:8443`), a discovered one by address.
-    pub label: Arc<str>,
-    /// The name it is known by, with its port, as the upstream `Host` header, built once.
-    pub host_header: http::HeaderValue,
-    /// The peer requests are sent to: address, timeouts and TLS settings, prepared at load.
-    pub peer: HttpPeer,
-    pub state: Arc<TargetState>,
-    /// `static`, or the discovery kind that found it.
-    pub source: &'static str,
-    pub weight: usize,
-}
-
-impl Target {
-    /// The balancer's entry for one target, carrying the target.
-    pub(crate) fn backend(
-        found: &Found,
-        label: &str,
-        source: &'static str,
-        state: Arc<TargetState>,
-        reach: &Reach,
-    ) -> Result<Backend, String> {
-        let target = Arc::new(Target {
-            addr: found.addr,
-            label: label.into(),
-            host_header: http::HeaderValue::from_str(&found.host)
-                .unwrap_or_else(|_| http::HeaderValue::from_static("")),
-            peer: reach.peer(found.addr, &found.host),
-            state,
-            source,
-            weight: found.weight,
-        });
-        let mut backend = Backend::new_with_weight(&found.addr.to_string(), found.weight)
-            .map_err(|e| e.to_string())?;
-        backend.ext.insert(target);
-        Ok(backend)
-    }
-
-    /// The target a backend of ours carries.
-    pub fn of(backend: &Backend) -> Option<&Arc<Target>> {
-        backend.ext.get::<Arc<Target>>()
-    }
-
-    pub fn inflight(&self) -> usize {
-        self.state.inflight.load(Ordering::Relaxed)
-    }
-
-    /// Count one request in flight until the guard is dropped.
-    pub fn acquire(self: &Arc<Self>) -> InflightGuard {
-        self.state.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(Arc::clone(self))
-    }
-}
-
-/// One request in flight to a target; dropping it ends the count.
-pub struct InflightGuard(Arc<Target>);
-
-impl InflightGuard {
-    pub fn target(&self) -> &Arc<Target> {
-        &self.0
-    }
-}
-
-impl Drop for InflightGuard {
-    fn drop(&mut self) {
-        self.0.state.inflight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// What a `consistent_hash` pool hashes to pick a target.
-#[derive(Debug, Clone, PartialEq)]
-pub enum HashOn {
-    ClientIp,
-    Path,
-    Header(http::HeaderName),
-    Cookie(String),
-}
-
-impl HashOn {
-    /// The key this request hashes to.
-    pub fn key<'a>(
-        &self,
-        req: &'a pingora::http::RequestHeader,
-        client_ip: std::net::IpAddr,
-    ) -> std::borrow::Cow<'a, [u8]> {
-        use std::borrow::Cow;
-        match self {
-            HashOn::ClientIp => Cow::Owned(match client_ip {
-                std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
-                std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
-            }),
-            HashOn::Path => Cow::Borrowed(req.uri.path().as_bytes()),
-            HashOn::Header(name) => {
-                Cow::Borrowed(req.headers.get(name).map_or(&b""[..], |v| v.as_bytes()))
-            }
-            HashOn::Cookie(name) => Cow::Borrowed(
-                req.headers
-                    .get_all(http::header::COOKIE)
-                    .iter()
-                    .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-                    .find_map(|pair| {
-                        let pair = pair.trim_ascii_start();
-                        let rest = pair.strip_prefix(name.as_bytes())?;
-                        rest.strip_prefix(b"=")
-                    })
-                    .unwrap_or(b""),
-            ),
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<HashOn> {
-        match s {
-            "client_ip" => Some(HashOn::ClientIp),
-            "path" => Some(HashOn::Path),
-            _ => {
-                if let Some(h) = s.strip_prefix("header:") {
-                    http::HeaderName::from_bytes(h.as_bytes())
-                        .ok()
-                        .map(HashOn::Header)
-                } else if let Some(c) = s.strip_prefix("cookie:") {
-                    (!c.is_empty()).then(|| HashOn::Cookie(c.to_string()))
-                } else {
-                    None
-                }
-            }
-        }
-    }
-}
 
 /// The selection a pool uses; one variant per `balancer`.
 enum Pool {
@@ -727,7 +550,7 @@ mod tests {
         let (first, carried) = build(CHECKED, None);
         let t = first.select(b"", |_| false).expect("healthy at start");
         t.state.drained.store(true, Ordering::Relaxed);
-        t.state.inflight.fetch_add(1, Ordering::Relaxed);
+        let _in_flight = t.acquire();
         // Another key changes: the same state, drain and count included.
         let edited = format!("{CHECKED}\nread_timeout = \"5s\"");
         let (second, carried) = build(&edited, Some(&carried));

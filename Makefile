@@ -94,6 +94,7 @@ upgrade: build
 lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	.ci/lint-shape
 
 clean:
 	$(CARGO) clean

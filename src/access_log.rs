@@ -29,6 +29,17 @@ pub enum Destination {
     File(PathBuf),
 }
 
+impl Destination {
+    /// Where `[log] access_log` sends the lines: `None` when it is `off`.
+    pub fn of(log: &crate::config::LogConfig) -> Option<Destination> {
+        match log.access_log.as_str() {
+            "off" => None,
+            "stdout" => Some(Destination::Stdout),
+            path => Some(Destination::File(path.into())),
+        }
+    }
+}
+
 /// One access log line.
 #[derive(Serialize)]
 pub struct Entry<'a> {
@@ -213,5 +224,26 @@ impl BackgroundService for Reopener {
                 _ = shutdown.changed() => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogConfig;
+
+    #[test]
+    fn the_destination_follows_the_log_section() {
+        let log = |to: &str| LogConfig {
+            access_log: to.into(),
+            ..LogConfig::default()
+        };
+        assert_eq!(Destination::of(&LogConfig::default()), None);
+        assert_eq!(Destination::of(&log("off")), None);
+        assert_eq!(Destination::of(&log("stdout")), Some(Destination::Stdout));
+        assert_eq!(
+            Destination::of(&log("/var/log/pylon/access.log")),
+            Some(Destination::File("/var/log/pylon/access.log".into()))
+        );
     }
 }

@@ -94,7 +94,7 @@ pub fn unbindable(config: &Config) -> Vec<crate::config::ConfigError> {
 /// Build the server: the proxy on every `listen` address, the admin API and the background
 /// services (health checks, reload, log reopening).
 pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pylon, String> {
-    let access_log = match config.log.access_log_destination() {
+    let access_log = match crate::access_log::Destination::of(&config.log) {
         Some(dest) => Some(
             AccessLog::new(dest)
                 .map_err(|e| format!("access log {:?}: {e}", config.log.access_log))?,

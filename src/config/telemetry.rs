@@ -68,18 +68,6 @@ impl Default for LogConfig {
     }
 }
 
-impl LogConfig {
-    /// Where the access log goes; `None` when it is off.
-    pub fn access_log_destination(&self) -> Option<crate::access_log::Destination> {
-        use crate::access_log::Destination;
-        match self.access_log.as_str() {
-            "off" => None,
-            "stdout" => Some(Destination::Stdout),
-            path => Some(Destination::File(path.into())),
-        }
-    }
-}
-
 fn default_access_log() -> String {
     "off".into()
 }

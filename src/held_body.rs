@@ -43,13 +43,22 @@ pub struct HeldBody {
 }
 
 impl HeldBody {
-    /// Read the body of `req` through `chain`'s body filters, until its end or past what they
-    /// need. `None` when the request has no body. `Err` answers the request.
+    /// Whether the request's route has filters that hold bodies (most routes have none, and
+    /// pay this one check).
+    pub fn wanted(cx: &Context) -> bool {
+        cx.route.as_ref().is_some_and(|r| r.chain.holds() > 0)
+    }
+
+    /// Read the body through the route's body filters, until its end or past what they need.
+    /// `None` when the request has no body. `Err` answers the request.
     pub async fn read(
         session: &mut ServerSession,
-        chain: &Chain,
         cx: &mut Context,
     ) -> Result<Option<HeldBody>, Reply> {
+        let Some(route) = cx.route.clone() else {
+            return Ok(None);
+        };
+        let chain = &route.chain;
         if session.is_body_empty() || session.is_body_done() {
             return Ok(None);
         }

@@ -146,6 +146,18 @@ pub fn tunnel(session: &mut ServerSession) {
     session.set_read_timeout(None);
 }
 
+/// A body was refused while it arrived, and Pingora will close the connection: read and drop
+/// the rest first, for at most [`LINGER`], so that a client still sending reads the answer
+/// instead of a reset (nginx's lingering close). Bounded here as well as by the session's drain
+/// timeout, which HTTP/2 sessions do not have.
+pub async fn linger(session: &mut ServerSession) {
+    match tokio::time::timeout(LINGER, session.drain_request_body()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::debug!("gave up draining a refused body: {e}"),
+        Err(_) => log::debug!("gave up draining a refused body after {LINGER:?}"),
+    }
+}
+
 /// An answer is about to go out. A client that asked for `100 Continue`, has not had it, and
 /// has sent nothing of its body may never send that body, or send it after all: where its next
 /// request would start is unknown, so the connection closes after this answer (Pingora's

@@ -164,11 +164,8 @@ impl ProxyHttp for Gateway {
         let reply = match ctx.cx.route.as_deref().map(|r| &r.action) {
             None | Some(Action::Upstream(_)) => {
                 ctx.matched = matched;
-                // Judged (and edited) before any upstream is contacted.
-                let holds = ctx.cx.route.as_ref().is_some_and(|r| r.chain.holds() > 0);
-                if let Some(route) = holds.then(|| ctx.cx.route.clone()).flatten() {
-                    let read = HeldBody::read(session.as_mut(), &route.chain, &mut ctx.cx);
-                    match Box::pin(read).await {
+                if HeldBody::wanted(&ctx.cx) {
+                    match Box::pin(HeldBody::read(session.as_mut(), &mut ctx.cx)).await {
                         Ok(held) => ctx.held = held,
                         Err(reply) => {
                             Box::pin(reply::send(session, &mut ctx.cx, reply)).await?;
@@ -463,19 +460,7 @@ impl ProxyHttp for Gateway {
             }
         }
         if ctx.body_refused {
-            // Closed with the rest of the body unread, the connection would be reset under
-            // the answer of a client still sending: the rest is read and dropped first, for a
-            // bounded time (the session's drain timeout), as nginx's lingering close does.
-            // Bounded here too: HTTP/2 sessions have no drain timeout of their own.
-            let drain = session.as_mut().drain_request_body();
-            match tokio::time::timeout(keepalive::LINGER, drain).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => log::debug!("gave up draining a refused body: {e}"),
-                Err(_) => log::debug!(
-                    "gave up draining a refused body after {:?}",
-                    keepalive::LINGER
-                ),
-            }
+            keepalive::linger(session.as_mut()).await;
         }
         FailToProxy {
             error_code: status,

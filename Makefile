@@ -5,8 +5,9 @@ CONF ?= conf/pylon.toml
 RELEASE := target/release
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-# System packages the build and the tests need (cmake: Pingora's zlib-ng; curl: h2c tests).
-BUILD_PKGS := cmake pkg-config libssl-dev curl
+# System packages the build and the tests need (cmake: Pingora's zlib-ng; curl: h2c tests;
+# python3: the lint's import check).
+BUILD_PKGS := cmake pkg-config libssl-dev curl python3
 # What only the tests need: systemd-analyze for the unit check, redis-server for cluster rate
 # limits and a Redis Cluster (redis-cli --cluster create), dnsmasq for DNS and SRV discovery;
 # each test starts its own on free loopback ports. wfuzz: attack lists; modsecurity-crs: the
@@ -95,6 +96,7 @@ lint: deps
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	.ci/lint-shape
+	.ci/lint-imports
 
 clean:
 	$(CARGO) clean

@@ -243,7 +243,7 @@ impl ServeHttp for Admin {
             ("GET", ["readyz"]) => self.readyz(),
             ("GET", ["metrics"]) => self.metrics(),
             ("GET", ["upstreams"]) => self.upstreams(),
-            ("GET", ["config"]) => match serde_json::to_value(&self.snapshot.load().config) {
+            ("GET", ["config"]) => match serde_json::to_value(&self.snapshot.load().checked) {
                 Ok(config) => json_response(StatusCode::OK, config),
                 Err(_) => error(
                     StatusCode::INTERNAL_SERVER_ERROR,

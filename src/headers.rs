@@ -60,6 +60,14 @@ pub fn edit_response<R>(
     out.or_err(ErrorType::InvalidHTTPHeader, "too many response headers")
 }
 
+/// The `Host` a request named: its header, or the authority of an absolute URI.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

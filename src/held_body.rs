@@ -25,12 +25,10 @@ use bytes::{Bytes, BytesMut};
 use http::header::{CONTENT_LENGTH, EXPECT, TRANSFER_ENCODING};
 use pingora::http::RequestHeader;
 use pingora::protocols::http::ServerSession;
+use std::time::Duration;
 
 /// Pingora's retry buffer: bodies (or their rest) within it are replayed to the upstream.
 const RETRY_BUFFER: u64 = 64 * 1024;
-
-/// The longest pause between two reads of a body when no configuration says (`body_timeout`).
-const DEFAULT_PAUSE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What was read of a request body before the upstream.
 pub struct HeldBody {
@@ -43,22 +41,21 @@ pub struct HeldBody {
 }
 
 impl HeldBody {
-    /// Whether the request's route has filters that hold bodies (most routes have none, and
-    /// pay this one check).
-    pub fn wanted(cx: &Context) -> bool {
-        cx.route.as_ref().is_some_and(|r| r.chain.holds() > 0)
+    /// Whether a route's chain has filters that hold bodies (most have none, and pay this one
+    /// check).
+    pub fn wanted(chain: &Chain) -> bool {
+        chain.holds() > 0
     }
 
-    /// Read the body through the route's body filters, until its end or past what they need.
-    /// `None` when the request has no body. `Err` answers the request.
+    /// Read the body through the route's body filters (`chain`), until its end or past what
+    /// they need, waiting at most `pause` (`body_timeout`) between two reads. `None` when the
+    /// request has no body. `Err` answers the request.
     pub async fn read(
         session: &mut ServerSession,
+        chain: &Chain,
+        pause: Duration,
         cx: &mut Context,
     ) -> Result<Option<HeldBody>, Reply> {
-        let Some(route) = cx.route.clone() else {
-            return Ok(None);
-        };
-        let chain = &route.chain;
         if session.is_body_empty() || session.is_body_done() {
             return Ok(None);
         }
@@ -71,10 +68,6 @@ impl HeldBody {
                 return Err(read_error(&e));
             }
         }
-        let pause = cx
-            .snapshot
-            .as_deref()
-            .map_or(DEFAULT_PAUSE, |s| s.config.server.body_timeout.0);
         let need = chain.holds() as u64;
         // A body with a length is read whole when it ends within what Pingora can replay past
         // what the filters need; a longer one only up to that need.

@@ -1,8 +1,10 @@
 //! Pylon: an API gateway on Cloudflare's Pingora.
 //!
-//! Configuration is parsed into plain structs ([`config`]), compiled into an immutable
-//! [`runtime::Snapshot`] (router, upstream pools), and served by a thin Pingora `ProxyHttp`
-//! ([`proxy`]) that hands each hook to the module owning that concern.
+//! Configuration is parsed into plain structs ([`config`]), its policies parsed by their kinds
+//! and the whole checked ([`load`]), compiled into an immutable [`runtime::Snapshot`] (router,
+//! upstream pools), and served by a thin Pingora `ProxyHttp` ([`proxy`]) that hands each hook
+//! to the module owning that concern. `docs/architecture.md` gives the layers and which may
+//! import which.
 
 pub mod access_log;
 pub mod admin;
@@ -20,6 +22,7 @@ pub mod headers;
 pub mod held_body;
 pub mod ids;
 pub mod keepalive;
+pub mod load;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;

@@ -1,5 +1,6 @@
 use clap::Parser;
 use pylon::config::{self, LogLevel};
+use pylon::load;
 use pylon::runtime::Snapshot;
 use pylon::server::{self, StartMode};
 use std::path::PathBuf;
@@ -32,20 +33,24 @@ fn main() -> ExitCode {
     // SAFETY: setting a signal's disposition to "ignore" runs no handler code.
     unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
     let cli = Cli::parse();
-    let config = match config::load(&cli.conf) {
+    let checked = match load::load(&cli.conf) {
         Ok(c) => c,
         Err(diagnostics) => {
             eprintln!("{diagnostics}");
             return ExitCode::FAILURE;
         }
     };
-    let snapshot = match Snapshot::build(&config, None) {
+    let snapshot = match Snapshot::build(&checked, None) {
         Ok(s) => s,
         Err(errors) => {
-            eprintln!("{}", config::Diagnostics::new(&config.source, errors));
+            eprintln!(
+                "{}",
+                config::Diagnostics::new(&checked.config.source, errors)
+            );
             return ExitCode::FAILURE;
         }
     };
+    let config = checked.config;
     if cli.test {
         println!("{}: configuration is valid", cli.conf.display());
         return ExitCode::SUCCESS;

@@ -42,10 +42,7 @@ pub fn prepare_upstream(
         .get(http::header::HOST)
         .cloned()
         .or_else(|| client.uri.authority().and_then(|a| a.as_str().parse().ok()));
-    let trusted = cx
-        .snapshot
-        .as_deref()
-        .map_or(&[][..], |s| &s.trusted_proxies);
+    let trusted = &cx.trusted_proxies;
     let proto = if cx.tls.is_some() {
         PROTO_HTTPS
     } else {

@@ -2,10 +2,9 @@
 //! router, the route's filter chain, the upstream's attempts, the request plumbing or the one
 //! writer of the gateway's own responses ([`crate::reply`]).
 
-use crate::aggregate::Aggregate;
 use crate::conform;
 use crate::error::{self, GatewayError};
-use crate::filter::{Context, Phases, Reply};
+use crate::filter::{Chain, Context, Phases, Reply};
 use crate::held_body::HeldBody;
 use crate::ids::{RequestId, TraceContext};
 use crate::keepalive;
@@ -13,7 +12,7 @@ use crate::metrics::{self, InflightRoute, RouteMetrics};
 use crate::plumbing;
 use crate::reply;
 use crate::router::{Action, Lookup, Matched, Route};
-use crate::runtime::SharedSnapshot;
+use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::telemetry::Telemetry;
 use crate::upgrade::Lifecycle;
 use crate::upstream::{Attempts, Outcome};
@@ -49,6 +48,10 @@ impl Gateway {
 pub struct RequestCtx {
     started: Instant,
     cx: Context,
+    /// The configuration this request is served by, from its first hook to its last.
+    snapshot: Option<Arc<Snapshot>>,
+    /// The route it matched, once routed.
+    route: Option<Arc<Route>>,
     matched: Matched,
     attempts: Attempts,
     /// Counts the request in `pylon_inflight_requests{route}` until dropped.
@@ -63,11 +66,24 @@ impl RequestCtx {
     /// The route, to run its chain in `phase` with the context lent out; `None` when no
     /// filter of it takes part (then nothing is cloned).
     fn route_with(&self, phase: Phases) -> Option<Arc<Route>> {
-        self.cx
-            .route
-            .as_ref()
-            .filter(|r| r.chain.has(phase))
-            .cloned()
+        self.route.as_ref().filter(|r| r.chain.has(phase)).cloned()
+    }
+
+    /// The chain whose response phases apply to this request (its route's, or the global
+    /// policies' when it matched none), beside the context the filters take.
+    fn answering(&mut self) -> (Option<&Chain>, &mut Context) {
+        let chain = match (&self.route, &self.snapshot) {
+            (Some(route), _) => Some(&route.chain),
+            (None, Some(snapshot)) => Some(&snapshot.global),
+            (None, None) => None,
+        };
+        (chain, &mut self.cx)
+    }
+
+    /// Write a reply of the gateway's own as the whole response.
+    async fn send(&mut self, session: &mut Session, reply: Reply) -> Result<()> {
+        let (chain, cx) = self.answering();
+        reply::send(session, chain, cx, reply).await
     }
 }
 
@@ -92,6 +108,8 @@ impl ProxyHttp for Gateway {
         Box::new(RequestCtx {
             started: Instant::now(),
             cx: Context::default(),
+            snapshot: None,
+            route: None,
             matched: Matched::default(),
             attempts: Attempts::default(),
             route_inflight: None,
@@ -124,69 +142,75 @@ impl ProxyHttp for Gateway {
         cx.peer = peer_ip(session);
         cx.tls = session.digest().and_then(|d| d.ssl_digest.clone());
         let snapshot = self.snapshot.load_full();
+        cx.trusted_proxies = Arc::clone(&snapshot.trusted_proxies);
         if let Err(e) = conform::check(session.req_header_mut(), keepalive::head_checked()) {
-            cx.snapshot = Some(snapshot);
+            ctx.snapshot = Some(snapshot);
             // Nothing more is read of a request that could not be placed.
             session.set_keepalive(None);
-            Box::pin(reply::send(session, cx, Reply::error(e))).await?;
+            Box::pin(ctx.send(session, Reply::error(e))).await?;
             return Ok(true);
         }
         let (lookup, matched) = snapshot.router.route(session.req_header());
         let route = match lookup {
             Lookup::Found { route, .. } => Arc::clone(route),
             Lookup::MethodNotAllowed { allow } => {
-                cx.snapshot = Some(snapshot);
                 let reply =
                     Reply::error(error::METHOD_NOT_ALLOWED).with(http::header::ALLOW, allow);
-                Box::pin(reply::send(session, cx, reply)).await?;
+                ctx.snapshot = Some(snapshot);
+                Box::pin(ctx.send(session, reply)).await?;
                 return Ok(true);
             }
             Lookup::NotFound => {
-                cx.snapshot = Some(snapshot);
-                Box::pin(reply::send(
-                    session,
-                    cx,
-                    Reply::error(error::ROUTE_NOT_FOUND),
-                ))
-                .await?;
+                ctx.snapshot = Some(snapshot);
+                Box::pin(ctx.send(session, Reply::error(error::ROUTE_NOT_FOUND))).await?;
                 return Ok(true);
             }
         };
-        cx.snapshot = Some(snapshot);
+        let body_timeout = snapshot.checked.config.server.body_timeout.0;
+        ctx.snapshot = Some(snapshot);
         ctx.route_inflight = Some(route.metrics.enter());
-        cx.route = Some(route);
+        ctx.cx.route = Some(Arc::clone(&route.name));
+        ctx.route = Some(route);
         if let Some(route) = ctx.route_with(Phases::REQUEST) {
             if let Err(reply) = route.chain.request(session.req_header(), &mut ctx.cx).await {
-                Box::pin(reply::send(session, &mut ctx.cx, reply)).await?;
+                Box::pin(ctx.send(session, reply)).await?;
                 return Ok(true);
             }
         }
-        let reply = match ctx.cx.route.as_deref().map(|r| &r.action) {
-            None | Some(Action::Upstream(_)) => {
-                ctx.matched = matched;
-                if HeldBody::wanted(&ctx.cx) {
-                    match Box::pin(HeldBody::read(session.as_mut(), &mut ctx.cx)).await {
-                        Ok(held) => ctx.held = held,
-                        Err(reply) => {
-                            Box::pin(reply::send(session, &mut ctx.cx, reply)).await?;
-                            return Ok(true);
-                        }
-                    }
-                }
+        let RequestCtx {
+            cx,
+            route: Some(route),
+            matched: routed,
+            held,
+            ..
+        } = &mut **ctx
+        else {
+            return Ok(false);
+        };
+        let reply = match &route.action {
+            Action::Upstream(_) if !HeldBody::wanted(&route.chain) => {
+                *routed = matched;
                 return Ok(false);
             }
-            Some(Action::Respond(r)) => r.reply(),
-            // Only here is the route held apart from the context, which its parts borrow.
-            Some(Action::Aggregate(_)) => match ctx.cx.route.clone() {
-                Some(route) => {
-                    let answer =
-                        Aggregate::answer(&route, session.req_header(), &matched, &mut ctx.cx);
-                    Box::pin(answer).await
+            Action::Upstream(_) => {
+                *routed = matched;
+                let read = HeldBody::read(session.as_mut(), &route.chain, body_timeout, cx);
+                match Box::pin(read).await {
+                    Ok(body) => {
+                        *held = body;
+                        return Ok(false);
+                    }
+                    Err(reply) => reply,
                 }
-                None => return Ok(false),
-            },
+            }
+            Action::Respond(r) => r.reply(),
+            Action::Aggregate(agg) => {
+                let path = matched.normalized.as_deref();
+                let path = path.unwrap_or(session.req_header().uri.path());
+                Box::pin(agg.run(session.req_header(), &route.chain, cx, path)).await
+            }
         };
-        Box::pin(reply::send(session, &mut ctx.cx, reply)).await?;
+        Box::pin(ctx.send(session, reply)).await?;
         Ok(true)
     }
 
@@ -227,8 +251,13 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<Box<HttpPeer>> {
-        let RequestCtx { cx, attempts, .. } = &mut **ctx;
-        let Some(upstream) = cx.route.as_deref().and_then(|r| r.upstream()) else {
+        let RequestCtx {
+            cx,
+            route,
+            attempts,
+            ..
+        } = &mut **ctx;
+        let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream route in context");
         };
         if let Some(wait) = attempts.backoff(upstream) {
@@ -243,7 +272,7 @@ impl ProxyHttp for Gateway {
             Ok(peer) => Ok(peer),
             Err(why) => {
                 // Answered at once, through the one writer (`fail_to_proxy`).
-                cx.pending = cx.route.as_deref().map(Route::unavailable);
+                cx.pending = route.as_deref().map(Route::unavailable);
                 Error::e_explain(HTTPStatus(503), format!("{why:?}"))
             }
         }
@@ -261,8 +290,13 @@ impl ProxyHttp for Gateway {
             ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout
         );
         let outcome = Outcome::Connect { timeout };
-        let RequestCtx { cx, attempts, .. } = &mut **ctx;
-        if let Some(route) = cx.route.as_deref() {
+        let RequestCtx {
+            cx,
+            route,
+            attempts,
+            ..
+        } = &mut **ctx;
+        if let Some(route) = route.as_deref() {
             if let Some(upstream) = route.upstream() {
                 attempts.report(upstream, outcome);
                 if attempts.may_retry(upstream, outcome, true) {
@@ -283,8 +317,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<RequestCtx>,
         client_reused: bool,
     ) -> Box<Error> {
-        let RequestCtx { cx, attempts, .. } = &mut **ctx;
-        let upstream = cx.route.as_deref().and_then(|r| r.upstream());
+        let RequestCtx {
+            route, attempts, ..
+        } = &mut **ctx;
+        let upstream = route.as_deref().and_then(|r| r.upstream());
         // A pooled connection the target had closed while idle: the keep-alive race, not a
         // failure of the target.
         let stale = client_reused && matches!(e.retry, pingora::RetryType::ReusedOnly);
@@ -316,7 +352,7 @@ impl ProxyHttp for Gateway {
         upstream_request: &mut RequestHeader,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
-        let Some(route) = ctx.cx.route.as_deref() else {
+        let Some(route) = ctx.route.as_deref() else {
             return Ok(());
         };
         route.rewrite_uri(upstream_request, &ctx.matched)?;
@@ -345,8 +381,10 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
-        let RequestCtx { cx, attempts, .. } = &mut **ctx;
-        let Some(upstream) = cx.route.as_deref().and_then(|r| r.upstream()) else {
+        let RequestCtx {
+            route, attempts, ..
+        } = &mut **ctx;
+        let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) else {
             return Ok(());
         };
         if reply::interim(upstream_response) {
@@ -382,7 +420,8 @@ impl ProxyHttp for Gateway {
         } else if !reply::interim(upstream_response) {
             keepalive::before_answer(session.as_downstream_mut());
         }
-        reply::finish(session.req_header(), upstream_response, &mut ctx.cx)
+        let (chain, cx) = ctx.answering();
+        reply::finish(session.req_header(), upstream_response, chain, cx)
     }
 
     fn response_body_filter(
@@ -392,7 +431,8 @@ impl ProxyHttp for Gateway {
         end_of_stream: bool,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<Option<std::time::Duration>> {
-        reply::body(body, end_of_stream, &mut ctx.cx)?;
+        let (chain, cx) = ctx.answering();
+        reply::body(body, end_of_stream, chain, cx)?;
         Ok(None)
     }
 
@@ -402,14 +442,16 @@ impl ProxyHttp for Gateway {
             .response_written()
             .map_or(499, |r| r.status.as_u16());
         let took = ctx.started.elapsed();
-        let RequestCtx { cx, attempts, .. } = &mut **ctx;
-        if let Some(upstream) = cx.route.as_deref().and_then(|r| r.upstream()) {
+        let RequestCtx {
+            route, attempts, ..
+        } = &mut **ctx;
+        if let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) {
             // An attempt still open here ended without an outcome of its own: the client
             // left, or the gateway gave up on it.
             attempts.report(upstream, Outcome::Abandoned);
         }
         let method = &session.req_header().method;
-        match ctx.cx.route.as_deref() {
+        match ctx.route.as_deref() {
             Some(route) => {
                 route.metrics.record(method, status, took);
                 route.metrics.record_usage(&ctx.cx.identity, status);
@@ -420,8 +462,9 @@ impl ProxyHttp for Gateway {
                 UNROUTED.record_usage(&ctx.cx.identity, status);
             }
         }
+        let route = ctx.route.as_deref();
         self.telemetry
-            .record(session, &mut ctx.cx, &ctx.attempts, status, took);
+            .record(session, route, &mut ctx.cx, &ctx.attempts, status, took);
     }
 
     async fn fail_to_proxy(
@@ -455,7 +498,7 @@ impl ProxyHttp for Gateway {
             // The connection is closed after a proxy failure: say so, so that a client does not
             // send its next request on it.
             session.set_keepalive(None);
-            if let Err(write) = reply::send(session, &mut ctx.cx, reply).await {
+            if let Err(write) = ctx.send(session, reply).await {
                 log::debug!("could not send the error response: {write}");
             }
         }

@@ -6,7 +6,8 @@
 //! configuration (health, drains, counters, caches) is carried from the running snapshot to
 //! the next ([`crate::state`], [`Snapshot::build`]).
 
-use crate::config::{self, Config, Diagnostics, ServerConfig};
+use crate::config::{Config, Diagnostics, ServerConfig};
+use crate::load;
 use crate::metrics::METRICS;
 use crate::runtime::{SharedSnapshot, Snapshot};
 use async_trait::async_trait;
@@ -63,9 +64,10 @@ fn try_reload(
     snapshot: &SharedSnapshot,
     running: &Config,
 ) -> Result<usize, Diagnostics> {
-    let config = config::load(path)?;
+    let checked = load::load(path)?;
+    let config = &checked.config;
     let current = snapshot.load_full();
-    let next = Snapshot::build(&config, Some(&current))
+    let next = Snapshot::build(&checked, Some(&current))
         .map_err(|e| Diagnostics::new(&config.source, e))?;
     let mut restart = server_keys_needing_restart(&running.server, &config.server);
     for (section, changed) in [

@@ -2,8 +2,9 @@
 //! a filter answers itself (a 401, a 429).
 //!
 //! Proxied and gateway-written responses end the same way, in [`finish`]: the request id is set
-//! and the response-phase filters run (the route's, or the global policies' for a request that
-//! matched no route), so a CORS or security-header policy sees every response the client gets.
+//! and the response-phase filters run, so a CORS or security-header policy sees every response
+//! the client gets. Each function takes the chain whose response phases apply: the route's, or
+//! the global policies' for a request that matched no route (`None` before any configuration).
 
 use crate::filter::{Body, Chain, Context, Phases, Reply};
 use crate::ids::X_REQUEST_ID;
@@ -12,44 +13,24 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora_proxy::Session;
 
-/// Run `f` with the chain whose response phases apply to this request (the route's, or the
-/// global policies' when it matched none) when some filter of it takes part in `phase`.
-fn with_chain(
-    cx: &mut Context,
-    phase: Phases,
-    f: impl FnOnce(&Chain, &mut Context) -> Result<()>,
-) -> Result<()> {
-    let chain = match (&cx.route, &cx.snapshot) {
-        (Some(route), _) => &route.chain,
-        (None, Some(snapshot)) => &snapshot.global,
-        (None, None) => return Ok(()),
-    };
-    if !chain.has(phase) {
-        return Ok(());
-    }
-    // The chain lives as long as its route or snapshot; hold one while `cx` is lent out.
-    match (cx.route.clone(), cx.snapshot.clone()) {
-        (Some(route), _) => f(&route.chain, cx),
-        (None, Some(snapshot)) => f(&snapshot.global, cx),
-        (None, None) => Ok(()),
-    }
-}
-
 /// Finish a proxied response header for the client: hop-by-hop headers out, the request id
 /// in, then the response-phase filters.
-pub fn finish(req: &RequestHeader, resp: &mut ResponseHeader, cx: &mut Context) -> Result<()> {
+pub fn finish(
+    req: &RequestHeader,
+    resp: &mut ResponseHeader,
+    chain: Option<&Chain>,
+    cx: &mut Context,
+) -> Result<()> {
     let id = cx.request_id.header();
     let upgrade = resp.status == http::StatusCode::SWITCHING_PROTOCOLS;
     crate::headers::edit_response(resp, 1, |h| {
         crate::plumbing::strip_hop_by_hop_response(h, upgrade);
         h.try_insert(X_REQUEST_ID, id)
     })?;
-    if interim(resp) {
-        return Ok(());
+    match chain.filter(|c| c.has(Phases::RESPONSE)) {
+        Some(chain) if !interim(resp) => chain.response(req, resp, cx),
+        _ => Ok(()),
     }
-    with_chain(cx, Phases::RESPONSE, |chain, cx| {
-        chain.response(req, resp, cx)
-    })
 }
 
 /// A `100 Continue` or `103 Early Hints` before the real response: filters run on the final
@@ -59,14 +40,26 @@ pub fn interim(resp: &ResponseHeader) -> bool {
 }
 
 /// Run the response-body filters over one chunk of a response.
-pub fn body(body: &mut Option<Bytes>, end: bool, cx: &mut Context) -> Result<()> {
-    with_chain(cx, Phases::RESPONSE_BODY, |chain, cx| {
-        chain.response_body(body, end, cx)
-    })
+pub fn body(
+    body: &mut Option<Bytes>,
+    end: bool,
+    chain: Option<&Chain>,
+    cx: &mut Context,
+) -> Result<()> {
+    match chain.filter(|c| c.has(Phases::RESPONSE_BODY)) {
+        Some(chain) => chain.response_body(body, end, cx),
+        None => Ok(()),
+    }
 }
 
-/// Write `reply` as the whole response.
-pub async fn send(session: &mut Session, cx: &mut Context, reply: Reply) -> Result<()> {
+/// Write `reply` as the whole response. A composed body (an aggregate's) is the route's own
+/// answer, so the chain's upstream-response phase sees it too.
+pub async fn send(
+    session: &mut Session,
+    chain: Option<&Chain>,
+    cx: &mut Context,
+    reply: Reply,
+) -> Result<()> {
     crate::keepalive::before_answer(session.as_mut());
     let (body, error, composed) = match reply.body {
         Body::Error(e) => (e.body(cx.request_id.as_str()), true, false),
@@ -85,18 +78,12 @@ pub async fn send(session: &mut Session, cx: &mut Context, reply: Reply) -> Resu
         }
         Ok(())
     })?;
-    if composed {
-        if let Some(route) = cx
-            .route
-            .clone()
-            .filter(|r| r.chain.has(Phases::UPSTREAM_RESPONSE))
-        {
-            route.chain.upstream_response(&mut resp, cx)?;
-        }
+    if let Some(chain) = chain.filter(|c| composed && c.has(Phases::UPSTREAM_RESPONSE)) {
+        chain.upstream_response(&mut resp, cx)?;
     }
-    finish(session.req_header(), &mut resp, cx)?;
+    finish(session.req_header(), &mut resp, chain, cx)?;
     let mut body = Some(body);
-    self::body(&mut body, true, cx)?;
+    self::body(&mut body, true, chain, cx)?;
     // The whole body is known here, whatever the filters did to it (a compression filter
     // streams it): frame it by its length. A 204 or 304 has none.
     resp.remove_header(&http::header::TRANSFER_ENCODING);

@@ -4,14 +4,16 @@
 //! the `Arc` of the snapshot it started on, so it finishes on that configuration. What must
 //! outlive a reload is carried from one snapshot to the next in [`Carried`].
 
-use crate::config::{validate::parse_cidr, Config, ConfigError};
+use crate::config::{parse_cidr, Config, ConfigError};
 use crate::consumer::Consumers;
 use crate::filter::Chain;
+use crate::load::Checked;
 use crate::policy;
+use crate::policy::jwt::jwks::{Jwks, LiveKeySets};
 use crate::router::{RouteDefaults, Router};
 use crate::state::{Carried, Keeper};
-use crate::tls::ListenerTls;
-use crate::upstream::Upstream;
+use crate::tls::{accept::LiveListeners, ListenerTls};
+use crate::upstream::{LivePools, Upstream};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,20 +28,21 @@ pub struct Snapshot {
     /// State that outlives this configuration, for the next one to keep.
     pub carried: Carried,
     /// Peers whose `x-forwarded-*` headers are believed.
-    pub trusted_proxies: Box<[ipnet::IpNet]>,
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
     /// The certificates and client checks of each TLS listener, by its address.
     pub tls: HashMap<String, Arc<ListenerTls>>,
     /// The configuration this was built from, for `GET /config`.
-    pub config: Config,
+    pub checked: Checked,
 }
 
 impl Snapshot {
     /// Compile a validated configuration, keeping the state of `previous` (the running
     /// snapshot) wherever what identifies it is unchanged.
     pub fn build(
-        config: &Config,
+        checked: &Checked,
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, Vec<ConfigError>> {
+        let config = &checked.config;
         let mut keeper = Keeper::new(previous.map(|p| &p.carried));
         let mut upstreams = HashMap::new();
         let mut errors = Vec::new();
@@ -53,7 +56,7 @@ impl Snapshot {
         }
         let tls = compile_tls(config, previous, &mut errors);
         let consumers = Consumers::compile(config);
-        let policies = match policy::compile(config, &consumers, &mut keeper) {
+        let policies = match policy::compile(&checked.policies, config, &consumers, &mut keeper) {
             Ok(p) => p,
             Err(e) => {
                 errors.extend(e);
@@ -67,7 +70,7 @@ impl Snapshot {
             .filter_map(|n| policies.get(n.get_ref()))
             .collect();
         let is_limits = |name: &str| {
-            config
+            checked
                 .policies
                 .get(name)
                 .is_some_and(|p| p.kind == policy::request_limits::KIND.name)
@@ -107,8 +110,35 @@ impl Snapshot {
             carried: keeper.finish(),
             trusted_proxies,
             tls,
-            config: config.clone(),
+            checked: checked.clone(),
         })
+    }
+}
+
+/// The pools' background loops find the pools of the running snapshot.
+impl LivePools for ArcSwap<Snapshot> {
+    fn pool(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.load().upstreams.get(name).cloned()
+    }
+
+    fn pools(&self) -> Vec<(String, Arc<Upstream>)> {
+        let snapshot = self.load();
+        let pools = snapshot.upstreams.iter();
+        pools.map(|(n, u)| (n.clone(), Arc::clone(u))).collect()
+    }
+}
+
+/// The JWKS refresher keeps the key sets the running snapshot carries fresh.
+impl LiveKeySets for ArcSwap<Snapshot> {
+    fn key_sets(&self) -> Vec<Arc<Jwks>> {
+        self.load().carried.all::<Jwks>().collect()
+    }
+}
+
+/// A TLS handshake takes its listener's certificates from the running snapshot.
+impl LiveListeners for ArcSwap<Snapshot> {
+    fn listener(&self, listen: &str) -> Option<Arc<ListenerTls>> {
+        self.load().tls.get(listen).cloned()
     }
 }
 

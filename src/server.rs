@@ -5,7 +5,7 @@ use crate::admin::Admin;
 use crate::config::Config;
 use crate::conn_cap::ConnectionCap;
 use crate::keepalive::{KeepAlive, Timeouts};
-use crate::policy::jwks::JwksRefresher;
+use crate::policy::jwt::jwks::JwksRefresher;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::{SharedSnapshot, Snapshot};
@@ -147,7 +147,7 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pyl
                 .server
                 .trusted_proxies
                 .iter()
-                .filter_map(|c| crate::config::validate::parse_cidr(c.get_ref()))
+                .filter_map(|c| crate::config::parse_cidr(c.get_ref()))
                 .collect(),
         ),
     );
@@ -160,7 +160,7 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pyl
     }
     for listener in &config.server.tls {
         let addr = listener.listen.get_ref();
-        let handshakes = Handshakes::new(addr.clone(), Arc::clone(&shared));
+        let handshakes = Handshakes::new(addr.clone(), Arc::clone(&shared) as _);
         let settings = crate::tls::accept::settings(listener, handshakes)?;
         let buffers = L4BufferSettings::default().read(0);
         proxy.add_listener(ListenerConfig::tcp(addr).l4_buffer(buffers).tls(settings));
@@ -168,12 +168,12 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pyl
     server.add_service(proxy).add_dependency(&bootstrap);
     server.add_service(background_service(
         "upstream health checks and discovery",
-        PoolSupervisor::new(Arc::clone(&shared)),
+        PoolSupervisor::new(Arc::clone(&shared) as _),
     ));
     server.add_service(background_service(
         "jwks refresh",
         JwksRefresher {
-            snapshot: Arc::clone(&shared),
+            live: Arc::clone(&shared) as _,
         },
     ));
     if let Some(admin) = &config.admin {

@@ -2,9 +2,10 @@
 
 use crate::access_log::{AccessLog, Entry};
 use crate::filter::Context;
+use crate::headers::request_host;
 use crate::otlp::{Exporter, Finished};
+use crate::router::Route;
 use crate::upstream::Attempts;
-use pingora::http::RequestHeader;
 use pingora_proxy::Session;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -13,14 +14,6 @@ use std::time::{Duration, SystemTime};
 pub struct Telemetry {
     pub access_log: Option<AccessLog>,
     pub tracer: Option<Arc<Exporter>>,
-}
-
-/// The `Host` a request named: its header, or the authority of an absolute URI.
-pub fn request_host(req: &RequestHeader) -> Option<&str> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
 impl Telemetry {
@@ -33,6 +26,7 @@ impl Telemetry {
     pub fn record(
         &self,
         session: &Session,
+        route: Option<&Route>,
         cx: &mut Context,
         attempts: &Attempts,
         status: u16,
@@ -47,7 +41,6 @@ impl Telemetry {
             .peer
             .is_some()
             .then(|| crate::client_addr::ip_text(client));
-        let route = cx.route.as_deref();
         let upstream = route.and_then(|r| r.upstream()).map(|u| &*u.name);
         let target = attempts.target().map(|t| &*t.label);
         if let Some(tracer) = &self.tracer {

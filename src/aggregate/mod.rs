@@ -19,9 +19,8 @@ mod path;
 
 use crate::config::{AggregateConfig, Config, ConfigError, Located, PathSpec, RouteConfig};
 use crate::error;
-use crate::filter::{Body, Context, Phases, Reply};
+use crate::filter::{Body, Chain, Context, Phases, Reply};
 use crate::plumbing;
-use crate::router::{Action, Matched, Route};
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -169,7 +168,7 @@ impl Aggregate {
         &self,
         part: &Part,
         client: &RequestHeader,
-        route: &Route,
+        chain: &Chain,
         cx: &mut Context,
         path: &str,
     ) -> Result<RequestHeader, Failure> {
@@ -190,35 +189,20 @@ impl Aggregate {
             }
         }
         plumbing::prepare_upstream(&mut req, client, cx, None).map_err(|_| Failure::BadResponse)?;
-        if route.chain.has(Phases::UPSTREAM_REQUEST) {
-            route
-                .chain
+        if chain.has(Phases::UPSTREAM_REQUEST) {
+            chain
                 .upstream_request(&mut req, cx)
                 .map_err(|_| Failure::BadResponse)?;
         }
         Ok(req)
     }
 
-    /// The answer of `route`'s aggregate to `client` (a route without one answers 500, which
-    /// the proxy never asks for).
-    pub async fn answer(
-        route: &Route,
-        client: &RequestHeader,
-        matched: &Matched,
-        cx: &mut Context,
-    ) -> Reply {
-        let Action::Aggregate(agg) = &route.action else {
-            return Reply::error(error::INTERNAL);
-        };
-        let path = matched.normalized.as_deref().unwrap_or(client.uri.path());
-        agg.run(client, route, cx, path).await
-    }
-
-    /// Make every part's call and merge the answers.
-    async fn run(
+    /// Make every part's call and merge the answers. `chain` is the route's (its
+    /// upstream-request phase edits each part's request); `path` the client's path as routed.
+    pub async fn run(
         &self,
         client: &RequestHeader,
-        route: &Route,
+        chain: &Chain,
         cx: &mut Context,
         path: &str,
     ) -> Reply {
@@ -227,7 +211,7 @@ impl Aggregate {
         let requests: Vec<_> = self
             .parts
             .iter()
-            .map(|p| self.request(p, client, route, cx, path))
+            .map(|p| self.request(p, client, chain, cx, path))
             .collect();
         let calls = self
             .parts

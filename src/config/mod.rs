@@ -1,10 +1,14 @@
 //! The configuration as written by the user: plain serde structs, parsed once.
 //!
+//! This is the bottom layer of the crate: it imports nothing else of it, so it can be read and
+//! tested alone, and every other layer may use it (`docs/architecture.md`).
+//!
 //! A file is parsed into a spanned TOML tree first, then every section (each route, each upstream)
 //! is deserialized on its own. A mistake in one route therefore does not hide a mistake in the
-//! next: `pylon -t` reports every error it can find, each with `file:line:col`. The structs are
-//! then checked for meaning (see [`validate`]) and handed to the runtime compiler; nothing here is
-//! used on the request path.
+//! next: `pylon -t` reports every error it can find, each with `file:line:col`. The
+//! `[policies.NAME]` tables are left as written: each kind's module parses its own, and the
+//! checks across sections run after that, in the loader above this layer. Nothing here is used on
+//! the request path.
 //!
 //! Each section's structs live in a file of their own, as `docs/configuration.md` presents them:
 //! `server.rs` (`[server]`, `[[server.tls]]`, `[admin]`), `telemetry.rs` (`[log]`, `[tracing]`),
@@ -19,7 +23,6 @@ mod server;
 mod telemetry;
 mod units;
 mod upstreams;
-pub mod validate;
 
 pub use consumers::*;
 pub use pattern::{PathSpec, Pattern};
@@ -37,13 +40,13 @@ use std::fmt;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 use toml::de::{DeValue, ValueDeserializer};
 use toml::Spanned;
 
-/// The whole configuration file. Serializes (for `GET /config`) without its source text,
-/// which may hold inline secrets; secrets themselves serialize redacted.
+/// The sections of a configuration file, but for its `[policies.NAME]` tables (their kinds
+/// parse those). Serializes (for `GET /config`) without its source text, which may hold inline
+/// secrets; secrets themselves serialize redacted.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Config {
     /// Where it was read from, to place errors found after parsing.
@@ -56,7 +59,6 @@ pub struct Config {
     pub tracing: TracingConfig,
     pub upstreams: BTreeMap<String, Located<UpstreamConfig>>,
     pub routes: Vec<Located<RouteConfig>>,
-    pub policies: BTreeMap<String, Located<PolicyConfig>>,
     pub consumers: BTreeMap<String, Located<ConsumerConfig>>,
 }
 
@@ -79,31 +81,6 @@ impl<T> std::ops::Deref for Located<T> {
 /// A serde default of `true`.
 fn yes() -> bool {
     true
-}
-
-/// `[policies.NAME]`: a policy of one kind, parsed and checked by its kind's module
-/// ([`crate::policy::registry`]); routes name policies.
-#[derive(Clone)]
-pub struct PolicyConfig {
-    pub kind: &'static str,
-    pub spec: Arc<dyn crate::policy::Spec>,
-}
-
-impl fmt::Debug for PolicyConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?}", self.kind, self.spec)
-    }
-}
-
-impl Serialize for PolicyConfig {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut settings = match self.spec.describe() {
-            serde_json::Value::Object(map) => map,
-            _ => serde_json::Map::new(),
-        };
-        settings.insert("kind".into(), self.kind.into());
-        settings.serialize(serializer)
-    }
 }
 
 /// A configuration file's path and text.
@@ -173,78 +150,50 @@ impl fmt::Display for Diagnostics {
 
 impl std::error::Error for Diagnostics {}
 
-/// Read, parse and validate a configuration file.
-pub fn load(path: &Path) -> Result<Config, Diagnostics> {
-    let source = std::fs::read_to_string(path).map_err(|e| Diagnostics {
+/// Read a configuration file's text.
+pub fn read(path: &Path) -> Result<String, Diagnostics> {
+    std::fs::read_to_string(path).map_err(|e| Diagnostics {
         path: path.to_path_buf(),
         source: String::new(),
         errors: vec![ConfigError {
             span: None,
             message: format!("cannot read the file: {e}"),
         }],
-    })?;
-    parse(path, source)
+    })
 }
 
-/// Parse and validate configuration text; `path` is only used in messages and to resolve
-/// relative paths.
-pub fn parse(path: &Path, source: String) -> Result<Config, Diagnostics> {
-    let mut errors = Vec::new();
-    let mut unparsed = Vec::new();
-    let mut config = parse_sections(&source, &mut errors, &mut unparsed);
-    // Check meaning even when some sections failed to parse, so one run shows everything;
-    // names of sections that failed still count as defined.
-    validate::check(&config, &unparsed, &mut errors);
-    if errors.is_empty() {
-        config.source = Source {
-            path: path.to_path_buf(),
-            text: source,
-        };
-        Ok(config)
-    } else {
-        errors.sort_by_key(|e| e.span.as_ref().map_or(0, |s| s.start));
-        Err(Diagnostics {
-            path: path.to_path_buf(),
-            source,
-            errors,
-        })
-    }
+/// What this layer makes of a file's text on its own.
+pub struct Parsed<'i> {
+    /// Every section that parsed (`source` is left for the caller to fill).
+    pub config: Config,
+    /// Each `[policies.NAME]` table as written, in the file's order, for its kind to parse.
+    pub policies: Vec<(String, Spanned<DeValue<'i>>)>,
+    /// Upstreams that exist but failed to parse (their errors are in `errors`): their names
+    /// still count as defined, so a route naming one gets no second error.
+    pub unparsed: Vec<String>,
+    pub errors: Vec<ConfigError>,
 }
 
-fn toml_error(e: toml::de::Error, fallback: &Range<usize>) -> ConfigError {
-    ConfigError {
-        span: Some(e.span().unwrap_or_else(|| fallback.clone())),
-        message: e.message().to_string(),
-    }
-}
-
-fn section<T: DeserializeOwned>(
-    value: Spanned<DeValue<'_>>,
-    errors: &mut Vec<ConfigError>,
-) -> Option<Located<T>> {
-    let span = value.span();
-    match T::deserialize(ValueDeserializer::from(value)) {
-        Ok(value) => Some(Located { value, span }),
-        Err(e) => {
-            errors.push(toml_error(e, &span));
-            None
-        }
-    }
-}
-
-/// `unparsed` receives the names of upstreams and policies that exist but failed to deserialize.
-fn parse_sections(
-    source: &str,
-    errors: &mut Vec<ConfigError>,
-    unparsed: &mut Vec<String>,
-) -> Config {
+/// Parse configuration text into its sections, keeping every error.
+pub fn parse(source: &str) -> Parsed<'_> {
+    let mut parsed = Parsed {
+        config: Config::default(),
+        policies: Vec::new(),
+        unparsed: Vec::new(),
+        errors: Vec::new(),
+    };
     let (root, syntax) = toml::de::DeTable::parse_recoverable(source);
-    let mut config = Config::default();
-    let mut policies = Vec::new();
     if !syntax.is_empty() {
-        errors.extend(syntax.into_iter().map(|e| toml_error(e, &(0..0))));
-        return config;
+        let errors = syntax.into_iter().map(|e| toml_error(e, &(0..0)));
+        parsed.errors.extend(errors);
+        return parsed;
     }
+    let Parsed {
+        config,
+        policies,
+        unparsed,
+        errors,
+    } = &mut parsed;
     for (key, value) in root.into_inner() {
         let key_span = key.span();
         match key.get_ref().as_ref() {
@@ -279,7 +228,6 @@ fn parse_sections(
                 });
             }
             "policies" => {
-                // Parsed once the consumers are known: some checks name them.
                 for_each_entry(value, errors, "policies", |name, v, _| {
                     policies.push((name, v));
                 });
@@ -315,65 +263,28 @@ fn parse_sections(
             )),
         }
     }
-    for (name, value) in policies {
-        match parse_policy(&name, value, &config.consumers) {
-            Ok(p) => {
-                config.policies.insert(name, p);
-            }
-            Err(e) => {
-                errors.extend(e);
-                unparsed.push(name);
-            }
-        }
-    }
-    config
+    parsed
 }
 
-/// One `[policies.NAME]`: its `kind` picks the module that parses and checks the rest.
-fn parse_policy(
-    name: &str,
+fn toml_error(e: toml::de::Error, fallback: &Range<usize>) -> ConfigError {
+    ConfigError {
+        span: Some(e.span().unwrap_or_else(|| fallback.clone())),
+        message: e.message().to_string(),
+    }
+}
+
+fn section<T: DeserializeOwned>(
     value: Spanned<DeValue<'_>>,
-    consumers: &BTreeMap<String, Located<ConsumerConfig>>,
-) -> Result<Located<PolicyConfig>, Vec<ConfigError>> {
-    use crate::policy::{registry, Place, Source};
+    errors: &mut Vec<ConfigError>,
+) -> Option<Located<T>> {
     let span = value.span();
-    let place = Place {
-        name: name.to_string(),
-        span: span.clone(),
-    };
-    let DeValue::Table(mut table) = value.into_inner() else {
-        return Err(vec![place.error("expected a table")]);
-    };
-    let kind = match table.remove("kind").map(|k| (k.span(), k.into_inner())) {
-        Some((kspan, DeValue::String(k))) => match registry::find(&k) {
-            Some(kind) => kind,
-            None => {
-                return Err(vec![ConfigError::at(
-                    kspan,
-                    format!(
-                        "policy `{name}`: unknown kind `{k}`; expected one of {}",
-                        registry::names()
-                    ),
-                )])
-            }
-        },
-        Some((kspan, _)) => return Err(vec![ConfigError::at(kspan, "`kind` must be a string")]),
-        None => {
-            return Err(vec![place.error(format!(
-                "missing `kind`; expected one of {}",
-                registry::names()
-            ))])
+    match T::deserialize(ValueDeserializer::from(value)) {
+        Ok(value) => Some(Located { value, span }),
+        Err(e) => {
+            errors.push(toml_error(e, &span));
+            None
         }
-    };
-    let value = Spanned::new(span.clone(), DeValue::Table(table));
-    let spec = (kind.parse)(&mut Source::new(place, value, consumers))?;
-    Ok(Located {
-        value: PolicyConfig {
-            kind: kind.name,
-            spec,
-        },
-        span,
-    })
+    }
 }
 
 /// Visit the entries of a `[section.NAME]` table.

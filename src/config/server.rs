@@ -128,6 +128,13 @@ impl Default for ServerConfig {
     }
 }
 
+/// An IP network, or a single address as a /32 or /128 (`trusted_proxies`).
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
 fn default_listen() -> Vec<Spanned<String>> {
     vec![Spanned::new(0..0, "0.0.0.0:8080".to_string())]
 }

@@ -1,6 +1,7 @@
 //! `[upstreams.NAME]`: targets, discovery, balancing, health checks, breakers, retries.
 
 use super::*;
+use std::net::{SocketAddr, ToSocketAddrs};
 
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -211,6 +212,18 @@ pub enum TargetConfig {
 
 fn one() -> usize {
     1
+}
+
+/// Weighted selection expands each target `weight` times; this bounds its memory.
+pub const MAX_WEIGHT: usize = 1000;
+/// Pingora tries a request at most 16 times; stay below it so our count decides.
+pub const MAX_RETRIES: usize = 10;
+
+/// Resolve a target address once, at load; names are not re-resolved (use discovery for that).
+pub fn resolve(addr: &str) -> Option<SocketAddr> {
+    addr.parse()
+        .ok()
+        .or_else(|| addr.to_socket_addrs().ok()?.next())
 }
 
 impl TargetConfig {

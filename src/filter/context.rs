@@ -5,9 +5,8 @@ use super::Reply;
 use crate::client_addr;
 use crate::consumer::Identity;
 use crate::ids::{RequestId, TraceContext};
-use crate::router::Route;
-use crate::runtime::Snapshot;
 use http::HeaderMap;
+use ipnet::IpNet;
 use pingora::protocols::tls::SslDigest;
 use std::any::{Any, TypeId};
 use std::net::{IpAddr, Ipv6Addr};
@@ -56,10 +55,10 @@ impl State {
 pub struct Context {
     pub request_id: RequestId,
     pub trace: TraceContext,
-    /// The configuration this request is served by, from its first hook to its last.
-    pub snapshot: Option<Arc<Snapshot>>,
-    /// The route it matched, once routed.
-    pub route: Option<Arc<Route>>,
+    /// The name of the route it matched, once routed (metric labels, `${route}`).
+    pub route: Option<Arc<str>>,
+    /// Peers whose `x-forwarded-*` headers are believed, as the request's configuration says.
+    pub trusted_proxies: Arc<[IpNet]>,
     /// The address the connection came from.
     pub peer: Option<IpAddr>,
     /// The connection's TLS session (`None` in plain text): its client certificate, if one
@@ -85,7 +84,7 @@ impl Context {
 
     /// The route's name, or `""` before routing.
     pub fn route_name(&self) -> &str {
-        self.route.as_deref().map_or("", |r| &r.name)
+        self.route.as_deref().unwrap_or("")
     }
 
     /// The client's address after `trusted_proxies`, worked out once per request.
@@ -100,10 +99,9 @@ impl Context {
         if let Some(ip) = self.client_ip {
             return ip;
         }
-        match (self.peer, &self.snapshot) {
-            (Some(peer), Some(s)) => client_addr::client_ip(peer, headers, &s.trusted_proxies),
-            (Some(peer), None) => peer,
-            (None, _) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        match self.peer {
+            Some(peer) => client_addr::client_ip(peer, headers, &self.trusted_proxies),
+            None => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         }
     }
 }

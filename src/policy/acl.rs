@@ -1,7 +1,7 @@
 //! `acl`: allow or deny consumer groups on a route.
 
 use super::auth::refused;
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::ConfigError;
 use crate::consumer::Consumer;

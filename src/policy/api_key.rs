@@ -5,7 +5,7 @@
 //! ever runs over the secret itself, so its timing tells nothing about stored keys.
 
 use super::auth::{Auth, Authenticator, Found};
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::ConfigError;
 use crate::consumer::Consumer;

@@ -8,8 +8,8 @@
 //! response time does not reveal which users exist.
 
 use super::auth::{self, Auth, Authenticator, Found};
-use super::registry::Kind;
 use super::verified::{self, Verified};
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfDuration, ConfigError};
 use crate::consumer::Consumer;

@@ -8,7 +8,7 @@
 //! `consumers_only` refuses it. Nothing is stripped: the credential is not in the request.
 
 use super::auth::{Auth, Authenticator, Found};
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::ConfigError;
 use crate::consumer::Consumer;

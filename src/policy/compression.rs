@@ -10,7 +10,7 @@
 //! outside `content_types`, and sets `Vary: Accept-Encoding` on every response it could have
 //! compressed.
 
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfSize, ConfigError};
 use crate::filter::{Context, Filter, Phases, Stage};

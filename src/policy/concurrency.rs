@@ -7,7 +7,7 @@
 //! reload still hold their slots.
 
 use super::limit_key::{self, KeySpec, KEY_HASHER};
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::ConfigError;
 use crate::error::{self, GatewayError};

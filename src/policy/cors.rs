@@ -7,7 +7,7 @@
 //! the target set; a disallowed origin gets none. `Vary: Origin` is set whenever the answer
 //! depends on the origin. Origins are exact (ASCII case-insensitive), `*`, or `~regex`.
 
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfDuration, ConfigError};
 use crate::filter::{Body, Context, Filter, Phases, Reply, Stage};

@@ -8,7 +8,7 @@
 //! contains is let in when there is no `allow` list, and refused when there is one. Refusals
 //! are `403 forbidden`, counted in `pylon_blocked_requests_total{route,policy,reason}`.
 
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::ConfigError;
 use crate::error;

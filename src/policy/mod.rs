@@ -2,8 +2,9 @@
 //!
 //! A kind owns three steps, in its own file:
 //! 1. **parse**: its settings from the TOML table, and every check of them, once, while the
-//!    configuration is read (so `pylon -t` reports them with their position). What can be
-//!    prepared is prepared here (PEM keys, key specs), so nothing is parsed twice.
+//!    configuration is loaded ([`crate::load`], so `pylon -t` reports them with their
+//!    position). What can be prepared is prepared here (PEM keys, key specs), so nothing is
+//!    parsed twice.
 //! 2. **compile**: the [`Spec`] it parsed into becomes the runtime policy of one configuration,
 //!    taking state that outlives a reload from the [`Keeper`].
 //! 3. **run**: the result is a [`Filter`], or an [`auth::Authenticator`] that the route's
@@ -21,7 +22,6 @@ pub mod compression;
 pub mod concurrency;
 pub mod cors;
 pub mod ip_filter;
-pub mod jwks;
 pub mod jwt;
 pub mod limit_key;
 pub mod rate_limit;
@@ -52,6 +52,43 @@ pub trait Spec: Send + Sync {
     /// Build the policy for one configuration. Errors are of the environment (a file that
     /// went away between parse and compile), not of the settings.
     fn compile(&self, cx: &mut Compile<'_, '_>) -> Result<Compiled, String>;
+}
+
+/// A kind's parse step: its table (without `kind`) to checked settings, or every error.
+pub type Parse = fn(&mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>>;
+
+/// A policy kind: its name in the config and its parse step ([`registry::KINDS`] lists them).
+pub struct Kind {
+    pub name: &'static str,
+    pub parse: Parse,
+}
+
+/// One `[policies.NAME]`: its kind, and its settings as that kind parsed and checked them.
+#[derive(Clone)]
+pub struct Policy {
+    pub kind: &'static str,
+    pub spec: Arc<dyn Spec>,
+}
+
+/// The policies of one configuration, by name.
+pub type Policies = BTreeMap<String, Located<Policy>>;
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?}", self.kind, self.spec)
+    }
+}
+
+/// As `GET /config` shows it: the settings as written (secrets redacted), with the kind.
+impl serde::Serialize for Policy {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut settings = match self.spec.describe() {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        settings.insert("kind".into(), self.kind.into());
+        settings.serialize(serializer)
+    }
 }
 
 /// A kind's settings struct as `GET /config` shows it.
@@ -159,15 +196,16 @@ impl Compile<'_, '_> {
     }
 }
 
-/// Compile every policy of `config`, keeping state through `keeper`.
+/// Compile every policy of a configuration, keeping state through `keeper`.
 pub fn compile(
+    policies: &Policies,
     config: &Config,
     consumers: &Consumers,
     keeper: &mut Keeper<'_>,
 ) -> Result<HashMap<String, Compiled>, Vec<ConfigError>> {
     let mut compiled = HashMap::new();
     let mut errors = Vec::new();
-    for (name, p) in &config.policies {
+    for (name, p) in policies {
         let mut cx = Compile {
             name,
             config,

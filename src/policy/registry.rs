@@ -1,17 +1,6 @@
 //! Which module parses each `kind = "..."`.
 
-use super::{Source, Spec};
-use crate::config::ConfigError;
-use std::sync::Arc;
-
-/// A kind's parse step: its table (without `kind`) to checked settings, or every error.
-pub type Parse = fn(&mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>>;
-
-/// A policy kind: its name in the config and its parse step.
-pub struct Kind {
-    pub name: &'static str,
-    pub parse: Parse,
-}
+use super::Kind;
 
 /// Every kind Pylon knows.
 pub const KINDS: &[Kind] = &[

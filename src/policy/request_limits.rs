@@ -6,7 +6,7 @@
 //! limits are on with no configuration at all; a route's own policy replaces the defaults (an
 //! upload route may allow a larger body).
 
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfSize, ConfigError};
 use crate::error;

@@ -2,7 +2,7 @@
 //! gateway's own (401, 429, 404 as a global policy) as much as proxied ones, and upstream
 //! headers that give away too much (`server`, `x-powered-by`) removed.
 
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::ConfigError;
 use crate::filter::{Context, Filter, Phases};

@@ -194,7 +194,7 @@ impl Router {
             Cow::Borrowed(_) => None,
         };
         let path = normalized.as_deref().unwrap_or(req.uri.path());
-        let host = crate::telemetry::request_host(req);
+        let host = crate::headers::request_host(req);
         let lookup = self.find(host, path, &req.method, &req.headers);
         let len = match &lookup {
             Lookup::Found { matched_len, .. } => *matched_len,

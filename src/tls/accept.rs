@@ -1,8 +1,8 @@
-//! The handshake side of a TLS listener: Pingora's callbacks, answered from the snapshot.
+//! The handshake side of a TLS listener: Pingora's callbacks, answered from the live
+//! configuration.
 
-use super::ClientCert;
+use super::{ClientCert, ListenerTls};
 use crate::config::{TlsListenerConfig, TlsVersion};
-use crate::runtime::SharedSnapshot;
 use async_trait::async_trait;
 use openssl::ssl::SslVersion;
 use pingora::listeners::tls::TlsSettings;
@@ -12,27 +12,33 @@ use pingora::protocols::ALPN;
 use std::any::Any;
 use std::sync::Arc;
 
-/// One listener's handshakes. Each reads the listener's certificates from the snapshot
-/// current when it starts, so a reload's certificates apply to the next handshake.
+/// The TLS listeners of the live configuration, which a reload replaces. The running
+/// snapshot implements it (`crate::runtime`), so this layer need not know the snapshot.
+pub trait LiveListeners: Send + Sync + 'static {
+    /// The certificates and client checks of the listener at `listen`.
+    fn listener(&self, listen: &str) -> Option<Arc<ListenerTls>>;
+}
+
+/// One listener's handshakes. Each reads the listener's certificates from the configuration
+/// live when it starts, so a reload's certificates apply to the next handshake.
 pub struct Handshakes {
-    /// The listener's address: its key in the snapshot's TLS listeners.
+    /// The listener's address: its key among the live TLS listeners.
     listen: String,
-    snapshot: SharedSnapshot,
+    live: Arc<dyn LiveListeners>,
 }
 
 impl Handshakes {
-    pub fn new(listen: String, snapshot: SharedSnapshot) -> Handshakes {
-        Handshakes { listen, snapshot }
+    pub fn new(listen: String, live: Arc<dyn LiveListeners>) -> Handshakes {
+        Handshakes { listen, live }
     }
 }
 
 #[async_trait]
 impl TlsAccept for Handshakes {
     async fn certificate_callback(&self, ssl: &mut TlsRef) {
-        let snapshot = self.snapshot.load();
         // A listener a reload removed keeps serving until the restart that closes it, with
         // the certificates it started with (carried by every later snapshot).
-        let Some(tls) = snapshot.tls.get(&self.listen) else {
+        let Some(tls) = self.live.listener(&self.listen) else {
             log::error!("TLS listener {} has no certificates", self.listen);
             return;
         };

@@ -7,13 +7,12 @@
 //! reload adds to a checked pool starts *unknown* and gets no traffic until a check passes.
 //!
 //! The [`PoolSupervisor`](super::PoolSupervisor) runs one check loop per checked pool name.
-//! Each round checks the pool the live snapshot holds under that name; targets that a reload or
+//! Each round checks the pool the live configuration holds under that name; targets that a reload or
 //! discovery adds start a round at once, so they are checked promptly. A loop ends when its
 //! pool is gone.
 
-use super::Upstream;
+use super::{LivePools, Upstream};
 use crate::config::{HealthCheckConfig, HealthCheckKind, UpstreamConfig};
-use crate::runtime::SharedSnapshot;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -150,19 +149,14 @@ pub(super) fn build_check(
     }
 }
 
-/// The checked pool the live snapshot holds under `name`.
-fn current(snapshot: &SharedSnapshot, name: &str) -> Option<Arc<Upstream>> {
-    snapshot
-        .load()
-        .upstreams
-        .get(name)
-        .filter(|u| u.health_check.is_some())
-        .cloned()
+/// The checked pool the live configuration holds under `name`.
+fn current(live: &dyn LivePools, name: &str) -> Option<Arc<Upstream>> {
+    live.pool(name).filter(|u| u.health_check.is_some())
 }
 
 /// Check the pool named `name` every interval until it is gone.
-pub(super) async fn check_loop(snapshot: SharedSnapshot, name: String) {
-    while let Some(pool) = current(&snapshot, &name) {
+pub(super) async fn check_loop(live: Arc<dyn LivePools>, name: String) {
+    while let Some(pool) = current(&*live, &name) {
         pool.run_health_check().await;
         let interval = pool
             .health_check
@@ -176,7 +170,7 @@ pub(super) async fn check_loop(snapshot: SharedSnapshot, name: String) {
             waited += step;
             // A reload removed the pool, or a reload or discovery added targets that wait for
             // their first check: go on now, not after the interval.
-            if current(&snapshot, &name).is_none_or(|p| p.awaits_checks()) {
+            if current(&*live, &name).is_none_or(|p| p.awaits_checks()) {
                 break;
             }
         }

@@ -30,7 +30,7 @@ pub use attempt::{Attempt, AttemptObserver, Attempts, Outcome, Unavailable};
 pub use hash_on::HashOn;
 pub use health::Health;
 pub use least_requests::LeastRequests;
-pub use supervisor::PoolSupervisor;
+pub use supervisor::{LivePools, PoolSupervisor};
 pub use target::{InflightGuard, Target, TargetState};
 
 use crate::clock::now_ms;
@@ -141,7 +141,7 @@ impl Upstream {
         let mut backends = BTreeSet::new();
         for t in &config.targets {
             let t = t.get_ref();
-            let addr = crate::config::validate::resolve(t.addr())
+            let addr = crate::config::resolve(t.addr())
                 .ok_or_else(|| format!("upstream `{name}`: cannot resolve {:?}", t.addr()))?;
             let state = keeper.keep("target", &format!("{name}/{addr}"), (), || {
                 Ok::<_, String>(if reloading {

@@ -1,7 +1,7 @@
 //! A `jwt` policy's keys and algorithms: which kind of key each algorithm needs, public keys from
 //! PEM text, and the checks each accepted algorithm runs.
 
-use super::JwtConfig;
+use super::settings::JwtConfig;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use std::collections::{HashMap, HashSet};
 

@@ -1,7 +1,7 @@
 //! `jwt`: a bearer token signed by a trusted issuer.
 //!
 //! Keys come from the policy (`secret` for HS*, PEM `keys`) or a JWKS document
-//! ([`super::jwks`]). Each policy names the algorithms it accepts, and a key only ever verifies
+//! ([`jwks`]). Each policy names the algorithms it accepts, and a key only ever verifies
 //! the algorithm family it belongs to: that is what defeats algorithm confusion (an HS256 token
 //! "signed" with an RSA public key) and `alg: none` (not an algorithm to this policy).
 //!
@@ -11,17 +11,20 @@
 //! removing a key from the JWKS revokes the tokens it signed.
 
 mod claims;
+pub mod jwks;
 mod keys;
+mod settings;
 
 use self::claims::{header_value, lookup, scopes, strings};
+use self::jwks::Jwks;
 use self::keys::validations;
 pub use self::keys::{pem_key, Family};
+pub use self::settings::JwtConfig;
 use super::auth::{self, Auth, Authenticator, Found};
-use super::jwks::Jwks;
-use super::registry::Kind;
 use super::verified::{self, Verified};
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
-use crate::config::{ConfDuration, ConfTimeout, ConfigError, Secret};
+use crate::config::ConfigError;
 use crate::consumer::{Consumer, Identity};
 use crate::filter::Context;
 use async_trait::async_trait;
@@ -29,89 +32,12 @@ use http::{HeaderName, HeaderValue};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use pingora::http::RequestHeader;
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 pub const KIND: Kind = Kind { name: "jwt", parse };
-
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct JwtConfig {
-    /// The only algorithms this policy accepts (`HS256` ... `EdDSA`).
-    pub algorithms: Vec<String>,
-    /// Key for the HS* algorithms.
-    pub secret: Option<Secret>,
-    /// PEM public keys for RS*, PS*, ES* and EdDSA: inline, `file:` or `env:`.
-    #[serde(default)]
-    pub keys: Vec<Secret>,
-    /// A JWKS document, fetched in the background and refreshed every `jwks_refresh`.
-    pub jwks_url: Option<String>,
-    #[serde(default = "default_jwks_refresh")]
-    pub jwks_refresh: ConfTimeout,
-    /// A token whose `kid` names no known key triggers a refresh at most this often.
-    #[serde(default = "default_jwks_min_refresh")]
-    pub jwks_min_refresh: ConfTimeout,
-    pub issuer: Option<String>,
-    #[serde(default)]
-    pub audience: Vec<String>,
-    /// Clock skew allowed on `exp` and `nbf`.
-    #[serde(default)]
-    pub leeway: Option<ConfDuration>,
-    /// Claims that must be present (`exp` always is).
-    #[serde(default)]
-    pub required_claims: Vec<String>,
-    /// Scopes that must all be granted, from `scope` (space-separated) or `scp`.
-    #[serde(default)]
-    pub required_scopes: Vec<String>,
-    /// Roles of which one must be granted, from `roles_claim`.
-    #[serde(default)]
-    pub required_roles: Vec<String>,
-    /// Where roles are read: a claim name, dotted for nesting (`realm_access.roles`).
-    #[serde(default = "default_roles_claim")]
-    pub roles_claim: String,
-    /// Claim matched against consumers' `jwt_subject`; the token must then map to a consumer.
-    pub consumer_claim: Option<String>,
-    /// Claims sent upstream as headers: `{ sub = "x-user-id" }`.
-    #[serde(default)]
-    pub claims_to_headers: BTreeMap<String, String>,
-    #[serde(default = "default_max_token_bytes")]
-    pub max_token_bytes: usize,
-    /// Verified tokens remembered (until their `exp`), so repeats skip the signature check.
-    #[serde(default = "default_cache_size")]
-    pub cache_size: usize,
-    #[serde(default = "default_realm")]
-    pub realm: String,
-    #[serde(default)]
-    pub forward_credentials: bool,
-    pub anonymous: Option<String>,
-}
-
-fn default_jwks_refresh() -> ConfTimeout {
-    ConfTimeout(Duration::from_secs(300))
-}
-
-fn default_jwks_min_refresh() -> ConfTimeout {
-    ConfTimeout(Duration::from_secs(10))
-}
-
-fn default_roles_claim() -> String {
-    "roles".into()
-}
-
-fn default_max_token_bytes() -> usize {
-    8192
-}
-
-fn default_cache_size() -> usize {
-    10_000
-}
-
-fn default_realm() -> String {
-    "pylon".into()
-}
 
 /// A jwt policy's settings, checked, with its keys and validations built.
 struct JwtSpec {
@@ -651,21 +577,36 @@ mod tests {
 
     #[test]
     fn verified_tokens_survive_a_reload_that_keeps_the_policy() {
-        use crate::runtime::Snapshot;
-        let config = |secret: &str, cache: usize| {
-            let text = format!(
-                "[policies.j]\nkind = \"jwt\"\nalgorithms = [\"HS256\"]\nsecret = \"{secret}\"\ncache_size = {cache}\n[[routes]]\nname = \"r\"\nrespond = {{}}\npolicies = [\"j\"]\n"
-            );
-            crate::config::parse(std::path::Path::new("t.toml"), text).unwrap()
+        use crate::state::{Carried, Keeper};
+        // One configuration's compile, keeping what the previous one carried, as a snapshot's.
+        let compile = |secret: &str, cache: usize, previous: Option<&Carried>| {
+            let config: JwtConfig = toml::from_str(&format!(
+                "algorithms = [\"HS256\"]\nsecret = \"{secret}\"\ncache_size = {cache}\n"
+            ))
+            .unwrap();
+            let spec = JwtSpec {
+                prepared: Arc::new(prepare(&config).unwrap()),
+                config,
+            };
+            let file = crate::config::Config::default();
+            let mut keeper = Keeper::new(previous);
+            let mut cx = Compile {
+                name: "j",
+                config: &file,
+                consumers: &crate::consumer::Consumers::compile(&file),
+                keeper: &mut keeper,
+            };
+            assert!(spec.compile(&mut cx).is_ok());
+            keeper.finish()
         };
-        let tokens = |s: &Snapshot| s.carried.all::<Tokens>().next().unwrap();
-        let first = Snapshot::build(&config("a", 10), None).unwrap();
-        let same = Snapshot::build(&config("a", 10), Some(&first)).unwrap();
+        let tokens = |c: &Carried| c.all::<Tokens>().next().unwrap();
+        let first = compile("a", 10, None);
+        let same = compile("a", 10, Some(&first));
         assert!(Arc::ptr_eq(&tokens(&first), &tokens(&same)));
         // A new secret: what the old one verified no longer holds.
-        let rekeyed = Snapshot::build(&config("b", 10), Some(&same)).unwrap();
+        let rekeyed = compile("b", 10, Some(&same));
         assert!(!Arc::ptr_eq(&tokens(&same), &tokens(&rekeyed)));
-        let resized = Snapshot::build(&config("b", 20), Some(&rekeyed)).unwrap();
+        let resized = compile("b", 20, Some(&rekeyed));
         assert!(!Arc::ptr_eq(&tokens(&rekeyed), &tokens(&resized)));
     }
 

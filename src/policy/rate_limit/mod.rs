@@ -11,7 +11,7 @@ pub mod local;
 pub mod window;
 
 use super::limit_key::{self, Facts, KeySpec, KEY_HASHER};
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfTimeout, ConfigError};
 use crate::consumer::Consumer;

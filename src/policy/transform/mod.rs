@@ -15,7 +15,7 @@ mod request;
 mod response;
 pub mod template;
 
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfSize, ConfigError};
 use crate::filter::Filter;

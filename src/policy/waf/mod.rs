@@ -16,7 +16,7 @@
 mod crs;
 mod libinjection;
 
-use super::registry::Kind;
+use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfSize, ConfigError};
 use crate::error;

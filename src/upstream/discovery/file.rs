@@ -46,7 +46,7 @@ impl Source for File {
         };
         let mut found = Vec::with_capacity(listed.targets.len());
         for t in &listed.targets {
-            if !(1..=crate::config::validate::MAX_WEIGHT).contains(&t.weight()) {
+            if !(1..=crate::config::MAX_WEIGHT).contains(&t.weight()) {
                 return Err(format!(
                     "{shown}: {}: invalid weight {}",
                     t.addr(),

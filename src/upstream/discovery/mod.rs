@@ -18,9 +18,8 @@ mod dns;
 mod file;
 mod srv;
 
-use super::{TargetState, Upstream};
+use super::{LivePools, TargetState, Upstream};
 use crate::config::{ConfigError, DiscoveryConfig, DiscoveryKind};
-use crate::runtime::SharedSnapshot;
 use async_trait::async_trait;
 use pingora_load_balancing::discovery::ServiceDiscovery;
 use pingora_load_balancing::Backend;
@@ -299,22 +298,17 @@ impl ServiceDiscovery for Shared {
 /// How often the loop looks for a reload that replaced its pool.
 const SCAN_INTERVAL: Duration = Duration::from_millis(200);
 
-/// The pool with discovery the live snapshot holds under `name`.
-fn current(snapshot: &SharedSnapshot, name: &str) -> Option<Arc<Upstream>> {
-    snapshot
-        .load()
-        .upstreams
-        .get(name)
-        .filter(|u| u.discovered().is_some())
-        .cloned()
+/// The pool with discovery the live configuration holds under `name`.
+fn current(live: &dyn LivePools, name: &str) -> Option<Arc<Upstream>> {
+    live.pool(name).filter(|u| u.discovered().is_some())
 }
 
 /// Refresh the targets of the pool named `name` until it is gone.
-pub async fn refresh_loop(snapshot: SharedSnapshot, name: String) {
+pub async fn refresh_loop(live: Arc<dyn LivePools>, name: String) {
     let errors = crate::metrics::METRICS
         .discovery_errors
         .with_label_values(&[&name]);
-    while let Some(pool) = current(&snapshot, &name) {
+    while let Some(pool) = current(&*live, &name) {
         let wait = match pool.refresh().await {
             Ok(wait) => wait,
             Err(e) => {
@@ -332,7 +326,7 @@ pub async fn refresh_loop(snapshot: SharedSnapshot, name: String) {
             tokio::time::sleep(step).await;
             waited += step;
             // A reload rebuilt the pool (perhaps with another name to look up): look now.
-            let now = current(&snapshot, &name);
+            let now = current(&*live, &name);
             if now.is_none_or(|p| Arc::as_ptr(&p) as usize != refreshed) {
                 break;
             }

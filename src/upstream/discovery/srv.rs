@@ -62,7 +62,7 @@ impl Source for Srv {
                     addr: SocketAddr::new(ip, srv.port),
                     // Weight 0 means "rarely" in RFC 2782; the balancer needs at least 1, and
                     // expands each target by its weight, so it is capped as configured ones are.
-                    weight: usize::from(srv.weight).clamp(1, crate::config::validate::MAX_WEIGHT),
+                    weight: usize::from(srv.weight).clamp(1, crate::config::MAX_WEIGHT),
                     host: host.clone(),
                 }));
             }

@@ -8,8 +8,7 @@
 //! The key set carries a generation that changes only when the document does, so tokens
 //! verified under a key that has since been removed are checked again, and fail.
 
-use super::jwt::Family;
-use crate::runtime::SharedSnapshot;
+use super::keys::Family;
 use arc_swap::ArcSwap;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
@@ -180,9 +179,16 @@ fn parse(document: &[u8]) -> Result<KeySet, String> {
     Ok(set)
 }
 
+/// The key sets the live configuration uses, which a reload replaces. The running snapshot
+/// implements it (`crate::runtime`) from the state it carries, so this layer need not know
+/// the snapshot.
+pub trait LiveKeySets: Send + Sync + 'static {
+    fn key_sets(&self) -> Vec<Arc<Jwks>>;
+}
+
 /// Keeps every JWKS of the current configuration fresh.
 pub struct JwksRefresher {
-    pub snapshot: SharedSnapshot,
+    pub live: Arc<dyn LiveKeySets>,
 }
 
 #[async_trait::async_trait]
@@ -194,8 +200,7 @@ impl BackgroundService for JwksRefresher {
                 _ = shutdown.changed() => return,
                 _ = tick.tick() => {}
             }
-            let snapshot = self.snapshot.load_full();
-            let sets: Vec<Arc<Jwks>> = snapshot.carried.all::<Jwks>().collect();
+            let sets = self.live.key_sets();
             let due = sets.iter().map(|j| {
                 // Never fetched yet: retry at the unknown-kid pace, not the slow one.
                 let interval = if j.keys().generation == 0 {
@@ -206,7 +211,6 @@ impl BackgroundService for JwksRefresher {
                 j.refetch(interval)
             });
             futures::future::join_all(due).await;
-            drop(snapshot);
         }
     }
 }

@@ -1,32 +1,39 @@
 //! Checks of meaning that serde cannot make: names that must exist, values that must compile.
+//! Some ask the module that will use the value (an upstream's breaker and discovery, an
+//! aggregate's paths, an API key's digest), which is why they run here, above the config layer.
 //!
 //! Every check pushes an error and goes on, so one run reports everything wrong with a file.
 
-use super::{Balancer, Config, ConfigError, HealthCheckKind, Located, RouteConfig, UpstreamConfig};
+use crate::config::{
+    parse_cidr, resolve, Balancer, Config, ConfigError, HealthCheckKind, Located, PathSpec,
+    RouteConfig, UpstreamConfig, MAX_RETRIES, MAX_WEIGHT,
+};
 use crate::policy::basic_auth::bcrypt_cost;
+use crate::policy::Policies;
 use std::collections::HashSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 use toml::Spanned;
 
-/// Weighted selection expands each target `weight` times; this bounds its memory.
-pub const MAX_WEIGHT: usize = 1000;
-/// Pingora tries a request at most 16 times; stay below it so our count decides.
-pub const MAX_RETRIES: usize = 10;
-
-/// Every problem with the meaning of `config`, appended to `errors`. Each policy kind checks
-/// its own settings as it is parsed ([`crate::policy`]); these are the checks across sections.
-/// `unparsed` names upstreams and policies that exist but failed to parse (already reported).
-pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>) {
+/// Every problem with the meaning of `config` and its `policies`, appended to `errors`. Each
+/// policy kind checks its own settings as it is parsed ([`crate::policy`]); these are the
+/// checks across sections. `unparsed` names upstreams and policies that exist but failed to
+/// parse (already reported).
+pub fn check(
+    config: &Config,
+    policies: &Policies,
+    unparsed: &[String],
+    errors: &mut Vec<ConfigError>,
+) {
     check_server(config, errors);
     check_tracing(config, errors);
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
     }
     for name in &config.server.global_policies {
-        check_policy_name(config, unparsed, name, errors);
+        check_policy_name(policies, unparsed, name, errors);
     }
-    for (name, policy) in &config.policies {
+    for (name, policy) in policies {
         // Names go into metric labels and `RateLimit` structured-field strings.
         if name.is_empty()
             || !name
@@ -65,7 +72,7 @@ pub fn check(config: &Config, unparsed: &[String], errors: &mut Vec<ConfigError>
                 format!("duplicate route name `{}`", name.get_ref()),
             ));
         }
-        check_route(config, unparsed, route, errors);
+        check_route(config, policies, unparsed, route, errors);
     }
 }
 
@@ -205,13 +212,6 @@ fn check_server(config: &Config, errors: &mut Vec<ConfigError>) {
     }
 }
 
-/// An IP network, or a single address as a /32 or /128.
-pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
-    s.parse::<ipnet::IpNet>()
-        .ok()
-        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
-}
-
 fn check_upstream(name: &str, upstream: &Located<UpstreamConfig>, errors: &mut Vec<ConfigError>) {
     if upstream.retries > MAX_RETRIES {
         errors.push(ConfigError::at(
@@ -289,13 +289,13 @@ fn check_upstream(name: &str, upstream: &Located<UpstreamConfig>, errors: &mut V
 }
 
 fn check_policy_name(
-    config: &Config,
+    policies: &Policies,
     unparsed: &[String],
     name: &Spanned<String>,
     errors: &mut Vec<ConfigError>,
 ) {
     let n = name.get_ref();
-    if !config.policies.contains_key(n) && !unparsed.contains(n) {
+    if !policies.contains_key(n) && !unparsed.contains(n) {
         errors.push(ConfigError::at(
             name.span(),
             format!("unknown policy `{n}`"),
@@ -303,15 +303,9 @@ fn check_policy_name(
     }
 }
 
-/// Resolve a target address once, at load; names are not re-resolved (use discovery for that).
-pub fn resolve(addr: &str) -> Option<SocketAddr> {
-    addr.parse()
-        .ok()
-        .or_else(|| addr.to_socket_addrs().ok()?.next())
-}
-
 fn check_route(
     config: &Config,
+    policies: &Policies,
     unparsed: &[String],
     route: &Located<RouteConfig>,
     errors: &mut Vec<ConfigError>,
@@ -336,7 +330,7 @@ fn check_route(
         }
     }
     for policy in &route.policies {
-        check_policy_name(config, unparsed, policy, errors);
+        check_policy_name(policies, unparsed, policy, errors);
     }
     for host in &route.hosts {
         if !valid_host(host.get_ref()) {
@@ -362,7 +356,7 @@ fn check_route(
     }
     check_headers(&route.headers, &route.span, name, "header", errors);
     for path in &route.paths {
-        if let super::PathSpec::Regex(re) = path.get_ref() {
+        if let PathSpec::Regex(re) = path.get_ref() {
             if let Err(e) = re.regex() {
                 errors.push(ConfigError::at(
                     path.span(),

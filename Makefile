@@ -14,7 +14,8 @@ BUILD_PKGS := cmake pkg-config libssl-dev curl python3
 # OWASP Core Rule Set the `crs` WAF engine loads.
 TEST_PKGS := systemd redis-server redis-tools dnsmasq-base chromium curl wfuzz modsecurity-crs python3-pip
 TEST_MARK := target/.apt-test-installed
-# Python packages the tests run (the WebSocket client and server), kept under target/.
+# Python packages the tests run (the WebSocket client and server; gRPC client and server, and
+# grpcio-tools' protoc for their stubs), kept under target/.
 PY_MARK := target/py/.installed
 # What `make bench` compares against and loads with.
 BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind openssl modsecurity-crs python3-pip
@@ -57,7 +58,7 @@ $(TEST_MARK): Makefile
 	@mkdir -p target && touch $@
 
 $(PY_MARK): Makefile $(TEST_MARK)
-	@PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --upgrade --target target/py websockets
+	@PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --upgrade --target target/py websockets grpcio grpcio-tools
 	@touch $@
 
 test: deps $(TEST_MARK) $(PY_MARK)

@@ -53,6 +53,9 @@ pub struct Entry<'a> {
     /// The path without its query string, which may carry credentials.
     pub path: &'a str,
     pub status: u16,
+    /// A gRPC call's `grpc-status`, by name; absent for other requests.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub grpc_status: Option<&'static str>,
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub duration_ms: f64,

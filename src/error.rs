@@ -2,9 +2,7 @@
 //! `{"error":{"status":404,"code":"route_not_found","message":"...","request_id":"..."}}`.
 
 use bytes::Bytes;
-use pingora::http::ResponseHeader;
 use pingora::{ErrorSource, ErrorType};
-use pingora_proxy::Session;
 
 /// The `content-type` and `cache-control` of every error body.
 pub const JSON: http::HeaderValue = http::HeaderValue::from_static("application/json");
@@ -113,39 +111,6 @@ impl GatewayError {
         })
         .to_string()
         .into()
-    }
-
-    /// Write this error as the whole response.
-    pub async fn send(
-        &self,
-        session: &mut Session,
-        request_id: &crate::ids::RequestId,
-    ) -> pingora::Result<()> {
-        self.send_with(session, request_id, &[]).await
-    }
-
-    /// Write this error with extra headers: a `WWW-Authenticate` challenge, `Retry-After`.
-    pub async fn send_with(
-        &self,
-        session: &mut Session,
-        request_id: &crate::ids::RequestId,
-        headers: &[(http::HeaderName, http::HeaderValue)],
-    ) -> pingora::Result<()> {
-        let body = self.body(request_id.as_str());
-        // Straight into the header map, as every other answer's headers (`crate::headers`).
-        let mut resp = ResponseHeader::build_no_case(self.status, None)?;
-        crate::headers::edit_response(&mut resp, 4 + headers.len(), |h| {
-            for (name, value) in headers {
-                h.try_insert(name.clone(), value.clone())?;
-            }
-            h.try_insert(http::header::CONTENT_TYPE, JSON)?;
-            h.try_insert(http::header::CONTENT_LENGTH, body.len().into())?;
-            h.try_insert(crate::ids::X_REQUEST_ID, request_id.header())?;
-            h.try_insert(http::header::CACHE_CONTROL, NO_STORE)?;
-            Ok(())
-        })?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session.write_response_body(Some(body), true).await
     }
 
     /// The gateway error for a Pingora error that ended a request.

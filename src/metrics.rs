@@ -6,6 +6,7 @@
 //! them in lock-free slots, so a request only bumps atomics.
 
 use crate::consumer::Identity;
+use crate::grpc::{self, Code};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -43,6 +44,7 @@ pub struct Metrics {
     pub discovery_errors: IntCounterVec,
     pub body_transforms_skipped: IntCounterVec,
     pub blocked_requests: IntCounterVec,
+    pub grpc_requests: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -103,6 +105,11 @@ impl Metrics {
                 "pylon_discovery_errors_total",
                 "Service discovery lookups that failed (the last good targets are kept)",
                 &["upstream"],
+            ),
+            grpc_requests: counters(
+                "pylon_grpc_requests_total",
+                "gRPC calls answered, by route and grpc-status (by name)",
+                &["route", "code"],
             ),
             blocked_requests: counters(
                 "pylon_blocked_requests_total",
@@ -288,6 +295,8 @@ pub struct RouteMetrics {
     /// consumer first uses the route.
     consumers: OnceLock<Box<[OnceLock<Box<Slot>>]>>,
     consumer_count: usize,
+    /// gRPC calls by code, allocated on the route's first gRPC call.
+    grpc: OnceLock<Box<[OnceLock<IntCounter>; grpc::CODES]>>,
 }
 
 impl RouteMetrics {
@@ -302,6 +311,7 @@ impl RouteMetrics {
             anonymous: Default::default(),
             consumers: OnceLock::new(),
             consumer_count: consumers,
+            grpc: OnceLock::new(),
         }
     }
 
@@ -364,6 +374,17 @@ impl RouteMetrics {
                 .collect()
         });
         slots[mi * STATUSES.len() + si].get_or_init(series).inc();
+    }
+
+    /// Count one finished gRPC call in `pylon_grpc_requests_total`.
+    pub fn record_grpc(&self, code: Code) {
+        let slots = self.grpc.get_or_init(Default::default);
+        slots[code.index()]
+            .get_or_init(|| {
+                let labels = [&*self.name, code.name()];
+                METRICS.grpc_requests.with_label_values(&labels)
+            })
+            .inc();
     }
 
     /// Count a request in progress until the guard drops.

@@ -3,8 +3,10 @@
 //! writer of the gateway's own responses ([`crate::reply`]).
 
 use crate::conform;
+use crate::deadline::{self, Deadline};
 use crate::error::{self, GatewayError};
 use crate::filter::{Chain, Context, Phases, Reply};
+use crate::grpc::{self, Code, GRPC_TIMEOUT};
 use crate::held_body::HeldBody;
 use crate::ids::{RequestId, TraceContext};
 use crate::keepalive;
@@ -52,6 +54,8 @@ pub struct RequestCtx {
     snapshot: Option<Arc<Snapshot>>,
     /// The route it matched, once routed.
     route: Option<Arc<Route>>,
+    /// The whole request's deadline, if its route or its gRPC call set one.
+    deadline: Option<Deadline>,
     matched: Matched,
     attempts: Attempts,
     /// Counts the request in `pylon_inflight_requests{route}` until dropped.
@@ -110,6 +114,7 @@ impl ProxyHttp for Gateway {
             cx: Context::default(),
             snapshot: None,
             route: None,
+            deadline: None,
             matched: Matched::default(),
             attempts: Attempts::default(),
             route_inflight: None,
@@ -139,6 +144,7 @@ impl ProxyHttp for Gateway {
         let headers = &session.req_header().headers;
         cx.request_id = RequestId::of(headers);
         cx.trace = TraceContext::of(headers, self.telemetry.sample_ratio());
+        cx.grpc = grpc::is_grpc(headers);
         cx.peer = peer_ip(session);
         cx.tls = session.digest().and_then(|d| d.ssl_digest.clone());
         let snapshot = self.snapshot.load_full();
@@ -170,6 +176,11 @@ impl ProxyHttp for Gateway {
         ctx.snapshot = Some(snapshot);
         ctx.route_inflight = Some(route.metrics.enter());
         ctx.cx.route = Some(Arc::clone(&route.name));
+        let grpc_timeout = ctx
+            .cx
+            .grpc
+            .then(|| session.req_header().headers.get(GRPC_TIMEOUT));
+        ctx.deadline = Deadline::of(ctx.started, route.timeout, grpc_timeout.flatten());
         ctx.route = Some(route);
         if let Some(route) = ctx.route_with(Phases::REQUEST) {
             if let Err(reply) = route.chain.request(session.req_header(), &mut ctx.cx).await {
@@ -255,24 +266,38 @@ impl ProxyHttp for Gateway {
             cx,
             route,
             attempts,
+            deadline,
             ..
         } = &mut **ctx;
         let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream route in context");
         };
         if let Some(wait) = attempts.backoff(upstream) {
-            tokio::time::sleep(wait).await;
+            let left = deadline.and_then(|d| d.left());
+            tokio::time::sleep(left.map_or(wait, |l| wait.min(l))).await;
         }
+        let left = match deadline.map(|d| d.left()) {
+            Some(None) => {
+                cx.pending = Some(Reply::error(error::UPSTREAM_TIMEOUT));
+                return Error::e_explain(HTTPStatus(504), "the request's deadline passed");
+            }
+            left => left.flatten(),
+        };
         let req = session.req_header();
         let key = match &upstream.hash_on {
             Some(h) => h.key(req, cx.peek_client_ip(&req.headers)),
             None => std::borrow::Cow::Borrowed(&b""[..]),
         };
         match attempts.pick(upstream, &key) {
-            Ok(peer) => Ok(peer),
+            Ok(mut peer) => {
+                if let Some(left) = left {
+                    deadline::bound(&mut peer, left);
+                }
+                Ok(peer)
+            }
             Err(why) => {
                 // Answered at once, through the one writer (`fail_to_proxy`).
-                cx.pending = route.as_deref().map(Route::unavailable);
+                cx.pending = route.as_deref().map(|r| r.unavailable(cx.grpc));
                 Error::e_explain(HTTPStatus(503), format!("{why:?}"))
             }
         }
@@ -289,20 +314,27 @@ impl ProxyHttp for Gateway {
             e.etype(),
             ErrorType::ConnectTimedout | ErrorType::TLSHandshakeTimedout
         );
-        let outcome = Outcome::Connect { timeout };
         let RequestCtx {
             cx,
             route,
             attempts,
+            deadline,
             ..
         } = &mut **ctx;
+        // A connect the request's deadline cut short says nothing of the target.
+        let outcome = match deadline.is_some_and(|d| d.passed()) {
+            true => Outcome::Abandoned,
+            false => Outcome::Connect { timeout },
+        };
         if let Some(route) = route.as_deref() {
             if let Some(upstream) = route.upstream() {
                 attempts.report(upstream, outcome);
-                if attempts.may_retry(upstream, outcome, true) {
+                if outcome == Outcome::Abandoned {
+                    cx.pending = Some(Reply::error(error::UPSTREAM_TIMEOUT));
+                } else if attempts.may_retry(upstream, outcome, true) {
                     e.set_retry(true);
                 } else {
-                    cx.pending = route.fallback();
+                    cx.pending = route.fallback(cx.grpc);
                 }
             }
         }
@@ -318,30 +350,38 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let RequestCtx {
-            route, attempts, ..
+            route,
+            attempts,
+            deadline,
+            ..
         } = &mut **ctx;
         let upstream = route.as_deref().and_then(|r| r.upstream());
         // A pooled connection the target had closed while idle: the keep-alive race, not a
-        // failure of the target.
+        // failure of the target; nor is an answer the request's deadline did not wait for.
         let stale = client_reused && matches!(e.retry, pingora::RetryType::ReusedOnly);
+        let cut = deadline.is_some_and(|d| d.passed());
         if let (Some(upstream), ErrorSource::Upstream) = (upstream, e.esource()) {
             let outcome = match e.etype() {
-                _ if stale => Outcome::Abandoned,
+                _ if stale || cut => Outcome::Abandoned,
                 ErrorType::ReadTimedout | ErrorType::WriteTimedout => Outcome::Timeout,
                 _ => Outcome::Broken,
             };
             attempts.report(upstream, outcome);
         }
         // Pingora's own rule: only a replayable request, and errors on a reused connection
-        // only where it allows.
+        // only where it allows. A retry `upstream_response_filter` decided (an answer no client
+        // saw, a gRPC call's body whole) stands.
+        let decided = matches!(e.etype(), ErrorType::HTTPStatus(_)) && e.retry();
         let mut e = e.more_context(format!("Peer: {peer}"));
-        if replayable(session) {
-            e.retry.decide_reuse(client_reused);
-            if let (Some(upstream), true) = (upstream, stale && e.retry()) {
-                crate::upstream::attempt::count_retry(upstream, "stale_connection");
+        match (decided, replayable(session)) {
+            (true, _) => {}
+            (false, true) => {
+                e.retry.decide_reuse(client_reused);
+                if let (Some(upstream), true) = (upstream, stale && e.retry()) {
+                    crate::upstream::attempt::count_retry(upstream, "stale_connection");
+                }
             }
-        } else {
-            e.set_retry(false);
+            (false, false) => e.set_retry(false),
         }
         e
     }
@@ -364,6 +404,10 @@ impl ProxyHttp for Gateway {
             &ctx.cx,
             target.map(|t| &t.host_header),
         )?;
+        if let (true, Some(left)) = (ctx.cx.grpc, ctx.deadline.and_then(|d| d.left())) {
+            // The target learns the time the call has left, as gRPC clients tell it.
+            upstream_request.insert_header(GRPC_TIMEOUT, grpc::timeout_value(left))?;
+        }
         if let Some(route) = ctx.route_with(Phases::UPSTREAM_REQUEST) {
             route
                 .chain
@@ -382,7 +426,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut Box<RequestCtx>,
     ) -> Result<()> {
         let RequestCtx {
-            route, attempts, ..
+            cx,
+            route,
+            attempts,
+            ..
         } = &mut **ctx;
         let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) else {
             return Ok(());
@@ -390,13 +437,32 @@ impl ProxyHttp for Gateway {
         if reply::interim(upstream_response) {
             return Ok(());
         }
-        let outcome = Outcome::Status(upstream_response.status.as_u16());
+        let status = upstream_response.status.as_u16();
+        if cx.grpc {
+            // In the headers of a trailers-only answer; else it comes in the trailers.
+            cx.grpc_status = Code::of_headers(&upstream_response.headers);
+        }
+        let outcome = match cx.grpc_status {
+            Some(code) if status == 200 => Outcome::Grpc(code),
+            None if cx.grpc && status == 200 => {
+                // Reported with the trailers (`upstream_response_trailer_filter`).
+                attempts.answered();
+                return Ok(());
+            }
+            _ => Outcome::Status(status),
+        };
         attempts.report(upstream, outcome);
-        if let Outcome::Status(status @ 502..=504) = outcome {
-            if attempts.may_retry(upstream, outcome, replayable(session)) {
+        if matches!(outcome, Outcome::Status(502..=504) | Outcome::Grpc(_)) {
+            // A gRPC call answered `UNAVAILABLE` was not taken: only its body must replay.
+            let replay = match outcome {
+                Outcome::Grpc(_) => !session.as_ref().retry_buffer_truncated(),
+                _ => replayable(session),
+            };
+            if attempts.may_retry(upstream, outcome, replay) {
                 // The client has seen nothing yet: Pingora turns the error into a retry and
                 // calls `upstream_peer` again.
-                let mut e = Error::explain(HTTPStatus(status), "retryable upstream status");
+                let status = if status == 200 { 503 } else { status };
+                let mut e = Error::explain(HTTPStatus(status), "retryable upstream answer");
                 e.set_retry(true);
                 return Err(e);
             }
@@ -407,6 +473,44 @@ impl ProxyHttp for Gateway {
                 .upstream_response(upstream_response, &mut ctx.cx),
             None => Ok(()),
         }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        _body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Box<RequestCtx>,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.deadline.is_some_and(|d| d.passed()) {
+            // A response still streaming at the deadline is cut here.
+            return Error::e_explain(ErrorType::ReadTimedout, "the request's deadline passed");
+        }
+        Ok(None)
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Box<RequestCtx>,
+    ) -> Result<()> {
+        let RequestCtx {
+            cx,
+            route,
+            attempts,
+            ..
+        } = &mut **ctx;
+        if !cx.grpc {
+            return Ok(());
+        }
+        // Trailers without a status end the call as gRPC clients take it: UNKNOWN.
+        let code = Code::of_headers(trailers).unwrap_or(Code::UNKNOWN);
+        cx.grpc_status = Some(code);
+        if let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) {
+            attempts.report(upstream, Outcome::Grpc(code));
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -451,16 +555,16 @@ impl ProxyHttp for Gateway {
             attempts.report(upstream, Outcome::Abandoned);
         }
         let method = &session.req_header().method;
-        match ctx.route.as_deref() {
-            Some(route) => {
-                route.metrics.record(method, status, took);
-                route.metrics.record_usage(&ctx.cx.identity, status);
-                route.chain.log(&ctx.cx, status);
-            }
-            None => {
-                UNROUTED.record(method, status, took);
-                UNROUTED.record_usage(&ctx.cx.identity, status);
-            }
+        let metrics = ctx.route.as_deref().map_or(&*UNROUTED, |r| &*r.metrics);
+        metrics.record(method, status, took);
+        metrics.record_usage(&ctx.cx.identity, status);
+        if ctx.cx.grpc {
+            let code = Code::of_call(ctx.cx.grpc_status, status);
+            ctx.cx.grpc_status = Some(code);
+            metrics.record_grpc(code);
+        }
+        if let Some(route) = ctx.route.as_deref() {
+            route.chain.log(&ctx.cx, status);
         }
         let route = ctx.route.as_deref();
         self.telemetry

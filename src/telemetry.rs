@@ -2,6 +2,7 @@
 
 use crate::access_log::{AccessLog, Entry};
 use crate::filter::Context;
+use crate::grpc::Code;
 use crate::headers::request_host;
 use crate::otlp::{Exporter, Finished};
 use crate::router::Route;
@@ -70,6 +71,7 @@ impl Telemetry {
                 host: request_host(req),
                 path: req.uri.path(),
                 status,
+                grpc_status: cx.grpc_status.map(Code::name),
                 bytes_in: session.body_bytes_read(),
                 bytes_out: session.body_bytes_sent(),
                 duration_ms: took.as_secs_f64() * 1e3,

@@ -210,6 +210,8 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         ("[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncertificates = [\n  { hosts = [\"a.example.com\", \"*.*.example.com\"], cert = \"/x.pem\", key = \"/x.key\" },\n]\n".into(), 4, "invalid server name \"*.*.example.com\""),
         // 93: an upstream CA file that cannot be read
         ("[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\ntls = true\nca = \"/nonexistent/ca.pem\"\n".into(), 1, "cannot read certificate \"/nonexistent/ca.pem\""),
+        // 94: a gRPC fallback status that is no code's name
+        (format!("{UP}[[routes]]\nname = \"r\"\nupstream = \"a\"\nfallback = {{ grpc_status = \"GONE\" }}\n"), 6, "unknown gRPC status \"GONE\""),
     ]
 }
 

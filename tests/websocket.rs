@@ -4,36 +4,11 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
-/// A `python3` running one of tests/py's scripts, with the `websockets` package on its path.
-fn python(script: &str) -> Command {
-    let root = env!("CARGO_MANIFEST_DIR");
-    let mut cmd = Command::new("python3");
-    cmd.arg(format!("{root}/tests/py/{script}"))
-        .env("PYTHONPATH", format!("{root}/target/py"));
-    cmd
-}
 
 /// The echo server on a free port, once it accepts connections.
 fn ws_echo() -> (Proc, u16) {
     let port = free_port();
-    let mut child = python("ws_echo.py")
-        .arg(port.to_string())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(
-        line.trim(),
-        "listening",
-        "the websockets package is in target/py"
-    );
-    (Proc(child), port)
+    (python_server("ws_echo.py", &[&port.to_string()]), port)
 }
 
 /// Send messages of the given sizes on one tunnel; what the client printed.

@@ -26,6 +26,8 @@ pub struct RouteConfig {
     pub rewrite: Option<RewriteConfig>,
     #[serde(default)]
     pub preserve_host: bool,
+    /// The whole request's deadline, across retries.
+    pub timeout: Option<ConfTimeout>,
     /// Names of `[policies.NAME]`, run in order after the global ones.
     #[serde(default)]
     pub policies: Vec<Spanned<String>>,
@@ -76,7 +78,7 @@ fn default_aggregate_max_body() -> ConfSize {
     ConfSize(1 << 20)
 }
 
-/// `fallback = { status, body, content_type, headers }`.
+/// `fallback = { status, body, content_type, headers, grpc_status, grpc_message }`.
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FallbackConfig {
@@ -87,6 +89,11 @@ pub struct FallbackConfig {
     pub content_type: Option<String>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// What a gRPC call gets instead, by name (`"UNAVAILABLE"`); default: the code `status`
+    /// maps to.
+    pub grpc_status: Option<Spanned<String>>,
+    /// The gRPC call's `grpc-message`; default: `body`.
+    pub grpc_message: Option<String>,
 }
 
 fn default_fallback_status() -> Spanned<u16> {

@@ -69,6 +69,11 @@ pub struct Context {
     pub identity: Identity,
     /// Outcomes for the access log (`auth_failed`, `rate_limited`, `throttled`).
     pub notes: Vec<&'static str>,
+    /// A gRPC call (`content-type: application/grpc*`): the gateway's own answers are
+    /// trailers-only gRPC responses.
+    pub grpc: bool,
+    /// The call's `grpc-status`, once known (a gRPC call only).
+    pub grpc_status: Option<crate::grpc::Code>,
     /// Filters' own per-request state, by type.
     pub state: State,
     /// A reply a filter asked for after the request went upstream (a body filter's 413); the

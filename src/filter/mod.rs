@@ -21,6 +21,7 @@ mod context;
 pub use context::Context;
 
 use crate::error::GatewayError;
+use crate::grpc::Code;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
@@ -58,6 +59,8 @@ pub enum Body {
     /// A body the gateway put together in place of a target's (an aggregate's answer): the
     /// route's upstream-response filters see it as they would a target's response.
     Composed(Bytes),
+    /// A gRPC status and its `grpc-message`, for a gRPC call: a gRPC route's `fallback`.
+    Grpc(Code, HeaderValue),
 }
 
 impl Reply {

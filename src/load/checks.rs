@@ -8,6 +8,7 @@ use crate::config::{
     parse_cidr, resolve, Balancer, Config, ConfigError, HealthCheckKind, Located, PathSpec,
     RouteConfig, UpstreamConfig, MAX_RETRIES, MAX_WEIGHT,
 };
+use crate::grpc::Code;
 use crate::policy::basic_auth::bcrypt_cost;
 use crate::policy::Policies;
 use std::collections::HashSet;
@@ -435,6 +436,17 @@ fn check_route(
             "fallback header",
             errors,
         );
+        if let Some(code) = &fallback.grpc_status {
+            if Code::named(code.get_ref()).is_none() {
+                errors.push(ConfigError::at(
+                    code.span(),
+                    format!(
+                        "unknown gRPC status {:?}: expected a name such as \"UNAVAILABLE\"",
+                        code.get_ref()
+                    ),
+                ));
+            }
+        }
         if let Some(ct) = &fallback.content_type {
             if http::HeaderValue::from_str(ct).is_err() {
                 errors.push(ConfigError::at(

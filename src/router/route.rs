@@ -3,6 +3,7 @@
 use crate::aggregate::Aggregate;
 use crate::config::RouteConfig;
 use crate::filter::{Body, Chain, Reply};
+use crate::grpc::{self, Code};
 use crate::metrics::RouteMetrics;
 use crate::policy::{self, Compiled};
 use crate::upstream::Upstream;
@@ -23,6 +24,8 @@ pub struct Route {
     pub strip_prefix: bool,
     pub rewrite: Option<Rewrite>,
     pub preserve_host: bool,
+    /// The whole request's deadline (`timeout`).
+    pub timeout: Option<std::time::Duration>,
     /// Empty: any method.
     pub(super) methods: Box<[Method]>,
     /// `methods` as an `Allow` value, for a 405.
@@ -30,7 +33,7 @@ pub struct Route {
     pub(super) headers: Box<[(HeaderName, HeaderValue)]>,
     pub(super) priority: i32,
     /// The answer when no target can take the request (`fallback`).
-    fallback: Option<Responder>,
+    fallback: Option<Fallback>,
 }
 
 pub enum Action {
@@ -54,6 +57,12 @@ impl Responder {
             headers: self.headers.to_vec(),
         }
     }
+}
+
+/// A route's `fallback`: a fixed answer, or a gRPC status and message for a gRPC call.
+struct Fallback {
+    http: Responder,
+    grpc: (Code, HeaderValue),
 }
 
 /// How a request's path matched its route.
@@ -154,6 +163,7 @@ impl Route {
             strip_prefix: config.strip_prefix,
             rewrite,
             preserve_host: config.preserve_host,
+            timeout: config.timeout.map(|t| t.0),
             methods,
             allow,
             headers: header_pairs(&config.headers)?,
@@ -165,10 +175,22 @@ impl Route {
                         let value = HeaderValue::from_str(ct).map_err(|e| e.to_string())?;
                         headers.push((http::header::CONTENT_TYPE, value));
                     }
-                    Some(Responder {
-                        status: *f.status.get_ref(),
-                        headers: headers.into(),
-                        body: Bytes::from(f.body.clone()),
+                    let status = *f.status.get_ref();
+                    let code = f
+                        .grpc_status
+                        .as_ref()
+                        .and_then(|c| Code::named(c.get_ref()));
+                    let message = f.grpc_message.as_deref().unwrap_or(&f.body);
+                    Some(Fallback {
+                        http: Responder {
+                            status,
+                            headers: headers.into(),
+                            body: Bytes::from(f.body.clone()),
+                        },
+                        grpc: (
+                            code.unwrap_or(Code::of_http(status)),
+                            grpc::message(message),
+                        ),
                     })
                 }
                 None => None,
@@ -177,17 +199,23 @@ impl Route {
     }
 
     /// What the client gets when the upstream cannot take its request: the route's
-    /// `fallback`, else `503 upstream_unavailable`.
-    pub fn unavailable(&self) -> Reply {
-        match &self.fallback {
-            Some(f) => f.reply(),
-            None => Reply::error(crate::error::UPSTREAM_UNAVAILABLE),
-        }
+    /// `fallback`, else `503 upstream_unavailable`. `grpc`: the request is a gRPC call.
+    pub fn unavailable(&self, grpc: bool) -> Reply {
+        self.fallback(grpc)
+            .unwrap_or_else(|| Reply::error(crate::error::UPSTREAM_UNAVAILABLE))
     }
 
     /// The `fallback` for a request whose last attempt could not connect, if the route has one.
-    pub fn fallback(&self) -> Option<Reply> {
-        self.fallback.as_ref().map(Responder::reply)
+    pub fn fallback(&self, grpc: bool) -> Option<Reply> {
+        let f = self.fallback.as_ref()?;
+        Some(match grpc {
+            false => f.http.reply(),
+            true => Reply {
+                status: f.http.status,
+                body: Body::Grpc(f.grpc.0, f.grpc.1.clone()),
+                headers: Vec::new(),
+            },
+        })
     }
 
     /// The request's headers carry every value this route requires.

@@ -9,6 +9,7 @@
 //! unless it is idempotent, and after a backoff with jitter ([`Attempts::backoff`]).
 
 use super::{InflightGuard, PoolSlot, Target, Upstream};
+use crate::grpc::Code;
 use pingora::upstreams::peer::HttpPeer;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,6 +25,9 @@ pub enum Outcome {
     Timeout,
     /// The target answered with this status.
     Status(u16),
+    /// The target ended a gRPC call with this `grpc-status`, under an HTTP 200 (in a
+    /// trailers-only answer's headers, or in the trailers).
+    Grpc(Code),
     /// Connected, then the exchange broke (reset, a malformed response).
     Broken,
     /// The request ended before the target answered, for a reason not the target's (the
@@ -67,6 +71,9 @@ impl AttemptObserver for DurationMetric {
 struct Current {
     guard: InflightGuard,
     started: Instant,
+    /// From picking the target to its response header, when the outcome waits for the
+    /// trailers (a gRPC call's status).
+    answered: Option<Duration>,
     reported: bool,
 }
 
@@ -119,6 +126,7 @@ impl Attempts {
         self.current = Some(Current {
             guard: target.acquire(),
             started: Instant::now(),
+            answered: None,
             reported: false,
         });
         Ok(peer)
@@ -151,14 +159,26 @@ impl Attempts {
         current.reported = true;
         let attempt = Attempt {
             outcome,
-            took: current.started.elapsed(),
+            took: current
+                .answered
+                .unwrap_or_else(|| current.started.elapsed()),
         };
-        if matches!(outcome, Outcome::Status(_)) {
+        if matches!(outcome, Outcome::Status(_) | Outcome::Grpc(_)) {
             self.took = Some(attempt.took);
         }
         let target = current.guard.target();
         for observer in upstream.observers.iter() {
             observer.observe(upstream, target, &attempt);
+        }
+    }
+
+    /// The current attempt's response header arrived, but its outcome comes with the trailers
+    /// (a gRPC call's status): its time is taken now, its report comes later.
+    pub fn answered(&mut self) {
+        if let Some(current) = self.current.as_mut().filter(|c| !c.reported) {
+            let took = current.started.elapsed();
+            current.answered = Some(took);
+            self.took = Some(took);
         }
     }
 
@@ -177,9 +197,12 @@ impl Attempts {
             Outcome::Status(502) if replayable => "status_502",
             Outcome::Status(503) if replayable => "status_503",
             Outcome::Status(504) if replayable => "status_504",
-            Outcome::Status(_) | Outcome::Timeout | Outcome::Broken | Outcome::Abandoned => {
-                return false
-            }
+            Outcome::Grpc(Code::UNAVAILABLE) if replayable => "grpc_unavailable",
+            Outcome::Status(_)
+            | Outcome::Grpc(_)
+            | Outcome::Timeout
+            | Outcome::Broken
+            | Outcome::Abandoned => return false,
         };
         if !upstream.withdraw() {
             return false;

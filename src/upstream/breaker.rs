@@ -281,6 +281,7 @@ fn failed(outcome: Outcome) -> Option<bool> {
     match outcome {
         Outcome::Connect { .. } | Outcome::Timeout | Outcome::Broken => Some(true),
         Outcome::Status(status) => Some(status >= 500),
+        Outcome::Grpc(code) => Some(code.is_failure()),
         Outcome::Abandoned => None,
     }
 }

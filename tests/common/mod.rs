@@ -40,13 +40,23 @@ pub fn scratch() -> PathBuf {
     dir
 }
 
-/// A loopback port nothing listens on right now.
+/// A loopback port nothing listens on right now, and never handed out before in this test
+/// process: the tests of one binary run at once, and a port one of them holds free for a while
+/// (a Redis Cluster started later) must not go to another's server meanwhile.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A running echo upstream.
@@ -89,6 +99,35 @@ pub fn wait_for_port(port: u16) {
         assert!(Instant::now() < deadline, "nothing listens on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A `python3` running one of tests/py's scripts, with the packages `make test` installs
+/// under target/py (`websockets`, `grpcio`, `grpcio-tools`) on its path.
+pub fn python(script: &str) -> Command {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut cmd = Command::new("python3");
+    cmd.arg(format!("{root}/tests/py/{script}"))
+        .env("PYTHONPATH", format!("{root}/target/py"));
+    cmd
+}
+
+/// A server from tests/py (it takes its port first), once it printed `listening`.
+pub fn python_server(script: &str, args: &[&str]) -> Proc {
+    let mut child = python(script)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(
+        line.trim(),
+        "listening",
+        "{script} did not start: are its packages in target/py?"
+    );
+    Proc(child)
 }
 
 /// A running gateway.

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub body_transforms_skipped: IntCounterVec,
     pub blocked_requests: IntCounterVec,
     pub grpc_requests: IntCounterVec,
+    pub websocket_open: IntGaugeVec,
+    pub websocket_total: IntCounterVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -179,6 +181,22 @@ impl Metrics {
                 )
                 .expect("valid gauge"),
             ),
+            websocket_open: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "pylon_websocket_connections",
+                        "Upgraded (WebSocket) tunnels open now, by route",
+                    ),
+                    &["route"],
+                )
+                .expect("valid gauge"),
+            ),
+            websocket_total: counters(
+                "pylon_websocket_connections_total",
+                "Upgraded (WebSocket) tunnels opened, by route",
+                &["route"],
+            ),
             access_log_dropped: register(
                 &registry,
                 IntCounter::new(
@@ -297,6 +315,8 @@ pub struct RouteMetrics {
     consumer_count: usize,
     /// gRPC calls by code, allocated on the route's first gRPC call.
     grpc: OnceLock<Box<[OnceLock<IntCounter>; grpc::CODES]>>,
+    /// Tunnels open now and opened, resolved on the route's first.
+    tunnels: OnceLock<(IntGauge, IntCounter)>,
 }
 
 impl RouteMetrics {
@@ -312,6 +332,7 @@ impl RouteMetrics {
             consumers: OnceLock::new(),
             consumer_count: consumers,
             grpc: OnceLock::new(),
+            tunnels: OnceLock::new(),
         }
     }
 
@@ -387,6 +408,20 @@ impl RouteMetrics {
             .inc();
     }
 
+    /// Count a tunnel (a `101` to an upgrade) as open until the guard drops, and as opened.
+    pub fn tunnel(self: &Arc<Self>) -> OpenTunnel {
+        let (open, total) = self.tunnels.get_or_init(|| {
+            let route = [&*self.name];
+            (
+                METRICS.websocket_open.with_label_values(&route),
+                METRICS.websocket_total.with_label_values(&route),
+            )
+        });
+        open.inc();
+        total.inc();
+        OpenTunnel(Arc::clone(self))
+    }
+
     /// Count a request in progress until the guard drops.
     pub fn enter(self: &Arc<Self>) -> InflightRoute {
         self.inflight.inc();
@@ -399,6 +434,17 @@ pub struct InflightRoute(Arc<RouteMetrics>);
 impl Drop for InflightRoute {
     fn drop(&mut self) {
         self.0.inflight.dec();
+    }
+}
+
+/// An open tunnel in `pylon_websocket_connections` until dropped.
+pub struct OpenTunnel(Arc<RouteMetrics>);
+
+impl Drop for OpenTunnel {
+    fn drop(&mut self) {
+        if let Some((open, _)) = self.0.tunnels.get() {
+            open.dec();
+        }
     }
 }
 

@@ -10,7 +10,7 @@ use crate::grpc::{self, Code, GRPC_TIMEOUT};
 use crate::held_body::HeldBody;
 use crate::ids::{RequestId, TraceContext};
 use crate::keepalive;
-use crate::metrics::{self, InflightRoute, RouteMetrics};
+use crate::metrics::{self, InflightRoute, OpenTunnel, RouteMetrics};
 use crate::plumbing;
 use crate::reply;
 use crate::router::{Action, Lookup, Matched, Route};
@@ -60,6 +60,8 @@ pub struct RequestCtx {
     attempts: Attempts,
     /// Counts the request in `pylon_inflight_requests{route}` until dropped.
     route_inflight: Option<InflightRoute>,
+    /// Counts an upgraded tunnel in `pylon_websocket_connections{route}` until dropped.
+    tunnel: Option<OpenTunnel>,
     /// The body, or its start, read before the upstream (routes whose filters hold bodies).
     held: Option<HeldBody>,
     /// A body filter refused the request while its body was arriving.
@@ -118,6 +120,7 @@ impl ProxyHttp for Gateway {
             matched: Matched::default(),
             attempts: Attempts::default(),
             route_inflight: None,
+            tunnel: None,
             held: None,
             body_refused: false,
         })
@@ -521,6 +524,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
             keepalive::tunnel(session.as_downstream_mut());
+            ctx.tunnel = ctx.route.as_ref().map(|r| r.metrics.tunnel());
         } else if !reply::interim(upstream_response) {
             keepalive::before_answer(session.as_downstream_mut());
         }

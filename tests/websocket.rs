@@ -4,6 +4,7 @@
 
 mod common;
 use common::*;
+use std::time::Duration;
 
 /// The echo server on a free port, once it accepts connections.
 fn ws_echo() -> (Proc, u16) {
@@ -62,4 +63,55 @@ fn a_tunnel_quiet_longer_than_the_body_timeout_stays_open() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains("message 2: 10 bytes echoed"), "{said}");
+}
+
+#[test]
+fn a_tunnel_is_counted_while_open_and_logged_once_when_it_closes() {
+    let (_server, port) = ws_echo();
+    let admin = free_port();
+    let log = scratch().join("access.log");
+    let gw = gateway(&format!(
+        "[log]\naccess_log = \"{}\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\
+         [upstreams.ws]\ntargets = [\"127.0.0.1:{port}\"]\n\n[[routes]]\nname = \"ws\"\nupstream = \"ws\"\n",
+        log.display()
+    ));
+    wait_for_port(admin);
+    let mut client = python("ws_client.py")
+        .arg(format!("ws://127.0.0.1:{}/ws", gw.port))
+        .args(["1000", "pause:1.5", "2000"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let open = || metric(admin, "pylon_websocket_connections{route=\"ws\"}");
+    wait_until(Duration::from_secs(5), "the tunnel counted as open", || {
+        open() == 1.0
+    });
+    assert!(client.wait().unwrap().success());
+    wait_until(
+        Duration::from_secs(2),
+        "the tunnel counted as closed",
+        || open() == 0.0,
+    );
+    assert_eq!(
+        metric(admin, "pylon_websocket_connections_total{route=\"ws\"}"),
+        1.0
+    );
+    // One line, written when the tunnel closed: its whole life and the bytes each way.
+    let tunnels = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["status"] == 101)
+            .collect()
+    };
+    wait_until(Duration::from_secs(2), "the tunnel's log line", || {
+        !tunnels().is_empty()
+    });
+    let lines = tunnels();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let line = &lines[0];
+    assert!(line["duration_ms"].as_f64().unwrap() >= 1500.0, "{line}");
+    assert!(line["bytes_in"].as_u64().unwrap() >= 3000, "{line}");
+    assert!(line["bytes_out"].as_u64().unwrap() >= 3000, "{line}");
 }

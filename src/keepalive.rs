@@ -141,7 +141,7 @@ pub fn head_checked() -> bool {
 
 /// The connection becomes a tunnel (a `101` to an upgrade): its bytes are no request body, so
 /// the body deadline no longer bounds a pause between them; a quiet WebSocket stays open (the
-/// upstream's `read_timeout` still ends one whose upstream goes quiet).
+/// upstream's `tunnel_idle_timeout` ends one whose target goes quiet).
 pub fn tunnel(session: &mut ServerSession) {
     session.set_read_timeout(None);
 }

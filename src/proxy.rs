@@ -56,6 +56,8 @@ pub struct RequestCtx {
     route: Option<Arc<Route>>,
     /// The whole request's deadline, if its route or its gRPC call set one.
     deadline: Option<Deadline>,
+    /// An HTTP/1.1 upgrade request (a WebSocket): its target reads wait `tunnel_idle_timeout`.
+    upgrade: bool,
     matched: Matched,
     attempts: Attempts,
     /// Counts the request in `pylon_inflight_requests{route}` until dropped.
@@ -117,6 +119,7 @@ impl ProxyHttp for Gateway {
             snapshot: None,
             route: None,
             deadline: None,
+            upgrade: false,
             matched: Matched::default(),
             attempts: Attempts::default(),
             route_inflight: None,
@@ -179,11 +182,13 @@ impl ProxyHttp for Gateway {
         ctx.snapshot = Some(snapshot);
         ctx.route_inflight = Some(route.metrics.enter());
         ctx.cx.route = Some(Arc::clone(&route.name));
-        let grpc_timeout = ctx
-            .cx
-            .grpc
-            .then(|| session.req_header().headers.get(GRPC_TIMEOUT));
-        ctx.deadline = Deadline::of(ctx.started, route.timeout, grpc_timeout.flatten());
+        // A tunnel lives as long as it is used: no deadline for an upgrade request.
+        ctx.upgrade = session.is_upgrade_req();
+        if !ctx.upgrade {
+            let headers = &session.req_header().headers;
+            let grpc_timeout = ctx.cx.grpc.then(|| headers.get(GRPC_TIMEOUT)).flatten();
+            ctx.deadline = Deadline::of(ctx.started, route.timeout, grpc_timeout);
+        }
         ctx.route = Some(route);
         if let Some(route) = ctx.route_with(Phases::REQUEST) {
             if let Err(reply) = route.chain.request(session.req_header(), &mut ctx.cx).await {
@@ -270,6 +275,7 @@ impl ProxyHttp for Gateway {
             route,
             attempts,
             deadline,
+            upgrade,
             ..
         } = &mut **ctx;
         let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) else {
@@ -295,6 +301,10 @@ impl ProxyHttp for Gateway {
             Ok(mut peer) => {
                 if let Some(left) = left {
                     deadline::bound(&mut peer, left);
+                }
+                if *upgrade {
+                    // Pingora reads a tunnel's target with the attempt's read timeout.
+                    peer.options.read_timeout = Some(upstream.tunnel_idle);
                 }
                 Ok(peer)
             }

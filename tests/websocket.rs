@@ -115,3 +115,43 @@ fn a_tunnel_is_counted_while_open_and_logged_once_when_it_closes() {
     assert!(line["bytes_in"].as_u64().unwrap() >= 3000, "{line}");
     assert!(line["bytes_out"].as_u64().unwrap() >= 3000, "{line}");
 }
+
+#[test]
+fn a_tunnel_outlives_read_timeout_and_ends_after_tunnel_idle_timeout() {
+    let (_server, port) = ws_echo();
+    let log = scratch().join("access.log");
+    let gw = gateway(&format!(
+        "[log]\naccess_log = \"{}\"\n[upstreams.ws]\ntargets = [\"127.0.0.1:{port}\"]\n\
+         read_timeout = \"1s\"\ntunnel_idle_timeout = \"3s\"\n\n[[routes]]\nname = \"ws\"\nupstream = \"ws\"\n",
+        log.display()
+    ));
+    // Quiet for twice `read_timeout`: kept.
+    let said = client(&gw, &["10", "pause:2", "10"]);
+    assert!(said.trim_end().ends_with("ok"), "{said}");
+    // Quiet past `tunnel_idle_timeout`: closed by the gateway, so the client's next message
+    // finds no tunnel.
+    let out = python("ws_client.py")
+        .arg(format!("ws://127.0.0.1:{}/ws", gw.port))
+        .args(["10", "pause:4.5", "10"])
+        .output()
+        .expect("python3");
+    assert!(!out.status.success(), "the idle tunnel was not closed");
+    // Its log line says when: at the idle timeout, not when the client next spoke.
+    let durations = || -> Vec<f64> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|l| l["status"] == 101)
+            .filter_map(|l| l["duration_ms"].as_f64())
+            .collect()
+    };
+    wait_until(Duration::from_secs(2), "both tunnels' log lines", || {
+        durations().len() == 2
+    });
+    let closed = durations()[1];
+    assert!(
+        (3000.0..4000.0).contains(&closed),
+        "closed after {closed} ms"
+    );
+}

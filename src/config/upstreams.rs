@@ -23,6 +23,10 @@ pub struct UpstreamConfig {
     pub write_timeout: ConfTimeout,
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: ConfTimeout,
+    /// How long a WebSocket (upgraded) connection's target may send nothing; its 101 is waited
+    /// for as long.
+    #[serde(default = "default_tunnel_idle_timeout")]
+    pub tunnel_idle_timeout: ConfTimeout,
     #[serde(default = "default_retries")]
     pub retries: usize,
     #[serde(default)]
@@ -188,6 +192,10 @@ fn default_connect_timeout() -> ConfTimeout {
 fn default_read_timeout() -> ConfTimeout {
     ConfTimeout(Duration::from_secs(60))
 }
+fn default_tunnel_idle_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(3600))
+}
+
 fn default_idle_timeout() -> ConfTimeout {
     ConfTimeout(Duration::from_secs(60))
 }

@@ -110,6 +110,8 @@ pub struct Upstream {
     pub hash_on: Option<HashOn>,
     /// Extra attempts after the first (connect failures; 502/503/504 for idempotent methods).
     pub retries: usize,
+    /// The read timeout of an upgrade request's attempts (`tunnel_idle_timeout`).
+    pub tunnel_idle: std::time::Duration,
     pub health_check: Option<HealthCheckConfig>,
     /// The check of static targets; discovered ones get one per name they are known by.
     check: Option<Arc<dyn HealthCheck + Send + Sync>>,
@@ -232,6 +234,7 @@ impl Upstream {
                 _ => None,
             },
             retries: config.retries,
+            tunnel_idle: config.tunnel_idle_timeout.0,
             health_check: config.health_check.clone(),
             check: config
                 .health_check

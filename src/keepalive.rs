@@ -27,6 +27,7 @@
 //! protocols go to Pingora's own loop unchanged.
 
 use crate::conn_cap::ConnectionCap;
+use crate::connection::{Shared, Watched};
 use crate::head::{self, Verdict};
 use crate::metrics::METRICS;
 use crate::pipeline;
@@ -69,6 +70,9 @@ pub struct Timeouts {
     pub header: Duration,
     /// Between two reads of a request body.
     pub body: Duration,
+    /// From the start of a shutdown to the end of its grace period, when open tunnels are
+    /// closed (`server.grace_period`).
+    pub grace: Duration,
 }
 
 /// An HTTP application served through the lean keep-alive loop.
@@ -110,8 +114,13 @@ impl<A> KeepAlive<A> {
 
 tokio::task_local! {
     /// What is known of the request being served: whether its whole header has been read (set
-    /// by the proxy's first hook), and whether `head.rs` checked it whole.
-    static REQUEST: Cell<Seen>;
+    /// by the proxy's first hook), and whether `head.rs` checked it whole; and its connection.
+    static REQUEST: Request;
+}
+
+struct Request {
+    seen: Cell<Seen>,
+    connection: Arc<Shared>,
 }
 
 #[derive(Clone, Copy)]
@@ -123,10 +132,10 @@ struct Seen {
 /// The request header is complete: the header deadline no longer applies to this request.
 /// (Outside this loop, for TLS and HTTP/2, it does nothing.)
 pub fn header_read() {
-    let _ = REQUEST.try_with(|seen| {
-        seen.set(Seen {
+    let _ = REQUEST.try_with(|r| {
+        r.seen.set(Seen {
             header_read: true,
-            ..seen.get()
+            ..r.seen.get()
         })
     });
 }
@@ -135,15 +144,17 @@ pub fn header_read() {
 /// HTTP/1 head longer than the loop reads.
 pub fn head_checked() -> bool {
     REQUEST
-        .try_with(|seen| seen.get().head_checked)
+        .try_with(|r| r.seen.get().head_checked)
         .unwrap_or(false)
 }
 
 /// The connection becomes a tunnel (a `101` to an upgrade): its bytes are no request body, so
 /// the body deadline no longer bounds a pause between them; a quiet WebSocket stays open (the
-/// upstream's `tunnel_idle_timeout` ends one whose target goes quiet).
+/// upstream's `tunnel_idle_timeout` ends one whose target goes quiet). At shutdown it is closed
+/// with a close frame (`connection.rs`).
 pub fn tunnel(session: &mut ServerSession) {
     session.set_read_timeout(None);
+    let _ = REQUEST.try_with(|r| r.connection.tunnel.store(true, Ordering::Relaxed));
 }
 
 /// A body was refused while it arrived, and Pingora will close the connection: read and drop
@@ -178,7 +189,7 @@ pub fn before_answer(session: &mut ServerSession) {
 /// Fires at `deadline` when the request header has not been read by then; never otherwise.
 async fn slow_header(deadline: Pin<&mut Sleep>) {
     deadline.await;
-    if REQUEST.with(|seen| seen.get().header_read) {
+    if REQUEST.with(|r| r.seen.get().header_read) {
         std::future::pending::<()>().await;
     }
 }
@@ -230,7 +241,7 @@ where
         }
         // Counted from here on: whether Pingora read from the connection while it served a
         // request tells whether it may hold a pipelined request's bytes.
-        let (mut stream, read) = pipeline::Watched::wrap(stream);
+        let (mut stream, connection) = Watched::wrap(stream, shutdown, self.timeouts.grace);
         let idle_secs = self.timeouts.idle.as_secs().max(1);
         // Requests this connection may still serve after the next one (Pingora's count).
         let mut reuses = options.and_then(|o| o.keepalive_request_limit);
@@ -274,15 +285,19 @@ where
             // Exactly one request in the bytes handed over: Pingora is left none of them.
             let exact = matches!(verdict, Verdict::Fine(Some(n)) if n == first.len());
             session.set_pipelined_prefix(first);
-            read.store(0, Ordering::Relaxed);
+            connection.read.store(0, Ordering::Relaxed);
             let serve = self.app.process_new_http(session, shutdown);
             let deadline = idle.as_mut();
             let seen = Seen {
                 header_read: false,
                 head_checked: matches!(verdict, Verdict::Fine(_)),
             };
+            let request = Request {
+                seen: Cell::new(seen),
+                connection: Arc::clone(&connection),
+            };
             let reused = REQUEST
-                .scope(Cell::new(seen), async move {
+                .scope(request, async move {
                     tokio::select! {
                         biased;
                         reused = serve => reused,
@@ -296,7 +311,7 @@ where
             // The next request may be here already, read with this one: then there is nothing
             // to wait for (its client waits for the answers). Pingora can hold such bytes only
             // if it was handed more than the request, or read from the connection itself.
-            let may_hold = !exact || read.load(Ordering::Relaxed) > 0;
+            let may_hold = !exact || connection.read.load(Ordering::Relaxed) > 0;
             let pipelined = settings.as_ref().filter(|_| may_hold);
             if let Some(pipelined) = pipelined.and_then(pipeline::prefix) {
                 first = pipelined;

@@ -140,6 +140,7 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pyl
             idle: config.server.keepalive_timeout.get_ref().0,
             header: config.server.header_timeout.0,
             body: config.server.body_timeout.0,
+            grace: config.server.grace_period.0,
         },
         ConnectionCap::new(
             config.server.max_connections_per_ip.get(),

@@ -155,3 +155,32 @@ fn a_tunnel_outlives_read_timeout_and_ends_after_tunnel_idle_timeout() {
         "closed after {closed} ms"
     );
 }
+
+#[test]
+fn open_tunnels_get_a_going_away_close_frame_when_the_grace_period_ends() {
+    let (_server, port) = ws_echo();
+    let gw = gateway_to(port, "");
+    let mut client = python("ws_client.py")
+        .arg(format!("ws://127.0.0.1:{}/ws", gw.port))
+        .args(["100", "close"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert!(line.contains("100 bytes echoed"), "{line}");
+    // Shutting down: after the grace period (the harness's 1s) the open tunnel is closed with
+    // 1001, going away, rather than dropped.
+    let start = std::time::Instant::now();
+    gw.signal("TERM");
+    line.clear();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "closed 1001");
+    let took = start.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "closed after {took:?}"
+    );
+    assert!(client.wait().unwrap().success());
+}

@@ -526,6 +526,18 @@ impl ProxyHttp for Gateway {
         Ok(())
     }
 
+    async fn response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Box<RequestCtx>,
+    ) -> Result<Option<Bytes>> {
+        Ok(match ctx.route_with(Phases::RESPONSE_TRAILERS) {
+            Some(route) => route.chain.response_trailers(trailers, &mut ctx.cx),
+            None => None,
+        })
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,

@@ -336,3 +336,122 @@ fn deadlines_end_slow_calls_and_reach_the_target_as_the_time_left() {
     );
     assert!((300..=500).contains(&left(&r)), "{r}");
 }
+
+/// `Msg { text, count, fail }` as protobuf bytes, in a gRPC frame.
+fn msg_frame(text: &str, count: u8, fail: u8) -> Vec<u8> {
+    let mut m = vec![0x0a, text.len() as u8];
+    m.extend_from_slice(text.as_bytes());
+    if count > 0 {
+        m.extend_from_slice(&[0x10, count]);
+    }
+    if fail > 0 {
+        m.extend_from_slice(&[0x20, fail]);
+    }
+    let mut f = vec![0];
+    f.extend_from_slice(&(m.len() as u32).to_be_bytes());
+    f.extend(m);
+    f
+}
+
+/// The frames of a gRPC-Web body: (flag, payload).
+fn frames(mut body: &[u8]) -> Vec<(u8, Vec<u8>)> {
+    let mut out = Vec::new();
+    while body.len() >= 5 {
+        let len = u32::from_be_bytes([body[1], body[2], body[3], body[4]]) as usize;
+        out.push((body[0], body[5..5 + len].to_vec()));
+        body = &body[5 + len..];
+    }
+    assert!(body.is_empty(), "a partial frame: {body:?}");
+    out
+}
+
+/// A gRPC-Web call over HTTP/1.1, as a browser on another origin makes it: the response's
+/// headers (in lower case) and body.
+fn grpc_web(port: u16, method: &str, content_type: &str, body: &[u8]) -> (String, Vec<u8>) {
+    let dir = scratch();
+    std::fs::write(dir.join("req"), body).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--http1.1", "-D", "-", "-o"])
+        .arg(dir.join("resp"))
+        .args(["-H", &format!("content-type: {content_type}")])
+        .args(["-H", "x-grpc-web: 1", "-H", "origin: https://app.example"])
+        .arg("--data-binary")
+        .arg(format!("@{}", dir.join("req").display()))
+        .arg(format!("http://127.0.0.1:{port}/echo.v1.Echo/{method}"))
+        .output()
+        .expect("curl");
+    let headers = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    (headers, std::fs::read(dir.join("resp")).unwrap_or_default())
+}
+
+#[test]
+fn grpc_web_calls_in_binary_and_text_reach_a_grpc_server() {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let (_server, port) = grpc_server("s1", &[]);
+    let gw = gateway(&format!(
+        "{}[[routes]]\nname = \"web\"\npaths = [\"/echo.v1.Echo/\"]\nupstream = \"echo\"\npolicies = [\"web\", \"cors\"]\n\
+         [policies.web]\nkind = \"grpc_web\"\n\
+         [policies.cors]\nkind = \"cors\"\nallow_origins = [\"https://app.example\"]\nexpose_headers = [\"x-request-id\"]\n",
+        pool("echo", &[format!("127.0.0.1:{port}")], "")
+    ));
+    // Binary: the message, then the trailers as a frame flagged 0x80.
+    let (headers, body) = grpc_web(
+        gw.port,
+        "Unary",
+        "application/grpc-web+proto",
+        &msg_frame("hi", 0, 0),
+    );
+    assert!(headers.starts_with("http/1.1 200"), "{headers}");
+    assert!(
+        headers.contains("content-type: application/grpc-web+proto"),
+        "{headers}"
+    );
+    // The browser may read the status: CORS exposes it beside what it was told to.
+    assert!(
+        headers.contains("access-control-expose-headers: x-request-id, grpc-status, grpc-message"),
+        "{headers}"
+    );
+    let got = frames(&body);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0].0, 0);
+    assert!(String::from_utf8_lossy(&got[0].1).contains("s1|hi|"));
+    assert_eq!(got[1].0, 0x80);
+    assert!(String::from_utf8_lossy(&got[1].1).contains("grpc-status: 0\r\n"));
+    // Text: base64 both ways, a server stream streamed.
+    let (headers, body) = grpc_web(
+        gw.port,
+        "ServerStream",
+        "application/grpc-web-text",
+        b64.encode(msg_frame("t", 3, 0)).as_bytes(),
+    );
+    assert!(
+        headers.contains("content-type: application/grpc-web-text+proto"),
+        "{headers}"
+    );
+    let got = frames(&b64.decode(&body).unwrap());
+    let texts: Vec<String> = got
+        .iter()
+        .map(|(_, m)| String::from_utf8_lossy(m).into_owned())
+        .collect();
+    assert_eq!(got.len(), 4, "{texts:?}");
+    for (i, t) in texts[..3].iter().enumerate() {
+        assert!(t.contains(&format!("s1|t-{i}")), "{t}");
+    }
+    assert_eq!(got[3].0, 0x80);
+    // A call the server fails: its status in the answer's header (trailers-only).
+    let (headers, _) = grpc_web(
+        gw.port,
+        "Unary",
+        "application/grpc-web+proto",
+        &msg_frame("x", 0, 5),
+    );
+    assert!(headers.contains("grpc-status: 5"), "{headers}");
+    assert!(
+        headers.contains("content-type: application/grpc-web+proto"),
+        "{headers}"
+    );
+    // The gateway's own answer, likewise.
+    let (headers, _) = grpc_web(gw.port, "Nope", "application/grpc-web", b"");
+    assert!(headers.contains("grpc-status: 12"), "{headers}");
+}

@@ -14,7 +14,9 @@
 //! 5. [`Filter::response`]: the response header about to be sent to the client, for proxied
 //!    responses *and* for the gateway's own ([`crate::reply`]): errors, fixed answers.
 //! 6. [`Filter::response_body`]: each chunk of the response body to the client.
-//! 7. [`Filter::log`]: the request is over.
+//! 7. [`Filter::response_trailers`]: the target's trailers, which a filter may turn into the
+//!    body's last bytes (gRPC-Web).
+//! 8. [`Filter::log`]: the request is over.
 
 mod context;
 
@@ -24,7 +26,7 @@ use crate::error::GatewayError;
 use crate::grpc::Code;
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
 
@@ -39,6 +41,7 @@ bitflags::bitflags! {
         const RESPONSE = 1 << 4;
         const RESPONSE_BODY = 1 << 5;
         const LOG = 1 << 6;
+        const RESPONSE_TRAILERS = 1 << 7;
     }
 }
 
@@ -163,6 +166,12 @@ pub trait Filter: Send + Sync {
     }
 
     /// The request is over; `status` is what the client got (499: it went away first).
+    /// The target's trailers, before they go to the client. `Some`: bytes written as the end
+    /// of the body instead, and the trailers not sent (gRPC-Web's trailer frame).
+    fn response_trailers(&self, _trailers: &HeaderMap, _cx: &mut Context) -> Option<Bytes> {
+        None
+    }
+
     fn log(&self, _cx: &Context, _status: u16) {}
 }
 
@@ -177,6 +186,7 @@ pub struct Chain {
     upstream_response: List,
     response: List,
     response_body: List,
+    response_trailers: List,
     log: List,
     /// The most of a request body any filter holds (`Filter::holds_body`).
     holds: usize,
@@ -198,6 +208,7 @@ impl Chain {
             upstream_response: phase(Phases::UPSTREAM_RESPONSE),
             response: phase(Phases::RESPONSE),
             response_body: phase(Phases::RESPONSE_BODY),
+            response_trailers: phase(Phases::RESPONSE_TRAILERS),
             log: phase(Phases::LOG),
             holds: filters.iter().map(|f| f.holds_body()).max().unwrap_or(0),
         }
@@ -218,6 +229,7 @@ impl Chain {
             Phases::UPSTREAM_RESPONSE => &self.upstream_response,
             Phases::RESPONSE => &self.response,
             Phases::RESPONSE_BODY => &self.response_body,
+            Phases::RESPONSE_TRAILERS => &self.response_trailers,
             Phases::LOG => &self.log,
             _ => return false,
         };
@@ -283,6 +295,13 @@ impl Chain {
         self.response_body
             .iter()
             .try_for_each(|f| f.response_body(body, end, cx))
+    }
+
+    /// The first filter's bytes to end the body with in place of `trailers`, if one has them.
+    pub fn response_trailers(&self, trailers: &HeaderMap, cx: &mut Context) -> Option<Bytes> {
+        self.response_trailers
+            .iter()
+            .find_map(|f| f.response_trailers(trailers, cx))
     }
 
     pub fn log(&self, cx: &Context, status: u16) {

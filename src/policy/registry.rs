@@ -17,6 +17,7 @@ pub const KINDS: &[Kind] = &[
     super::request_limits::KIND,
     super::waf::KIND,
     super::compression::KIND,
+    super::grpc_web::KIND,
     super::transform::REQUEST,
     super::transform::RESPONSE,
 ];

@@ -61,7 +61,16 @@ $(PY_MARK): Makefile $(TEST_MARK)
 	@PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --upgrade --target target/py websockets grpcio grpcio-tools
 	@touch $@
 
-test: deps $(TEST_MARK) $(PY_MARK)
+# npm packages the browser tests bundle into their pages (Google's gRPC-Web client, esbuild),
+# kept under target/. npm comes with Node.js where Node.js came from its own packages.
+NODE_MARK := target/node/.installed
+
+$(NODE_MARK): Makefile $(TEST_MARK)
+	@command -v npm >/dev/null || .ci/apt-ensure nodejs npm
+	@npm install --silent --no-audit --no-fund --prefix target/node grpc-web@1.5.0 esbuild@0.28.2
+	@touch $@
+
+test: deps $(TEST_MARK) $(PY_MARK) $(NODE_MARK)
 	$(CARGO) test --all-targets
 
 # Side by side with nginx and haproxy on pinned cores; prints RESULT lines (docs/performance.md).

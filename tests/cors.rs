@@ -5,11 +5,8 @@
 //! from another.
 
 mod common;
+use common::browser::{chromium, Pages};
 use common::*;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
-use std::sync::{mpsc, Arc, OnceLock};
 use std::time::Duration;
 
 const KEY: &str = "cors-test-key";
@@ -214,47 +211,6 @@ fn the_gateways_own_errors_carry_cors_headers() {
     );
 }
 
-/// A page server for the browser: `/page` is the test page (fetching from the gateway whose
-/// address is set in the returned cell once it runs), `/report?r=...` what the page found.
-fn page_server() -> (u16, mpsc::Receiver<String>, Arc<OnceLock<String>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::channel();
-    let gateway_url = Arc::new(OnceLock::new());
-    let url = Arc::clone(&gateway_url);
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { continue };
-            let mut line = String::new();
-            let mut reader = BufReader::new(stream.try_clone().unwrap());
-            if reader.read_line(&mut line).is_err() {
-                continue;
-            }
-            loop {
-                let mut h = String::new();
-                if reader.read_line(&mut h).is_err() || h == "\r\n" || h.is_empty() {
-                    break;
-                }
-            }
-            let target = line.split(' ').nth(1).unwrap_or("/").to_string();
-            let (ty, body) = if let Some(q) = target.strip_prefix("/report?") {
-                if let Some((_, r)) = form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "r") {
-                    let _ = tx.send(r.into_owned());
-                }
-                ("text/plain", String::new())
-            } else {
-                ("text/html", page(url.get().map_or("", String::as_str)))
-            };
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\ncontent-type: {ty}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    (port, rx, gateway_url)
-}
-
 fn page(gateway_url: &str) -> String {
     format!(
         r#"<!doctype html><html><body><script>
@@ -271,42 +227,19 @@ fetch('{gateway_url}/api/data', {{
     )
 }
 
-/// Headless Chromium showing `url` until dropped.
-fn chromium(url: &str) -> Proc {
-    let profile = scratch();
-    let child = Command::new("chromium")
-        .args([
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--disable-dev-shm-usage",
-        ])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .arg(url)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromium (make test installs it)");
-    Proc(child)
-}
-
 #[test]
 fn a_browser_fetch_is_allowed_from_one_origin_and_blocked_from_another() {
     let e = echo("e", &[]);
-    let (port, reports, gateway_url) = page_server();
-    let allowed = format!("http://127.0.0.1:{port}");
+    let pages = Pages::start();
+    let (port, allowed) = (pages.port, pages.origin());
     let gw = gateway(&config(&e, &allowed));
-    gateway_url.set(gw.url("")).unwrap();
+    pages.put("/page", "text/html", page(&gw.url("")));
 
     // What the page at `url` reports, with the browser closed again.
     let visit = |url: String| {
         let _browser = chromium(&url);
-        reports
+        pages
+            .reports
             .recv_timeout(Duration::from_secs(60))
             .unwrap_or_else(|_| panic!("{url} reported nothing"))
     };

@@ -455,3 +455,56 @@ fn grpc_web_calls_in_binary_and_text_reach_a_grpc_server() {
     let (headers, _) = grpc_web(gw.port, "Nope", "application/grpc-web", b"");
     assert!(headers.contains("grpc-status: 12"), "{headers}");
 }
+
+#[test]
+fn a_browser_calls_a_grpc_server_in_binary_and_text_grpc_web_across_origins() {
+    use common::browser::{chromium, Pages};
+    let root = env!("CARGO_MANIFEST_DIR");
+    // The page's client: Google's grpc-web from npm (under target/node), bundled by esbuild.
+    let bundle = scratch().join("bundle.js");
+    let built = std::process::Command::new(format!("{root}/target/node/node_modules/.bin/esbuild"))
+        .arg(format!("{root}/tests/web/grpc_web.js"))
+        .args(["--bundle", "--format=iife", "--global-name=GrpcWebTest"])
+        .arg(format!("--outfile={}", bundle.display()))
+        .env("NODE_PATH", format!("{root}/target/node/node_modules"))
+        .output()
+        .expect("esbuild (make test installs it under target/node)");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let (_server, port) = grpc_server("s1", &[]);
+    let pages = Pages::start();
+    let gw = gateway(&format!(
+        "{}[[routes]]\nname = \"web\"\npaths = [\"/echo.v1.Echo/\"]\nupstream = \"echo\"\npolicies = [\"web\", \"cors\"]\n\
+         [policies.web]\nkind = \"grpc_web\"\n\
+         [policies.cors]\nkind = \"cors\"\nallow_origins = [\"{}\"]\n",
+        pool("echo", &[format!("127.0.0.1:{port}")], ""),
+        pages.origin()
+    ));
+    pages.put(
+        "/bundle.js",
+        "text/javascript",
+        std::fs::read(&bundle).unwrap(),
+    );
+    pages.put(
+        "/",
+        "text/html",
+        format!(
+            "<!doctype html><html><body><script src=\"/bundle.js\"></script><script>\n\
+             GrpcWebTest.runAll('{}').then(r => fetch('/report?r=' + encodeURIComponent(r)));\n\
+             </script></body></html>",
+            gw.url("")
+        ),
+    );
+    let _browser = chromium(&format!("{}/", pages.origin()));
+    let report = pages
+        .reports
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the page reported nothing");
+    assert_eq!(
+        report,
+        "binary:unary=s1|hi;stream=3;fail=5:s1 failed as asked|text:unary=s1|hi;stream=3;fail=5:s1 failed as asked"
+    );
+}

@@ -1,6 +1,7 @@
 //! Test harness: real `pylon` and `echo` processes on loopback ports, spoken to over real HTTP.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod pki;
 pub mod raw;
 pub mod recorder;

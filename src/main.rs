@@ -27,11 +27,30 @@ struct Cli {
     daemon: bool,
 }
 
+/// Every connection, client's or target's, is a file descriptor: take as many as the system
+/// lets this process have. The systemd unit sets a high limit; started by hand, the soft limit
+/// is often 1,024, which 500 proxied WebSocket tunnels would use up.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: both calls only read or write the local struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn main() -> ExitCode {
     // logrotate's SIGUSR1 is caught by a background service once the server runs; until then
     // its default action would end the process (seen when it came right after start).
     // SAFETY: setting a signal's disposition to "ignore" runs no handler code.
     unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
+    raise_fd_limit();
     let cli = Cli::parse();
     let checked = match load::load(&cli.conf) {
         Ok(c) => c,

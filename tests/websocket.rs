@@ -12,6 +12,22 @@ fn ws_echo() -> (Proc, u16) {
     (python_server("ws_echo.py", &[&port.to_string()]), port)
 }
 
+/// A client script started, and what it prints, line by line.
+fn running(
+    mut cmd: std::process::Command,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+) {
+    use std::io::BufRead;
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    (child, out.lines())
+}
+
 /// Send messages of the given sizes on one tunnel; what the client printed.
 fn client(gw: &Gateway, sizes: &[&str]) -> String {
     let out = python("ws_client.py")
@@ -160,22 +176,17 @@ fn a_tunnel_outlives_read_timeout_and_ends_after_tunnel_idle_timeout() {
 fn open_tunnels_get_a_going_away_close_frame_when_the_grace_period_ends() {
     let (_server, port) = ws_echo();
     let gw = gateway_to(port, "");
-    let mut client = python("ws_client.py")
-        .arg(format!("ws://127.0.0.1:{}/ws", gw.port))
-        .args(["100", "close"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut out = std::io::BufReader::new(client.stdout.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let mut cmd = python("ws_client.py");
+    cmd.arg(format!("ws://127.0.0.1:{}/ws", gw.port))
+        .args(["100", "close"]);
+    let (mut client, mut lines) = running(cmd);
+    let line = lines.next().unwrap().unwrap();
     assert!(line.contains("100 bytes echoed"), "{line}");
     // Shutting down: after the grace period (the harness's 1s) the open tunnel is closed with
     // 1001, going away, rather than dropped.
     let start = std::time::Instant::now();
     gw.signal("TERM");
-    line.clear();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    let line = lines.next().unwrap().unwrap();
     assert_eq!(line.trim(), "closed 1001");
     let took = start.elapsed();
     assert!(
@@ -183,4 +194,38 @@ fn open_tunnels_get_a_going_away_close_frame_when_the_grace_period_ends() {
         "closed after {took:?}"
     );
     assert!(client.wait().unwrap().success());
+}
+
+#[test]
+fn a_thousand_tunnels_stay_open_at_once() {
+    let (_server, port) = ws_echo();
+    let admin = free_port();
+    let gw = gateway_with_server(
+        "max_connections_per_ip = 1100\n",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[upstreams.ws]\ntargets = [\"127.0.0.1:{port}\"]\n\n[[routes]]\nname = \"ws\"\nupstream = \"ws\"\n"
+        ),
+    );
+    wait_for_port(admin);
+    let mut cmd = python("ws_many.py");
+    cmd.arg(format!("ws://127.0.0.1:{}/ws", gw.port))
+        .arg("1000")
+        .stdin(std::process::Stdio::piped());
+    let (mut client, mut lines) = running(cmd);
+    let line = lines.next().unwrap().unwrap();
+    // Every tunnel opened and echoed its own message, and all are open now.
+    assert_eq!(line.trim(), "holding 1000");
+    assert_eq!(
+        metric(admin, "pylon_websocket_connections{route=\"ws\"}"),
+        1000.0
+    );
+    drop(client.stdin.take());
+    let line = lines.next().unwrap().unwrap();
+    assert_eq!(line.trim(), "closed");
+    assert!(client.wait().unwrap().success());
+    wait_until(
+        Duration::from_secs(5),
+        "every tunnel counted as closed",
+        || metric(admin, "pylon_websocket_connections{route=\"ws\"}") == 0.0,
+    );
 }

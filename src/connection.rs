@@ -4,7 +4,8 @@
 //! so that when the server shuts down it can close the tunnel with a close frame, 1001 going
 //! away, between two frames (`tunnel.rs`), rather than drop it. Pingora signals the shutdown
 //! as its grace period starts and drops what is still open when it ends; the close goes out
-//! at the end, so a tunnel may finish on its own meanwhile.
+//! just before the end (a tenth of the grace period, at most a second), so a tunnel may finish
+//! on its own meanwhile.
 //!
 //! The close goes out from the read side: a tunnel is always being read (Pingora relays both
 //! ways), so the read that finds the server shutting down writes the frame, then ends the
@@ -97,7 +98,9 @@ impl Watched {
                             break;
                         }
                     }
-                    tokio::time::sleep(grace).await;
+                    // Pingora stops polling what is still open as the grace period ends:
+                    // close a tenth of it (at most a second) earlier, so the frame goes out.
+                    tokio::time::sleep(grace - (grace / 10).min(Duration::from_secs(1))).await;
                 }))
             });
             let down = down.get_mut().unwrap_or_else(|e| e.into_inner());

@@ -17,8 +17,8 @@ TEST_MARK := target/.apt-test-installed
 # Python packages the tests run (the WebSocket client and server; gRPC client and server, and
 # grpcio-tools' protoc for their stubs), kept under target/.
 PY_MARK := target/py/.installed
-# What `make bench` compares against and loads with.
-BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind openssl modsecurity-crs python3-pip
+# What `make bench` compares against and loads with (nghttp2-client: h2load, for gRPC).
+BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind openssl modsecurity-crs python3-pip nghttp2-client
 APT_MARK := target/.apt-installed
 BENCH_MARK := target/.apt-bench-installed
 

@@ -12,9 +12,10 @@ breaker, max_inflight and slow start on the target against pylon without), trans
 with a header transform, a 1 KiB JSON edit, 10 KiB gzip, each beside the same route without),
 latency
 (fixed arrival rate at 50% of nginx's peak, corrected for coordinated omission), connections
-(idle keep-alive connections: memory per connection), large (1 MiB responses), instructions
-(user-space instructions per request under callgrind: the same count on a quiet or a busy
-machine).
+(idle keep-alive connections: memory per connection), large (1 MiB responses), grpc (unary
+gRPC calls over h2c through Pylon beside nginx's grpc_pass, to one gRPC upstream: an nginx
+answering a fixed message with its trailers), instructions (user-space instructions per request
+under callgrind: the same count on a quiet or a busy machine).
 """
 
 import asyncio
@@ -47,7 +48,7 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 if FD_LIMIT == resource.RLIM_INFINITY:
     FD_LIMIT = 1 << 20
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,tls,latency,saturation,cpu,connections,large,instructions").split(",")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,tls,latency,saturation,cpu,connections,large,grpc,instructions").split(",")
 # The `cpu` scenario's fixed rate, the same for every proxy.
 CPU_RATE = int(os.environ.get("BENCH_CPU_RATE", "8000"))
 # The light row of `latency`.
@@ -60,7 +61,14 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 
 UPSTREAM = 18000
 REDIS = 18010
-PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004, "pingora": 18007, "caddy": 18009}
+PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004, "pingora": 18007, "caddy": 18009,
+         "nginx-grpc": 18021}
+# The `grpc` scenario's upstream (h2c), and the call every request makes: echo.v1.Echo/Unary
+# of tests/py/echo.proto, `Msg { text: "hi" }` up and `Msg { text: "ok" }` down.
+GRPC_UPSTREAM = 18020
+GRPC_PATH = "/echo.v1.Echo/Unary"
+GRPC_REQUEST = b"\x00\x00\x00\x00\x04\x0a\x02hi"
+GRPC_ANSWER = b"\x00\x00\x00\x00\x04\x0a\x02ok"
 # TLS listeners of the same processes, with one certificate (the `tls` scenario).
 TLS_PORTS = {"nginx-tls": 18005, "haproxy-tls": 18008, "pylon-tls": 18006}
 # Another Pylon binary (an earlier build) to measure beside this one in `plain` and `policies`:
@@ -272,6 +280,18 @@ upstream = "backend"
 policies = ["waf-crs"]
 """
 
+# The `grpc` scenario's route on Pylon's plain listener (which speaks h2c too).
+GRPC_ROUTE = """
+[upstreams.grpc]
+targets = ["127.0.0.1:%d"]
+h2 = true
+
+[[routes]]
+name = "grpc"
+paths = ["/echo.v1.Echo/"]
+upstream = "grpc"
+"""
+
 # The `transforms` runs: path and headers of each.
 TRANSFORM_RUNS = {
     "pylon": ("/", ()),
@@ -324,6 +344,10 @@ def configs(tmp):
         f.write(os.urandom(1 << 20))
     write(os.path.join(tmp, "www", "json.json"), JSON_1K)
     write(os.path.join(tmp, "www", "text.txt"), TEXT_10K)
+    with open(os.path.join(tmp, "www", "grpc.bin"), "wb") as f:
+        f.write(GRPC_ANSWER)
+    with open(os.path.join(tmp, "grpc-request.bin"), "wb") as f:
+        f.write(GRPC_REQUEST)
     write(os.path.join(tmp, "upstream.conf"), f"""
 worker_processes 1; daemon off; pid {tmp}/upstream.pid; error_log /dev/null;
 events {{ worker_connections 4000; }}
@@ -337,6 +361,17 @@ http {{
     location /text {{ root {tmp}/www; default_type text/plain; try_files /text.txt =404; }}
     location / {{ return 200 "ok\\n"; }}
   }}
+  # A gRPC server over h2c: every call answered with one message and `grpc-status: 0` (a POST
+  # to a static file is a 405 to nginx, turned into the file).
+  server {{
+    listen 127.0.0.1:{GRPC_UPSTREAM} http2 backlog=4096;
+    location / {{
+      root {tmp}/www; default_type application/grpc;
+      add_trailer grpc-status 0 always;
+      error_page 405 =200 /grpc.bin;
+      try_files /grpc.bin =404;
+    }}
+  }}
 }}
 """)
     write(os.path.join(tmp, "nginx.conf"), f"""
@@ -346,6 +381,11 @@ worker_rlimit_nofile {FD_LIMIT};
 http {{
   access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
   upstream backend {{ server 127.0.0.1:{UPSTREAM}; keepalive 64; }}
+  upstream grpc_backend {{ server 127.0.0.1:{GRPC_UPSTREAM}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx-grpc']} http2 backlog=4096;
+    location / {{ grpc_pass grpc://grpc_backend; }}
+  }}
   server {{
     listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
     location / {{
@@ -450,7 +490,7 @@ targets = ["127.0.0.1:%d"]
 name = "resilient"
 paths = ["/resilient/"]
 upstream = "resilient"
-""" % (REDIS, UPSTREAM, RESILIENCE) + TRANSFORMS + CRS_ROUTE)
+""" % (REDIS, UPSTREAM, RESILIENCE) + TRANSFORMS + CRS_ROUTE + GRPC_ROUTE % GRPC_UPSTREAM)
     write(os.path.join(tmp, "nginx-callgrind.conf"), f"""
 master_process off; daemon off; pid {tmp}/nginx-callgrind.pid; error_log /dev/null;
 events {{ worker_connections 1000; }}
@@ -548,6 +588,24 @@ def wrk(port, path="/", connections=32, headers=(), scheme="http"):
     if errors or sock:
         print(f"  warning: port {port}: {errors.group(0) if errors else ''} {sock.group(0) if sock else ''}", flush=True)
     return {"rps": rps, "p50_ms": p50, "p99_ms": p99}
+
+
+def h2load(port, request, path=GRPC_PATH, clients=32, streams=8):
+    """Unary gRPC calls over h2c, each sending the file `request`: `clients` connections with
+    `streams` calls in flight each."""
+    out = subprocess.run(pinned(LOAD_CPU, ["h2load", f"-t{THREADS}", f"-c{clients}", f"-m{streams}",
+                                           f"-D{DURATION}", "-H", "content-type: application/grpc",
+                                           "-H", "te: trailers", "-d", request,
+                                           f"http://127.0.0.1:{port}{path}"]),
+                         capture_output=True, text=True)
+    out = out.stdout + out.stderr
+    rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    done = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded, (\d+) failed, (\d+) errored", out)
+    if not rate or not done:
+        raise RuntimeError(f"h2load against port {port} failed:\n{out}")
+    if int(done.group(2)) or int(done.group(3)):
+        print(f"  warning: port {port}: {done.group(0)}", flush=True)
+    return {"rps": float(rate.group(1))}
 
 
 def steal_ticks():
@@ -731,7 +789,7 @@ PIDS = {}
 
 
 def main():
-    for tool in ["nginx", "haproxy", "wrk", "taskset", "redis-server", "valgrind"]:
+    for tool in ["nginx", "haproxy", "wrk", "h2load", "taskset", "redis-server", "valgrind"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing (make bench installs it)")
     if not CADDY:
@@ -844,6 +902,12 @@ def main():
                 r = wrk(PORTS[p], "/large", connections=8)
                 return {"rps": r["rps"], "mib_per_s": r["rps"], "p99_ms": r["p99_ms"]}
             report("large", alternate(three, large))
+        if "grpc" in SCENARIOS:
+            print("## grpc: unary gRPC calls over h2c (h2load, 32 connections x 8 streams) to one gRPC upstream: nginx's grpc_pass beside Pylon", flush=True)
+            runs = {"nginx-grpc": PORTS["nginx-grpc"], "pylon-grpc": PORTS["pylon"]}
+            PIDS["nginx-grpc"], PIDS["pylon-grpc"] = PIDS["nginx"], PIDS["pylon"]
+            request = f"{tmp}/grpc-request.bin"
+            report("grpc", alternate(list(runs), lambda p: h2load(runs[p], request)), reference="nginx-grpc")
         if "instructions" in SCENARIOS:
             print("## instructions: user-space instructions per request under callgrind (2,000 and 8,000 requests)", flush=True)
             argv = {

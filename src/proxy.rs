@@ -17,7 +17,7 @@ use crate::router::{Action, Lookup, Matched, Route};
 use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::telemetry::Telemetry;
 use crate::upgrade::Lifecycle;
-use crate::upstream::{Attempts, Outcome};
+use crate::upstream::{Attempts, Outcome, Replay};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -99,10 +99,13 @@ fn peer_ip(session: &Session) -> Option<std::net::IpAddr> {
     session.client_addr()?.as_inet().map(|a| a.ip())
 }
 
-/// Whether a failed attempt can be sent again: an idempotent method, and a body (if any) still
-/// whole in Pingora's retry buffer.
-fn replayable(session: &Session) -> bool {
-    session.req_header().method.is_idempotent() && !session.as_ref().retry_buffer_truncated()
+/// What makes the request safe to send again: its method, and its body still whole in
+/// Pingora's retry buffer.
+fn replay(session: &Session) -> Replay {
+    Replay {
+        idempotent: session.req_header().method.is_idempotent(),
+        body_whole: !session.as_ref().retry_buffer_truncated(),
+    }
 }
 
 #[async_trait]
@@ -344,7 +347,7 @@ impl ProxyHttp for Gateway {
                 attempts.report(upstream, outcome);
                 if outcome == Outcome::Abandoned {
                     cx.pending = Some(Reply::error(error::UPSTREAM_TIMEOUT));
-                } else if attempts.may_retry(upstream, outcome, true) {
+                } else if attempts.may_retry(upstream, outcome, || Replay::ALWAYS) {
                     e.set_retry(true);
                 } else {
                     cx.pending = route.fallback(cx.grpc);
@@ -386,7 +389,8 @@ impl ProxyHttp for Gateway {
         // saw, a gRPC call's body whole) stands.
         let decided = matches!(e.etype(), ErrorType::HTTPStatus(_)) && e.retry();
         let mut e = e.more_context(format!("Peer: {peer}"));
-        match (decided, replayable(session)) {
+        let r = replay(session);
+        match (decided, r.idempotent && r.body_whole) {
             (true, _) => {}
             (false, true) => {
                 e.retry.decide_reuse(client_reused);
@@ -455,29 +459,19 @@ impl ProxyHttp for Gateway {
             // In the headers of a trailers-only answer; else it comes in the trailers.
             cx.grpc_status = Code::of_headers(&upstream_response.headers);
         }
-        let outcome = match cx.grpc_status {
-            Some(code) if status == 200 => Outcome::Grpc(code),
-            None if cx.grpc && status == 200 => {
-                // Reported with the trailers (`upstream_response_trailer_filter`).
-                attempts.answered();
-                return Ok(());
-            }
-            _ => Outcome::Status(status),
-        };
-        attempts.report(upstream, outcome);
-        if matches!(outcome, Outcome::Status(502..=504) | Outcome::Grpc(_)) {
-            // A gRPC call answered `UNAVAILABLE` was not taken: only its body must replay.
-            let replay = match outcome {
-                Outcome::Grpc(_) => !session.as_ref().retry_buffer_truncated(),
-                _ => replayable(session),
-            };
-            if attempts.may_retry(upstream, outcome, replay) {
-                // The client has seen nothing yet: Pingora turns the error into a retry and
-                // calls `upstream_peer` again.
-                let status = if status == 200 { 503 } else { status };
-                let mut e = Error::explain(HTTPStatus(status), "retryable upstream answer");
-                e.set_retry(true);
-                return Err(e);
+        match Outcome::of_answer(status, cx.grpc, cx.grpc_status) {
+            // Reported with the trailers (`upstream_response_trailer_filter`).
+            None => attempts.answered(),
+            Some(outcome) => {
+                attempts.report(upstream, outcome);
+                if attempts.may_retry(upstream, outcome, || replay(session)) {
+                    // The client has seen nothing yet: Pingora turns the error into a retry
+                    // and calls `upstream_peer` again.
+                    let status = if status == 200 { 503 } else { status };
+                    let mut e = Error::explain(HTTPStatus(status), "retryable upstream answer");
+                    e.set_retry(true);
+                    return Err(e);
+                }
             }
         }
         match ctx.route_with(Phases::UPSTREAM_RESPONSE) {

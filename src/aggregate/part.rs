@@ -1,7 +1,7 @@
 //! One part's call: over its upstream's own selection, breakers, in-flight cap, retry rules and
 //! peer options, exactly as a proxied request's attempts, through Pingora's HTTP connector.
 
-use crate::upstream::{Attempts, Outcome, Upstream};
+use crate::upstream::{Attempts, Outcome, Replay, Upstream};
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
@@ -184,7 +184,7 @@ async fn attempt(
             }
         };
         // A part is a GET: safe to send again wherever the proxy would.
-        if !attempts.may_retry(upstream, outcome, true) {
+        if !attempts.may_retry(upstream, outcome, || Replay::ALWAYS) {
             return Err(failure);
         }
     }

@@ -35,6 +35,36 @@ pub enum Outcome {
     Abandoned,
 }
 
+impl Outcome {
+    /// What an answer's header says: its status, or, for a gRPC call answered 200, the
+    /// `grpc-status` of a trailers-only answer. `None`: a gRPC call whose status is still to
+    /// come, in the trailers.
+    pub fn of_answer(status: u16, grpc: bool, grpc_status: Option<Code>) -> Option<Outcome> {
+        match (status, grpc, grpc_status) {
+            (200, _, Some(code)) => Some(Outcome::Grpc(code)),
+            (200, true, None) => None,
+            _ => Some(Outcome::Status(status)),
+        }
+    }
+}
+
+/// What makes a request safe to send again once a target answered it.
+#[derive(Debug, Clone, Copy)]
+pub struct Replay {
+    /// The method says the request can be repeated (GET, PUT, ...).
+    pub idempotent: bool,
+    /// The body, if any, is still whole in the retry buffer.
+    pub body_whole: bool,
+}
+
+impl Replay {
+    /// A request that can always be sent again (an aggregate's GET part).
+    pub const ALWAYS: Replay = Replay {
+        idempotent: true,
+        body_whole: true,
+    };
+}
+
 /// One ended attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Attempt {
@@ -182,10 +212,15 @@ impl Attempts {
         }
     }
 
-    /// Whether the request may go to another attempt after `outcome`. `replayable`: the method
-    /// is idempotent and the body, if any, is still whole in the retry buffer. A retry this
-    /// allows is taken from the pool's budget and counted.
-    pub fn may_retry(&self, upstream: &Upstream, outcome: Outcome, replayable: bool) -> bool {
+    /// Whether the request may go to another attempt after `outcome`; `replay` is asked only
+    /// for an answer that could be retried. A retry this allows is taken from the pool's budget
+    /// and counted.
+    pub fn may_retry(
+        &self,
+        upstream: &Upstream,
+        outcome: Outcome,
+        replay: impl FnOnce() -> Replay,
+    ) -> bool {
         if self.count > upstream.retries {
             return false;
         }
@@ -193,11 +228,21 @@ impl Attempts {
             // The target saw nothing: safe for every method.
             Outcome::Connect { timeout: false } => "connect_error",
             Outcome::Connect { timeout: true } => "connect_timeout",
-            // The client has seen nothing yet: another target may answer better.
-            Outcome::Status(502) if replayable => "status_502",
-            Outcome::Status(503) if replayable => "status_503",
-            Outcome::Status(504) if replayable => "status_504",
-            Outcome::Grpc(Code::UNAVAILABLE) if replayable => "grpc_unavailable",
+            // The client has seen nothing yet: another target may answer better, if the
+            // target may not have acted on the request.
+            Outcome::Status(status @ 502..=504) => match replay() {
+                Replay {
+                    idempotent: true,
+                    body_whole: true,
+                } => match status {
+                    502 => "status_502",
+                    503 => "status_503",
+                    _ => "status_504",
+                },
+                _ => return false,
+            },
+            // A gRPC server that says UNAVAILABLE did not take the call: any call may go on.
+            Outcome::Grpc(Code::UNAVAILABLE) if replay().body_whole => "grpc_unavailable",
             Outcome::Status(_)
             | Outcome::Grpc(_)
             | Outcome::Timeout
@@ -260,7 +305,12 @@ mod tests {
         let first = attempts.target().unwrap().label.to_string();
         attempts.report(&pool, Outcome::Connect { timeout: false });
         attempts.report(&pool, Outcome::Broken);
-        assert!(attempts.may_retry(&pool, Outcome::Connect { timeout: false }, false));
+        assert!(
+            attempts.may_retry(&pool, Outcome::Connect { timeout: false }, || Replay {
+                idempotent: false,
+                body_whole: false
+            })
+        );
         attempts.pick(&pool, b"").unwrap();
         let second = attempts.target().unwrap().label.to_string();
         assert_ne!(first, second, "a retry goes to another target");
@@ -281,13 +331,19 @@ mod tests {
         let (pool, _) = pool(1);
         let mut attempts = Attempts::default();
         attempts.pick(&pool, b"").unwrap();
-        assert!(attempts.may_retry(&pool, Outcome::Status(502), true));
-        assert!(!attempts.may_retry(&pool, Outcome::Status(502), false));
-        assert!(!attempts.may_retry(&pool, Outcome::Status(500), true));
-        assert!(!attempts.may_retry(&pool, Outcome::Timeout, true));
+        assert!(attempts.may_retry(&pool, Outcome::Status(502), || Replay::ALWAYS));
+        let post = || Replay {
+            idempotent: false,
+            body_whole: true,
+        };
+        assert!(!attempts.may_retry(&pool, Outcome::Status(502), post));
+        assert!(attempts.may_retry(&pool, Outcome::Grpc(Code::UNAVAILABLE), post));
+        assert!(!attempts.may_retry(&pool, Outcome::Grpc(Code::INTERNAL), post));
+        assert!(!attempts.may_retry(&pool, Outcome::Status(500), || Replay::ALWAYS));
+        assert!(!attempts.may_retry(&pool, Outcome::Timeout, || Replay::ALWAYS));
         attempts.pick(&pool, b"").unwrap();
         // Out of retries.
-        assert!(!attempts.may_retry(&pool, Outcome::Connect { timeout: true }, true));
+        assert!(!attempts.may_retry(&pool, Outcome::Connect { timeout: true }, || Replay::ALWAYS));
     }
 
     #[test]
@@ -327,6 +383,10 @@ mod tests {
         assert!(waits.iter().all(|w| *w <= Duration::from_millis(25)));
         assert!(waits.iter().any(|w| *w > Duration::from_millis(10)));
         // An empty budget refuses a retry the rules would allow.
-        assert!(!attempts.may_retry(&pool, Outcome::Connect { timeout: false }, true));
+        assert!(
+            !attempts.may_retry(&pool, Outcome::Connect { timeout: false }, || {
+                Replay::ALWAYS
+            })
+        );
     }
 }

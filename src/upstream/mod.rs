@@ -26,7 +26,7 @@ mod supervisor;
 mod target;
 mod window;
 
-pub use attempt::{Attempt, AttemptObserver, Attempts, Outcome, Unavailable};
+pub use attempt::{Attempt, AttemptObserver, Attempts, Outcome, Replay, Unavailable};
 pub use hash_on::HashOn;
 pub use health::Health;
 pub use least_requests::LeastRequests;

@@ -134,7 +134,7 @@ fn sigusr1_right_after_start_is_harmless() {
         std::thread::sleep(Duration::from_micros(200));
     }
     let mut sent = 0;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !listening(port) {
         assert!(
             child.0.try_wait().unwrap().is_none(),
             "SIGUSR1 during start-up ended the process"

@@ -96,10 +96,18 @@ pub fn echo_on(listen: &str, name: &str, args: &[&str]) -> Echo {
 /// Wait until something accepts connections on a loopback port.
 pub fn wait_for_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !listening(port) {
         assert!(Instant::now() < deadline, "nothing listens on {port}");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether something listens on the loopback `port`. A connection whose own port is `port` is
+/// no answer: with nothing listening, Linux may pick the target port as the client's ephemeral
+/// port and connect the socket to itself (TCP simultaneous open).
+pub fn listening(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port))
+        .is_ok_and(|s| s.local_addr().is_ok_and(|a| a.port() != port))
 }
 
 /// A `python3` running one of tests/py's scripts, with the packages `make test` installs

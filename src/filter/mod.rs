@@ -400,4 +400,35 @@ mod tests {
         assert_eq!(b.calls.load(Ordering::Relaxed), 1);
         assert_eq!(resp.headers.get("x-probe").unwrap(), "1");
     }
+
+    /// Turns the trailers into bytes saying how many there were.
+    struct Framer(&'static str);
+
+    #[async_trait]
+    impl Filter for Framer {
+        fn phases(&self) -> Phases {
+            Phases::RESPONSE_TRAILERS
+        }
+
+        fn response_trailers(&self, trailers: &HeaderMap, _cx: &mut Context) -> Option<Bytes> {
+            Some(Bytes::from(format!("{} {}", self.0, trailers.len())))
+        }
+    }
+
+    #[test]
+    fn the_first_filter_with_bytes_for_the_trailers_has_them() {
+        let mut cx = Context::default();
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        assert_eq!(Chain::new(&[]).response_trailers(&trailers, &mut cx), None);
+        let plain = probe(Phases::RESPONSE);
+        let chain = Chain::new(&[
+            plain as Arc<dyn Filter>,
+            Arc::new(Framer("first")),
+            Arc::new(Framer("second")),
+        ]);
+        assert!(chain.has(Phases::RESPONSE_TRAILERS));
+        let bytes = chain.response_trailers(&trailers, &mut cx);
+        assert_eq!(bytes.as_deref(), Some(&b"first 1"[..]));
+    }
 }

@@ -10,7 +10,8 @@
 use crate::grpc;
 use http::HeaderValue;
 use pingora::upstreams::peer::HttpPeer;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Deadline(Instant);
@@ -19,7 +20,7 @@ impl Deadline {
     /// The deadline of a request that arrived at `started`: the route's `timeout`, and the
     /// call's `grpc-timeout` (a gRPC call's only; one that does not parse is ignored).
     pub fn of(
-        started: Instant,
+        started: std::time::Instant,
         route: Option<Duration>,
         grpc_timeout: Option<&HeaderValue>,
     ) -> Option<Deadline> {
@@ -28,7 +29,8 @@ impl Deadline {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
         };
-        Some(Deadline(started + within))
+        // Tokio's clock, which the unit tests can pause; the same as the system's otherwise.
+        Some(Deadline(Instant::from_std(started) + within))
     }
 
     /// The time left; `None` once it has passed.
@@ -42,8 +44,31 @@ impl Deadline {
     }
 }
 
-/// Cut an attempt's timeouts to `left`, the time its request has left.
-pub fn bound(peer: &mut HttpPeer, left: Duration) {
+/// The deadline passed: no attempt may start.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Passed;
+
+/// Before an attempt: wait out its backoff (`wait`, cut to the time left), then the time the
+/// request has left (`None` without a deadline).
+pub async fn before_attempt(
+    deadline: Option<Deadline>,
+    wait: Option<Duration>,
+) -> Result<Option<Duration>, Passed> {
+    if let Some(wait) = wait {
+        let left = deadline.and_then(|d| d.left());
+        tokio::time::sleep(left.map_or(wait, |l| wait.min(l))).await;
+    }
+    match deadline {
+        None => Ok(None),
+        Some(d) => d.left().map(Some).ok_or(Passed),
+    }
+}
+
+/// Cut an attempt's timeouts to `left`, the time its request has left, if it has a deadline.
+pub fn bound(peer: &mut HttpPeer, left: Option<Duration>) {
+    let Some(left) = left else {
+        return;
+    };
     let o = &mut peer.options;
     for t in [
         &mut o.connection_timeout,
@@ -61,9 +86,9 @@ mod tests {
 
     #[test]
     fn the_tighter_of_the_two() {
-        let now = Instant::now();
+        let now = std::time::Instant::now();
         let grpc = HeaderValue::from_static("200m");
-        let d = |route, grpc| Deadline::of(now, route, grpc).map(|d| d.0 - now);
+        let d = |route, grpc| Deadline::of(now, route, grpc).map(|d| d.0 - Instant::from_std(now));
         assert_eq!(d(None, None), None);
         assert_eq!(
             d(Some(Duration::from_secs(1)), None),
@@ -88,7 +113,7 @@ mod tests {
         let mut peer = HttpPeer::new("127.0.0.1:1", false, String::new());
         peer.options.read_timeout = Some(Duration::from_secs(30));
         peer.options.connection_timeout = Some(Duration::from_millis(100));
-        bound(&mut peer, Duration::from_millis(500));
+        bound(&mut peer, Some(Duration::from_millis(500)));
         assert_eq!(peer.options.read_timeout, Some(Duration::from_millis(500)));
         assert_eq!(peer.options.write_timeout, Some(Duration::from_millis(500)));
         assert_eq!(
@@ -97,5 +122,15 @@ mod tests {
         );
         assert!(!Deadline(Instant::now() + Duration::from_secs(5)).passed());
         assert!(Deadline(Instant::now()).passed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_backoff_never_outlasts_the_deadline() {
+        let d = Deadline(Instant::now() + Duration::from_millis(300));
+        let start = Instant::now();
+        let left = before_attempt(Some(d), Some(Duration::from_millis(100))).await;
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        assert!(left.unwrap().unwrap() <= Duration::from_millis(200));
+        assert_eq!(before_attempt(None, None).await, Ok(None));
     }
 }

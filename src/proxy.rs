@@ -284,16 +284,9 @@ impl ProxyHttp for Gateway {
         let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) else {
             return Error::e_explain(ErrorType::InternalError, "no upstream route in context");
         };
-        if let Some(wait) = attempts.backoff(upstream) {
-            let left = deadline.and_then(|d| d.left());
-            tokio::time::sleep(left.map_or(wait, |l| wait.min(l))).await;
-        }
-        let left = match deadline.map(|d| d.left()) {
-            Some(None) => {
-                cx.pending = Some(Reply::error(error::UPSTREAM_TIMEOUT));
-                return Error::e_explain(HTTPStatus(504), "the request's deadline passed");
-            }
-            left => left.flatten(),
+        let Ok(left) = deadline::before_attempt(*deadline, attempts.backoff(upstream)).await else {
+            cx.pending = Some(Reply::error(error::UPSTREAM_TIMEOUT));
+            return Error::e_explain(HTTPStatus(504), "the request's deadline passed");
         };
         let req = session.req_header();
         let key = match &upstream.hash_on {
@@ -302,12 +295,9 @@ impl ProxyHttp for Gateway {
         };
         match attempts.pick(upstream, &key) {
             Ok(mut peer) => {
-                if let Some(left) = left {
-                    deadline::bound(&mut peer, left);
-                }
+                deadline::bound(&mut peer, left);
                 if *upgrade {
-                    // Pingora reads a tunnel's target with the attempt's read timeout.
-                    peer.options.read_timeout = Some(upstream.tunnel_idle);
+                    upstream.for_tunnel(&mut peer);
                 }
                 Ok(peer)
             }

@@ -111,7 +111,7 @@ pub struct Upstream {
     /// Extra attempts after the first (connect failures; 502/503/504 for idempotent methods).
     pub retries: usize,
     /// The read timeout of an upgrade request's attempts (`tunnel_idle_timeout`).
-    pub tunnel_idle: std::time::Duration,
+    tunnel_idle: std::time::Duration,
     pub health_check: Option<HealthCheckConfig>,
     /// The check of static targets; discovered ones get one per name they are known by.
     check: Option<Arc<dyn HealthCheck + Send + Sync>>,
@@ -130,6 +130,12 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// An upgrade request's attempt: Pingora reads a tunnel's target with the attempt's read
+    /// timeout, so a quiet tunnel lasts `tunnel_idle_timeout`, not `read_timeout`.
+    pub fn for_tunnel(&self, peer: &mut pingora::upstreams::peer::HttpPeer) {
+        peer.options.read_timeout = Some(self.tunnel_idle);
+    }
+
     /// Build a pool from a validated definition, keeping the state of targets that stay.
     pub fn build(
         name: &str,

@@ -195,3 +195,106 @@ fn open_tunnels_get_a_going_away_close_frame_when_the_grace_period_ends() {
     );
     assert!(client.wait().unwrap().success());
 }
+
+#[test]
+fn a_thousand_tunnels_stay_open_at_once() {
+    let (_server, port) = ws_echo();
+    let admin = free_port();
+    let gw = gateway_with_server(
+        "max_connections_per_ip = 1100\n",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n[upstreams.ws]\ntargets = [\"127.0.0.1:{port}\"]\n\n[[routes]]\nname = \"ws\"\nupstream = \"ws\"\n"
+        ),
+    );
+    wait_for_port(admin);
+    let mut cmd = python("ws_many.py");
+    cmd.arg(format!("ws://127.0.0.1:{}/ws", gw.port))
+        .arg("1000")
+        .stdin(std::process::Stdio::piped());
+    let (mut client, mut lines) = running(cmd);
+    let line = lines.next().unwrap().unwrap();
+    // Every tunnel opened and echoed its own message, and all are open now.
+    assert_eq!(line.trim(), "holding 1000");
+    assert_eq!(
+        metric(admin, "pylon_websocket_connections{route=\"ws\"}"),
+        1000.0
+    );
+    drop(client.stdin.take());
+    let line = lines.next().unwrap().unwrap();
+    assert_eq!(line.trim(), "closed");
+    assert!(client.wait().unwrap().success());
+    wait_until(
+        Duration::from_secs(5),
+        "every tunnel counted as closed",
+        || metric(admin, "pylon_websocket_connections{route=\"ws\"}") == 0.0,
+    );
+}
+
+/// An upstream whose `101` is on the wire before it reads the request, then echoes raw bytes:
+/// the gateway reads that answer as soon as it has sent the request, while the end of the
+/// request's own (empty) body is still queued. Pingora 0.9.1 took that end for the end of the
+/// tunnel in about half such races (cloudflare/pingora#946, patched in vendor/pingora-proxy).
+fn early_101_upstream() -> u16 {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let _ = stream.write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                );
+                // Skip the request head, then echo whatever the tunnel carries.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match stream.read(&mut byte) {
+                        Ok(1) => head.push(byte[0]),
+                        _ => return,
+                    }
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = stream.read(&mut buf) {
+                    if stream.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+#[test]
+fn a_tunnel_whose_101_comes_before_the_request_is_read_stays_open() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let gw = gateway_to(early_101_upstream(), "");
+    for i in 0..40 {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+            )
+            .unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut status = String::new();
+        reader.read_line(&mut status).unwrap();
+        assert!(status.starts_with("HTTP/1.1 101"), "tunnel {i}: {status:?}");
+        let mut line = String::new();
+        while line != "\r\n" {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+        }
+        let message = format!("tunnel {i}");
+        stream.write_all(message.as_bytes()).unwrap();
+        let mut echoed = vec![0u8; message.len()];
+        reader
+            .read_exact(&mut echoed)
+            .unwrap_or_else(|e| panic!("tunnel {i} closed after its 101: {e}"));
+        assert_eq!(echoed, message.as_bytes());
+    }
+}

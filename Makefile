@@ -58,7 +58,7 @@ $(TEST_MARK): Makefile
 	@mkdir -p target && touch $@
 
 $(PY_MARK): Makefile $(TEST_MARK)
-	@PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --upgrade --target target/py websockets grpcio grpcio-tools
+	@PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --upgrade --target target/py websockets grpcio grpcio-tools googleapis-common-protos
 	@touch $@
 
 # npm packages the browser tests bundle into their pages (Google's gRPC-Web client, esbuild),

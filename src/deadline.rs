@@ -38,6 +38,11 @@ impl Deadline {
         Some(self.0.checked_duration_since(Instant::now())?).filter(|d| !d.is_zero())
     }
 
+    /// When it passes.
+    pub fn at(&self) -> Instant {
+        self.0
+    }
+
     /// Whether it has passed.
     pub fn passed(&self) -> bool {
         self.left().is_none()

@@ -98,19 +98,24 @@ pub const INTERNAL: GatewayError = GatewayError {
     message: "the gateway failed to handle the request",
 };
 
+/// The contract's error body for any status, code and message (an upstream's own, passed on).
+pub fn body(status: u16, code: &str, message: &str, request_id: &str) -> Bytes {
+    serde_json::json!({
+        "error": {
+            "status": status,
+            "code": code,
+            "message": message,
+            "request_id": request_id,
+        }
+    })
+    .to_string()
+    .into()
+}
+
 impl GatewayError {
     /// The JSON body, with the request id for correlation.
     pub fn body(&self, request_id: &str) -> Bytes {
-        serde_json::json!({
-            "error": {
-                "status": self.status,
-                "code": self.code,
-                "message": self.message,
-                "request_id": request_id,
-            }
-        })
-        .to_string()
-        .into()
+        body(self.status, self.code, self.message, request_id)
     }
 
     /// The gateway error for a Pingora error that ended a request.

@@ -128,6 +128,25 @@ impl Code {
         }
     }
 
+    /// The HTTP status a JSON client gets for a call that ended with this code (the mapping of
+    /// google/rpc/code.proto, as grpc-gateway and Envoy's transcoder use it).
+    pub fn http_status(self) -> u16 {
+        match self.0 {
+            0 => 200,
+            1 => 499,
+            3 | 9 | 11 => 400,
+            4 => 504,
+            5 => 404,
+            6 | 10 => 409,
+            7 => 403,
+            8 => 429,
+            12 => 501,
+            14 => 503,
+            16 => 401,
+            _ => 500,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         NAMES[self.index()]
     }

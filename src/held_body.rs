@@ -172,6 +172,49 @@ impl HeldBody {
     }
 }
 
+/// The whole body, for a filter that answers the request itself (`Filter::serve`): refused
+/// past `max` bytes (`413`), or when the client stalls past `pause` between two reads (`408`).
+pub async fn whole(
+    session: &mut ServerSession,
+    max: usize,
+    pause: Duration,
+) -> Result<Bytes, Reply> {
+    if session.is_body_empty() || session.is_body_done() {
+        return Ok(Bytes::new());
+    }
+    let req = session.req_header();
+    // A refused body is read and dropped after the answer (the session lingers), so that a
+    // client still sending reads the 413 instead of a reset.
+    if declared(req).is_some_and(|n| n > max as u64) {
+        return Err(Reply::error(error::PAYLOAD_TOO_LARGE));
+    }
+    if req.version == http::Version::HTTP_11 && expects_continue(req) {
+        if let Err(e) = session.write_continue_response().await {
+            session.set_keepalive(None);
+            return Err(read_error(&e));
+        }
+    }
+    let mut body = BytesMut::new();
+    loop {
+        match tokio::time::timeout(pause, session.read_request_body()).await {
+            Ok(Ok(Some(chunk))) => {
+                if body.len() + chunk.len() > max {
+                    return Err(Reply::error(error::PAYLOAD_TOO_LARGE));
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(Ok(None)) => return Ok(body.freeze()),
+            failed => {
+                session.set_keepalive(None);
+                return Err(match failed {
+                    Ok(Err(e)) => read_error(&e),
+                    _ => Reply::error(error::REQUEST_TIMEOUT),
+                });
+            }
+        }
+    }
+}
+
 /// The declared body length, if any.
 fn declared(req: &RequestHeader) -> Option<u64> {
     req.headers

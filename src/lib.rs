@@ -36,6 +36,7 @@ pub mod reload;
 pub mod reply;
 pub mod router;
 pub mod runtime;
+pub mod serve;
 pub mod server;
 pub mod shards;
 pub mod state;

@@ -15,6 +15,7 @@ use crate::plumbing;
 use crate::reply;
 use crate::router::{Action, Lookup, Matched, Route};
 use crate::runtime::{SharedSnapshot, Snapshot};
+use crate::serve::Serving;
 use crate::telemetry::Telemetry;
 use crate::upgrade::Lifecycle;
 use crate::upstream::{Attempts, Outcome, Replay};
@@ -204,17 +205,37 @@ impl ProxyHttp for Gateway {
             route: Some(route),
             matched: routed,
             held,
+            attempts,
+            deadline,
             ..
         } = &mut **ctx
         else {
             return Ok(false);
         };
-        let reply = match &route.action {
-            Action::Upstream(_) if !HeldBody::wanted(&route.chain) => {
+        let served = match &route.action {
+            // A filter may answer the request itself, calling the upstream as it needs.
+            Action::Upstream(upstream) if route.chain.has(Phases::SERVE) => {
+                let client = session.req_header().clone();
+                let mut serving = Serving {
+                    session: session.as_mut(),
+                    client: &client,
+                    route,
+                    upstream,
+                    attempts,
+                    deadline: *deadline,
+                    body_timeout,
+                };
+                Box::pin(route.chain.serve(&client, &mut serving, cx)).await
+            }
+            _ => None,
+        };
+        let reply = match (served, &route.action) {
+            (Some(reply), _) => reply,
+            (None, Action::Upstream(_)) if !HeldBody::wanted(&route.chain) => {
                 *routed = matched;
                 return Ok(false);
             }
-            Action::Upstream(_) => {
+            (None, Action::Upstream(_)) => {
                 *routed = matched;
                 let read = HeldBody::read(session.as_mut(), &route.chain, body_timeout, cx);
                 match Box::pin(read).await {
@@ -225,8 +246,8 @@ impl ProxyHttp for Gateway {
                     Err(reply) => reply,
                 }
             }
-            Action::Respond(r) => r.reply(),
-            Action::Aggregate(agg) => {
+            (None, Action::Respond(r)) => r.reply(),
+            (None, Action::Aggregate(agg)) => {
                 let path = matched.normalized.as_deref();
                 let path = path.unwrap_or(session.req_header().uri.path());
                 Box::pin(agg.run(session.req_header(), &route.chain, cx, path)).await

@@ -1,7 +1,7 @@
 //! Aggregation routes: one request, several backend calls made at once, one JSON answer.
 //!
 //! Each part goes to its upstream through the same selection, health, breakers, in-flight cap,
-//! retry budget and peer timeouts as a proxied request (`part.rs`); its path is compiled at
+//! retry budget and peer timeouts as a proxied request (`upstream::call`); its path is compiled at
 //! load with `{jwt.*}`, `{path.*}` and `{query.*}` (`path.rs`). Parts run concurrently, each
 //! within its own `timeout` and all within the aggregate's. The answer is an object with each
 //! part's JSON under its key. A failed optional part is `null` there, named in `"_errors"`, and
@@ -14,17 +14,16 @@
 //! forwarding headers) and the route's upstream-request filters (credentials stripped, claim
 //! headers, request transforms).
 
-mod part;
 mod path;
 
 use crate::config::{AggregateConfig, Config, ConfigError, Located, PathSpec, RouteConfig};
 use crate::error;
 use crate::filter::{Body, Chain, Context, Phases, Reply};
 use crate::plumbing;
-use crate::upstream::Upstream;
+use crate::upstream::call::{self, Call, Failure};
+use crate::upstream::{Attempts, Replay, Upstream};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
-use part::Failure;
 use path::{PartPath, Values};
 use pingora::http::RequestHeader;
 use regex::Regex;
@@ -220,7 +219,21 @@ impl Aggregate {
             .map(|(part, req)| async move {
                 let req = req?;
                 let until = part.timeout.map_or(deadline, |t| deadline.min(start + t));
-                let body = part::call(&part.upstream, &req, self.max_body, until).await?;
+                let call = Call {
+                    req: &req,
+                    body: Bytes::new(),
+                    max_body: self.max_body,
+                    // A part is a GET: safe to send again wherever the proxy would.
+                    replay: Replay::ALWAYS,
+                    grpc: false,
+                };
+                let mut attempts = Attempts::default();
+                let answer = call::call(&part.upstream, call, &mut attempts, Some(until)).await?;
+                let status = answer.header.status.as_u16();
+                if !(200..300).contains(&status) {
+                    return Err(Failure::Status(status));
+                }
+                let body = answer.body;
                 match body.is_empty() {
                     true => Ok(Value::Null),
                     false => serde_json::from_slice(&body).map_err(|_| Failure::NotJson),

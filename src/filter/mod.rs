@@ -17,10 +17,16 @@
 //! 7. [`Filter::response_trailers`]: the target's trailers, which a filter may turn into the
 //!    body's last bytes (gRPC-Web).
 //! 8. [`Filter::log`]: the request is over.
+//!
+//! A filter may instead answer a request itself ([`Filter::serve`], after the request phase),
+//! calling the route's upstream as it needs through [`Exchange`] (gRPC transcoding); then the
+//! phases from the request body to the target's response do not run.
 
 mod context;
+mod serve;
 
 pub use context::Context;
+pub use serve::{Answer, Exchange};
 
 use crate::error::GatewayError;
 use crate::grpc::Code;
@@ -33,7 +39,7 @@ use std::sync::Arc;
 bitflags::bitflags! {
     /// The phases a filter takes part in.
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    pub struct Phases: u8 {
+    pub struct Phases: u16 {
         const REQUEST = 1;
         const REQUEST_BODY = 1 << 1;
         const UPSTREAM_REQUEST = 1 << 2;
@@ -42,6 +48,7 @@ bitflags::bitflags! {
         const RESPONSE_BODY = 1 << 5;
         const LOG = 1 << 6;
         const RESPONSE_TRAILERS = 1 << 7;
+        const SERVE = 1 << 8;
     }
 }
 
@@ -109,6 +116,18 @@ pub trait Filter: Send + Sync {
     /// The request header arrived. `Err` answers the request with that reply.
     async fn request(&self, _req: &RequestHeader, _cx: &mut Context) -> Result<(), Reply> {
         Ok(())
+    }
+
+    /// Answer the request in place of the route's upstream, through `exchange` (its body, calls
+    /// to the upstream). `None`: not this filter's request; it goes on (to the next serving
+    /// filter, then the upstream). Runs after the request phase.
+    async fn serve(
+        &self,
+        _req: &RequestHeader,
+        _exchange: &mut dyn Exchange,
+        _cx: &mut Context,
+    ) -> Option<Reply> {
+        None
     }
 
     /// How much of a request body this filter must see before any upstream is contacted: a
@@ -188,6 +207,7 @@ pub struct Chain {
     response_body: List,
     response_trailers: List,
     log: List,
+    serve: List,
     /// The most of a request body any filter holds (`Filter::holds_body`).
     holds: usize,
 }
@@ -210,6 +230,7 @@ impl Chain {
             response_body: phase(Phases::RESPONSE_BODY),
             response_trailers: phase(Phases::RESPONSE_TRAILERS),
             log: phase(Phases::LOG),
+            serve: phase(Phases::SERVE),
             holds: filters.iter().map(|f| f.holds_body()).max().unwrap_or(0),
         }
     }
@@ -231,6 +252,7 @@ impl Chain {
             Phases::RESPONSE_BODY => &self.response_body,
             Phases::RESPONSE_TRAILERS => &self.response_trailers,
             Phases::LOG => &self.log,
+            Phases::SERVE => &self.serve,
             _ => return false,
         };
         !list.is_empty()
@@ -306,6 +328,21 @@ impl Chain {
 
     pub fn log(&self, cx: &Context, status: u16) {
         self.log.iter().for_each(|f| f.log(cx, status));
+    }
+
+    /// The first serving filter's answer, if one takes the request.
+    pub async fn serve(
+        &self,
+        req: &RequestHeader,
+        exchange: &mut dyn Exchange,
+        cx: &mut Context,
+    ) -> Option<Reply> {
+        for f in self.serve.iter() {
+            if let Some(reply) = f.serve(req, exchange, cx).await {
+                return Some(reply);
+            }
+        }
+        None
     }
 }
 

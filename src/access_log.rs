@@ -56,6 +56,9 @@ pub struct Entry<'a> {
     /// A gRPC call's `grpc-status`, by name; absent for other requests.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub grpc_status: Option<&'static str>,
+    /// How the route's cache served the request (`hit`, `miss`, ...); absent without a cache.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'static str>,
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub duration_ms: f64,

@@ -34,6 +34,7 @@ pub mod policy;
 pub mod proxy;
 pub mod reload;
 pub mod reply;
+pub mod request_ctx;
 pub mod router;
 pub mod runtime;
 pub mod serve;

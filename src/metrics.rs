@@ -6,6 +6,7 @@
 //! them in lock-free slots, so a request only bumps atomics.
 
 use crate::consumer::Identity;
+use crate::filter::CacheResult;
 use crate::grpc::{self, Code};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -45,6 +46,10 @@ pub struct Metrics {
     pub body_transforms_skipped: IntCounterVec,
     pub blocked_requests: IntCounterVec,
     pub grpc_requests: IntCounterVec,
+    pub cache_requests: IntCounterVec,
+    pub cache_size: IntGaugeVec,
+    pub cache_entries: IntGaugeVec,
+    pub cache_evictions: IntCounterVec,
     pub websocket_open: IntGaugeVec,
     pub websocket_total: IntCounterVec,
 }
@@ -69,6 +74,12 @@ impl Metrics {
             register(
                 &registry,
                 IntCounterVec::new(Opts::new(name, help), labels).expect("valid counter"),
+            )
+        };
+        let gauges = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &registry,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid gauge"),
             )
         };
         Metrics {
@@ -112,6 +123,27 @@ impl Metrics {
                 "pylon_grpc_requests_total",
                 "gRPC calls answered, by route and grpc-status (by name)",
                 &["route", "code"],
+            ),
+            cache_requests: counters(
+                "pylon_cache_requests_total",
+                "Requests on routes with a cache, by how the cache served them (hit, miss, stale, \
+                 revalidated, expired, bypass)",
+                &["route", "result"],
+            ),
+            cache_size: gauges(
+                "pylon_cache_size_bytes",
+                "Bytes of answers stored in the cache, by tier",
+                &["tier"],
+            ),
+            cache_entries: gauges(
+                "pylon_cache_entries",
+                "Answers stored in the cache, by tier",
+                &["tier"],
+            ),
+            cache_evictions: counters(
+                "pylon_cache_evictions_total",
+                "Entries removed from the cache to make room, by tier",
+                &["tier"],
             ),
             blocked_requests: counters(
                 "pylon_blocked_requests_total",
@@ -315,6 +347,8 @@ pub struct RouteMetrics {
     consumer_count: usize,
     /// gRPC calls by code, allocated on the route's first gRPC call.
     grpc: OnceLock<Box<[OnceLock<IntCounter>; grpc::CODES]>>,
+    /// Cache results, allocated on the route's first cached request.
+    cache: OnceLock<Box<[OnceLock<IntCounter>; 6]>>,
     /// Tunnels open now and opened, resolved on the route's first.
     tunnels: OnceLock<(IntGauge, IntCounter)>,
 }
@@ -332,6 +366,7 @@ impl RouteMetrics {
             consumers: OnceLock::new(),
             consumer_count: consumers,
             grpc: OnceLock::new(),
+            cache: OnceLock::new(),
             tunnels: OnceLock::new(),
         }
     }
@@ -404,6 +439,17 @@ impl RouteMetrics {
             .get_or_init(|| {
                 let labels = [&*self.name, code.name()];
                 METRICS.grpc_requests.with_label_values(&labels)
+            })
+            .inc();
+    }
+
+    /// Count how the route's cache served a request in `pylon_cache_requests_total`.
+    pub fn record_cache(&self, result: CacheResult) {
+        let slots = self.cache.get_or_init(Default::default);
+        slots[result.index()]
+            .get_or_init(|| {
+                let labels = [&*self.name, result.name()];
+                METRICS.cache_requests.with_label_values(&labels)
             })
             .inc();
     }

@@ -5,28 +5,30 @@
 use crate::conform;
 use crate::deadline::{self, Deadline};
 use crate::error::{self, GatewayError};
-use crate::filter::{Chain, Context, Phases, Reply};
+use crate::filter::{Phases, Reply};
 use crate::grpc::{self, Code, GRPC_TIMEOUT};
 use crate::held_body::HeldBody;
 use crate::ids::{RequestId, TraceContext};
 use crate::keepalive;
-use crate::metrics::{self, InflightRoute, OpenTunnel, RouteMetrics};
+use crate::metrics::{self, RouteMetrics};
 use crate::plumbing;
 use crate::reply;
-use crate::router::{Action, Lookup, Matched, Route};
-use crate::runtime::{SharedSnapshot, Snapshot};
+use crate::request_ctx::RequestCtx;
+use crate::router::{Action, Lookup};
+use crate::runtime::SharedSnapshot;
 use crate::serve::Serving;
 use crate::telemetry::Telemetry;
 use crate::upgrade::Lifecycle;
-use crate::upstream::{Attempts, Outcome, Replay};
+use crate::upstream::{Outcome, Replay};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::ErrorType::HTTPStatus;
+use pingora_cache::key::HashBinary;
+use pingora_cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::sync::{Arc, LazyLock};
-use std::time::Instant;
 
 /// Series for requests that matched no route.
 static UNROUTED: LazyLock<RouteMetrics> = LazyLock::new(|| RouteMetrics::new(metrics::NO_ROUTE, 0));
@@ -44,55 +46,6 @@ impl Gateway {
             telemetry,
             draining,
         }
-    }
-}
-
-/// Per-request state: what the filters see, and the gateway's own bookkeeping.
-pub struct RequestCtx {
-    started: Instant,
-    cx: Context,
-    /// The configuration this request is served by, from its first hook to its last.
-    snapshot: Option<Arc<Snapshot>>,
-    /// The route it matched, once routed.
-    route: Option<Arc<Route>>,
-    /// The whole request's deadline, if its route or its gRPC call set one.
-    deadline: Option<Deadline>,
-    /// An HTTP/1.1 upgrade request (a WebSocket): its target reads wait `tunnel_idle_timeout`.
-    upgrade: bool,
-    matched: Matched,
-    attempts: Attempts,
-    /// Counts the request in `pylon_inflight_requests{route}` until dropped.
-    route_inflight: Option<InflightRoute>,
-    /// Counts an upgraded tunnel in `pylon_websocket_connections{route}` until dropped.
-    tunnel: Option<OpenTunnel>,
-    /// The body, or its start, read before the upstream (routes whose filters hold bodies).
-    held: Option<HeldBody>,
-    /// A body filter refused the request while its body was arriving.
-    body_refused: bool,
-}
-
-impl RequestCtx {
-    /// The route, to run its chain in `phase` with the context lent out; `None` when no
-    /// filter of it takes part (then nothing is cloned).
-    fn route_with(&self, phase: Phases) -> Option<Arc<Route>> {
-        self.route.as_ref().filter(|r| r.chain.has(phase)).cloned()
-    }
-
-    /// The chain whose response phases apply to this request (its route's, or the global
-    /// policies' when it matched none), beside the context the filters take.
-    fn answering(&mut self) -> (Option<&Chain>, &mut Context) {
-        let chain = match (&self.route, &self.snapshot) {
-            (Some(route), _) => Some(&route.chain),
-            (None, Some(snapshot)) => Some(&snapshot.global),
-            (None, None) => None,
-        };
-        (chain, &mut self.cx)
-    }
-
-    /// Write a reply of the gateway's own as the whole response.
-    async fn send(&mut self, session: &mut Session, reply: Reply) -> Result<()> {
-        let (chain, cx) = self.answering();
-        reply::send(session, chain, cx, reply).await
     }
 }
 
@@ -117,20 +70,7 @@ impl ProxyHttp for Gateway {
     type CTX = Box<RequestCtx>;
 
     fn new_ctx(&self) -> Box<RequestCtx> {
-        Box::new(RequestCtx {
-            started: Instant::now(),
-            cx: Context::default(),
-            snapshot: None,
-            route: None,
-            deadline: None,
-            upgrade: false,
-            matched: Matched::default(),
-            attempts: Attempts::default(),
-            route_inflight: None,
-            tunnel: None,
-            held: None,
-            body_refused: false,
-        })
+        Box::default()
     }
 
     /// No downstream modules: Pingora's default adds a (disabled) compression module that
@@ -555,8 +495,66 @@ impl ProxyHttp for Gateway {
         } else if !reply::interim(upstream_response) {
             keepalive::before_answer(session.as_downstream_mut());
         }
+        if let Some(route) = ctx.route.as_deref() {
+            let said = route
+                .chain
+                .cache()
+                .map(|c| c.respond(&session.cache, upstream_response));
+            if let Some(Some(result)) = said {
+                route.metrics.record_cache(result);
+                ctx.cx.cache = Some(result);
+            }
+        }
         let (chain, cx) = ctx.answering();
         reply::finish(session.req_header(), upstream_response, chain, cx)
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut Box<RequestCtx>) -> Result<()> {
+        if let Some(cache) = ctx.cache() {
+            cache.enable(
+                &mut session.cache,
+                session.downstream_session.req_header(),
+                &ctx.cx,
+            );
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut Box<RequestCtx>) -> Result<CacheKey> {
+        let cache = ctx
+            .cache()
+            .or_err(ErrorType::InternalError, "no cache on the route")?;
+        Ok(cache.key(session.req_header(), &ctx.cx))
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Box<RequestCtx>,
+    ) -> Result<RespCacheable> {
+        Ok(match ctx.cache() {
+            Some(cache) => cache.cacheable(session.req_header(), resp),
+            None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        ctx: &mut Box<RequestCtx>,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        ctx.cache()?.vary(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut Box<RequestCtx>,
+        error: Option<&Error>,
+    ) -> bool {
+        ctx.cache().is_some_and(|c| c.serve_stale(error))
     }
 
     fn response_body_filter(

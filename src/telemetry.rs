@@ -1,7 +1,7 @@
 //! What a finished request leaves behind: its access-log line and its trace span.
 
 use crate::access_log::{AccessLog, Entry};
-use crate::filter::Context;
+use crate::filter::{CacheResult, Context};
 use crate::grpc::Code;
 use crate::headers::request_host;
 use crate::otlp::{Exporter, Finished};
@@ -72,6 +72,7 @@ impl Telemetry {
                 path: req.uri.path(),
                 status,
                 grpc_status: cx.grpc_status.map(Code::name),
+                cache: cx.cache.map(CacheResult::name),
                 bytes_in: session.body_bytes_read(),
                 bytes_out: session.body_bytes_sent(),
                 duration_ms: took.as_secs_f64() * 1e3,

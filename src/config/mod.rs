@@ -12,9 +12,10 @@
 //!
 //! Each section's structs live in a file of their own, as `docs/configuration.md` presents them:
 //! `server.rs` (`[server]`, `[[server.tls]]`, `[admin]`), `telemetry.rs` (`[log]`, `[tracing]`),
-//! `upstreams.rs`, `routes.rs` and `consumers.rs`. This file holds the whole `Config`, the
+//! `cache.rs` (`[cache]`), `upstreams.rs`, `routes.rs` and `consumers.rs`. This file holds the whole `Config`, the
 //! location types (`Located`, `ConfigError`, `Diagnostics`) and the parsing of a file.
 
+mod cache;
 mod consumers;
 mod pattern;
 mod routes;
@@ -24,6 +25,7 @@ mod telemetry;
 mod units;
 mod upstreams;
 
+pub use cache::CacheConfig;
 pub use consumers::*;
 pub use pattern::{PathSpec, Pattern};
 pub use routes::*;
@@ -57,6 +59,7 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     pub log: LogConfig,
     pub tracing: TracingConfig,
+    pub cache: CacheConfig,
     pub upstreams: BTreeMap<String, Located<UpstreamConfig>>,
     pub routes: Vec<Located<RouteConfig>>,
     pub consumers: BTreeMap<String, Located<ConsumerConfig>>,
@@ -217,6 +220,11 @@ pub fn parse(source: &str) -> Parsed<'_> {
                     config.tracing = s.value;
                 }
             }
+            "cache" => {
+                if let Some(s) = section(value, errors) {
+                    config.cache = s.value;
+                }
+            }
             "upstreams" => {
                 for_each_entry(value, errors, "upstreams", |name, v, errors| {
                     match section(v, errors) {
@@ -258,7 +266,7 @@ pub fn parse(source: &str) -> Parsed<'_> {
             other => errors.push(ConfigError::at(
                 key_span,
                 format!(
-                    "unknown section `{other}`; expected one of `server`, `admin`, `log`, `tracing`, `upstreams`, `routes`, `policies`, `consumers`"
+                    "unknown section `{other}`; expected one of `server`, `admin`, `log`, `tracing`, `cache`, `upstreams`, `routes`, `policies`, `consumers`"
                 ),
             )),
         }

@@ -74,6 +74,8 @@ pub struct Context {
     pub grpc: bool,
     /// The call's `grpc-status`, once known (a gRPC call only).
     pub grpc_status: Option<crate::grpc::Code>,
+    /// How the route's cache served the request, once the answer goes out.
+    pub cache: Option<super::CacheResult>,
     /// Filters' own per-request state, by type.
     pub state: State,
     /// A reply a filter asked for after the request went upstream (a body filter's 413); the

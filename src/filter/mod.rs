@@ -22,9 +22,11 @@
 //! calling the route's upstream as it needs through [`Exchange`] (gRPC transcoding); then the
 //! phases from the request body to the target's response do not run.
 
+mod cache;
 mod context;
 mod serve;
 
+pub use cache::{CacheResult, RouteCache};
 pub use context::Context;
 pub use serve::{Answer, Exchange};
 
@@ -130,6 +132,12 @@ pub trait Filter: Send + Sync {
         None
     }
 
+    /// The filter's cache, if it is one (`cache`): the proxy's cache hooks go to the first
+    /// filter of a route's chain that has one.
+    fn cache(&self) -> Option<&dyn RouteCache> {
+        None
+    }
+
     /// How much of a request body this filter must see before any upstream is contacted: a
     /// body edit needs it all (up to its limit), a WAF the part it inspects. 0, the default:
     /// the body may stream. A route whose filters hold bodies reads them first
@@ -208,6 +216,8 @@ pub struct Chain {
     response_trailers: List,
     log: List,
     serve: List,
+    /// The first filter with a cache.
+    cache: Option<Arc<dyn Filter>>,
     /// The most of a request body any filter holds (`Filter::holds_body`).
     holds: usize,
 }
@@ -231,8 +241,14 @@ impl Chain {
             response_trailers: phase(Phases::RESPONSE_TRAILERS),
             log: phase(Phases::LOG),
             serve: phase(Phases::SERVE),
+            cache: filters.iter().find(|f| f.cache().is_some()).cloned(),
             holds: filters.iter().map(|f| f.holds_body()).max().unwrap_or(0),
         }
+    }
+
+    /// The route's cache, if its chain has one.
+    pub fn cache(&self) -> Option<&dyn RouteCache> {
+        self.cache.as_deref().and_then(|f| f.cache())
     }
 
     /// How much of a request body must be read before the upstream: 0 when it may stream.

@@ -17,6 +17,7 @@ pub mod acl;
 pub mod api_key;
 pub mod auth;
 pub mod basic_auth;
+pub mod cache;
 pub mod client_cert;
 pub mod compression;
 pub mod concurrency;

@@ -19,6 +19,7 @@ pub const KINDS: &[Kind] = &[
     super::compression::KIND,
     super::grpc_web::KIND,
     super::grpc_transcode::KIND,
+    super::cache::KIND,
     super::transform::REQUEST,
     super::transform::RESPONSE,
 ];

@@ -1,0 +1,296 @@
+//! The memory tier: whole answers (header and body) in sharded maps, bounded by a byte budget
+//! that Pingora's sharded LRU eviction manager keeps.
+//!
+//! Pingora's own `MemCache` is marked for testing: one global lock, no budget. Here an entry is
+//! written whole (a miss is buffered until its end, and dropped past `max_object_size`), so a
+//! lookup never sees half a body; concurrent misses for one key wait on the cache lock instead
+//! of reading a write in progress. The eviction manager is told each entry's size when it is
+//! stored and which entries were read; when the budget is passed it names the least recently
+//! used, and Pingora's proxy purges them here.
+
+use crate::metrics::METRICS;
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use pingora::{Error, ErrorType, Result};
+use pingora_cache::eviction::lru::Manager;
+use pingora_cache::key::{CacheHashKey, CacheKey, HashBinary};
+use pingora_cache::storage::{
+    HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
+    PurgeType, Storage,
+};
+use pingora_cache::trace::SpanHandle;
+use pingora_cache::CacheMeta;
+use prometheus::{IntCounter, IntGauge};
+use std::any::Any;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
+
+const SHARDS: usize = 16;
+const TIER: &str = "memory";
+
+/// Shards of Pingora's LRU: as many as the map's.
+pub type Eviction = Manager<SHARDS>;
+
+/// A stored answer: its meta serialized as Pingora's storages keep it (the meta cannot be
+/// cloned), and its body.
+struct Object {
+    meta: (Vec<u8>, Vec<u8>),
+    body: Bytes,
+}
+
+type Shard = RwLock<HashMap<HashBinary, Arc<Object>>>;
+
+pub struct MemoryTier {
+    shards: Box<[Shard]>,
+    max_object_size: usize,
+    /// Bytes of stored bodies, in `pylon_cache_size_bytes{tier="memory"}`.
+    bytes: IntGauge,
+    entries: IntGauge,
+    evictions: IntCounter,
+}
+
+impl MemoryTier {
+    pub fn new(max_object_size: usize) -> MemoryTier {
+        MemoryTier {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            max_object_size,
+            bytes: METRICS.cache_size.with_label_values(&[TIER]),
+            entries: METRICS.cache_entries.with_label_values(&[TIER]),
+            evictions: METRICS.cache_evictions.with_label_values(&[TIER]),
+        }
+    }
+
+    fn shard(&self, hash: &HashBinary) -> &Shard {
+        &self.shards[usize::from(hash[0]) % SHARDS]
+    }
+
+    fn get(&self, hash: &HashBinary) -> Option<Arc<Object>> {
+        let shard = self.shard(hash).read().unwrap_or_else(|e| e.into_inner());
+        shard.get(hash).cloned()
+    }
+
+    fn insert(&self, hash: HashBinary, object: Object) {
+        let size = object.body.len() as i64;
+        let old = self
+            .shard(&hash)
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(hash, Arc::new(object));
+        self.bytes.add(size);
+        match old {
+            Some(old) => self.bytes.sub(old.body.len() as i64),
+            None => self.entries.inc(),
+        }
+    }
+
+    fn remove(&self, hash: &HashBinary) -> bool {
+        let old = self
+            .shard(hash)
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(hash);
+        match old {
+            Some(old) => {
+                self.bytes.sub(old.body.len() as i64);
+                self.entries.dec();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drop every entry: the tier is no longer used (its settings changed in a reload). Its
+    /// own share leaves the gauges, which a tier made since shares.
+    pub fn clear(&self) {
+        for shard in self.shards.iter() {
+            let mut shard = shard.write().unwrap_or_else(|e| e.into_inner());
+            for (_, object) in shard.drain() {
+                self.bytes.sub(object.body.len() as i64);
+                self.entries.dec();
+            }
+        }
+    }
+}
+
+struct Hit {
+    body: Bytes,
+    /// The part still to send: all of it, or a range.
+    start: usize,
+    end: usize,
+    done: bool,
+}
+
+#[async_trait]
+impl HandleHit for Hit {
+    async fn read_body(&mut self) -> Result<Option<Bytes>> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        Ok(Some(self.body.slice(self.start..self.end)))
+    }
+
+    async fn finish(
+        self: Box<Self>,
+        _storage: &'static (dyn Storage + Sync),
+        _key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// The whole body is here: a `Range` request is served from it.
+    fn can_seek(&self) -> bool {
+        true
+    }
+
+    fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
+        let end = end.unwrap_or(self.body.len()).min(self.body.len());
+        if start > end {
+            return Error::e_explain(ErrorType::InternalError, "a range past the body");
+        }
+        (self.start, self.end, self.done) = (start, end, false);
+        Ok(())
+    }
+
+    fn get_eviction_weight(&self) -> usize {
+        self.body.len()
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync) {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+        self
+    }
+}
+
+struct Miss {
+    tier: &'static MemoryTier,
+    hash: HashBinary,
+    meta: (Vec<u8>, Vec<u8>),
+    body: BytesMut,
+}
+
+#[async_trait]
+impl HandleMiss for Miss {
+    async fn write_body(&mut self, data: Bytes, _eof: bool) -> Result<()> {
+        if self.body.len() + data.len() > self.tier.max_object_size {
+            // Dropped without `finish`: nothing is stored, and the answer streams on.
+            return Error::e_explain(ErrorType::InternalError, "larger than max_object_size");
+        }
+        self.body.extend_from_slice(&data);
+        Ok(())
+    }
+
+    async fn finish(self: Box<Self>) -> Result<MissFinishType> {
+        let size = self.body.len();
+        let Miss {
+            tier,
+            hash,
+            meta,
+            body,
+        } = *self;
+        tier.insert(
+            hash,
+            Object {
+                meta,
+                body: body.freeze(),
+            },
+        );
+        Ok(MissFinishType::Created(size))
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryTier {
+    async fn lookup(
+        &'static self,
+        key: &CacheKey,
+        _trace: &SpanHandle,
+    ) -> Result<Option<(CacheMeta, HitHandler)>> {
+        let Some(object) = self.get(&key.combined_bin()) else {
+            return Ok(None);
+        };
+        let hit = Hit {
+            body: object.body.clone(),
+            start: 0,
+            end: object.body.len(),
+            done: false,
+        };
+        let meta = CacheMeta::deserialize(&object.meta.0, &object.meta.1)?;
+        Ok(Some((meta, Box::new(hit))))
+    }
+
+    async fn get_miss_handler(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<MissHandler> {
+        Ok(Box::new(Miss {
+            tier: self,
+            hash: key.combined_bin(),
+            meta: meta.serialize()?,
+            body: BytesMut::new(),
+        }))
+    }
+
+    async fn purge(
+        &'static self,
+        target: PurgeTarget<'_>,
+        purge_type: PurgeType,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        if !self.remove(&target.key().combined_bin()) {
+            return Ok(PurgeOutcome::NotFound);
+        }
+        if matches!(purge_type, PurgeType::Eviction) {
+            self.evictions.inc();
+        }
+        Ok(PurgeOutcome::Purged(None))
+    }
+
+    async fn expire(
+        &'static self,
+        target: PurgeTarget<'_>,
+        _trace: &SpanHandle,
+    ) -> Result<PurgeOutcome> {
+        let hash = target.key().combined_bin();
+        let mut shard = self.shard(&hash).write().unwrap_or_else(|e| e.into_inner());
+        let Some(object) = shard.get_mut(&hash) else {
+            return Ok(PurgeOutcome::NotFound);
+        };
+        let mut meta = CacheMeta::deserialize(&object.meta.0, &object.meta.1)?;
+        meta.expire_at(SystemTime::now());
+        *object = Arc::new(Object {
+            meta: meta.serialize()?,
+            body: object.body.clone(),
+        });
+        Ok(PurgeOutcome::Expired)
+    }
+
+    async fn update_meta(
+        &'static self,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        _trace: &SpanHandle,
+    ) -> Result<bool> {
+        let hash = key.combined_bin();
+        let mut shard = self.shard(&hash).write().unwrap_or_else(|e| e.into_inner());
+        let Some(object) = shard.get_mut(&hash) else {
+            return Ok(false);
+        };
+        *object = Arc::new(Object {
+            meta: meta.serialize()?,
+            body: object.body.clone(),
+        });
+        Ok(true)
+    }
+
+    fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
+        self
+    }
+}

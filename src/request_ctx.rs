@@ -1,0 +1,90 @@
+//! The state of one request across Pingora's hooks: what the filters see (`Context`), and the
+//! gateway's own bookkeeping (the snapshot and route it is served by, its deadline, attempts,
+//! held body, the guards that count it).
+
+use crate::deadline::Deadline;
+use crate::filter::{Chain, Context, Phases, Reply, RouteCache};
+use crate::held_body::HeldBody;
+use crate::metrics::{InflightRoute, OpenTunnel};
+use crate::reply;
+use crate::router::{Matched, Route};
+use crate::runtime::Snapshot;
+use crate::upstream::Attempts;
+use pingora::prelude::*;
+use pingora_proxy::Session;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Per-request state: what the filters see, and the gateway's own bookkeeping.
+pub struct RequestCtx {
+    pub started: Instant,
+    pub cx: Context,
+    /// The configuration this request is served by, from its first hook to its last.
+    pub snapshot: Option<Arc<Snapshot>>,
+    /// The route it matched, once routed.
+    pub route: Option<Arc<Route>>,
+    /// The whole request's deadline, if its route or its gRPC call set one.
+    pub deadline: Option<Deadline>,
+    /// An HTTP/1.1 upgrade request (a WebSocket): its target reads wait `tunnel_idle_timeout`.
+    pub upgrade: bool,
+    pub matched: Matched,
+    pub attempts: Attempts,
+    /// Counts the request in `pylon_inflight_requests{route}` until dropped.
+    pub route_inflight: Option<InflightRoute>,
+    /// Counts an upgraded tunnel in `pylon_websocket_connections{route}` until dropped.
+    pub tunnel: Option<OpenTunnel>,
+    /// The body, or its start, read before the upstream (routes whose filters hold bodies).
+    pub held: Option<HeldBody>,
+    /// A body filter refused the request while its body was arriving.
+    pub body_refused: bool,
+}
+
+impl Default for RequestCtx {
+    /// A request that just arrived.
+    fn default() -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            cx: Context::default(),
+            snapshot: None,
+            route: None,
+            deadline: None,
+            upgrade: false,
+            matched: Matched::default(),
+            attempts: Attempts::default(),
+            route_inflight: None,
+            tunnel: None,
+            held: None,
+            body_refused: false,
+        }
+    }
+}
+
+impl RequestCtx {
+    /// The route, to run its chain in `phase` with the context lent out; `None` when no
+    /// filter of it takes part (then nothing is cloned).
+    pub fn route_with(&self, phase: Phases) -> Option<Arc<Route>> {
+        self.route.as_ref().filter(|r| r.chain.has(phase)).cloned()
+    }
+
+    /// The chain whose response phases apply to this request (its route's, or the global
+    /// policies' when it matched none), beside the context the filters take.
+    pub fn answering(&mut self) -> (Option<&Chain>, &mut Context) {
+        let chain = match (&self.route, &self.snapshot) {
+            (Some(route), _) => Some(&route.chain),
+            (None, Some(snapshot)) => Some(&snapshot.global),
+            (None, None) => None,
+        };
+        (chain, &mut self.cx)
+    }
+
+    /// The route's cache, for Pingora's cache hooks.
+    pub fn cache(&self) -> Option<&dyn RouteCache> {
+        self.route.as_deref()?.chain.cache()
+    }
+
+    /// Write a reply of the gateway's own as the whole response.
+    pub async fn send(&mut self, session: &mut Session, reply: Reply) -> Result<()> {
+        let (chain, cx) = self.answering();
+        reply::send(session, chain, cx, reply).await
+    }
+}

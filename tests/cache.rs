@@ -1,0 +1,194 @@
+//! The `cache` policy against the demo echo: what is stored and served, `Cache-Status` and
+//! `Age`, one upstream fetch for many concurrent misses, variants by `Accept-Encoding`, and
+//! authentication on hits.
+
+mod common;
+use common::*;
+use std::sync::{Arc, Barrier};
+
+/// A gateway with route `e` to `echo` through a `cache` policy with `settings`, and `more`
+/// (other policies, listed before the cache on the route) on it.
+fn cached(echo: &Echo, settings: &str, more: &[&str], extra: &str) -> Gateway {
+    let policies: Vec<String> = more
+        .iter()
+        .chain(["cached"].iter())
+        .map(|p| format!("\"{p}\""))
+        .collect();
+    gateway_with_server(
+        "max_connections_per_ip = 5000\n",
+        &format!(
+            "[upstreams.e]\ntargets = [\"{}\"]\n\n[policies.cached]\nkind = \"cache\"\n{settings}\n{extra}\n[[routes]]\nname = \"e\"\nupstream = \"e\"\npolicies = [{}]\n",
+            echo.addr,
+            policies.join(", ")
+        ),
+    )
+}
+
+/// `/_reply` answering `body` with `headers` (as `name:value`).
+fn reply(gw: &Gateway, body: &str, headers: &[&str]) -> String {
+    let mut path = format!("/_reply?body={body}");
+    for h in headers {
+        path.push_str(&format!("&header={h}"));
+    }
+    gw.url(&path)
+}
+
+fn status(resp: &Resp) -> &str {
+    resp.header("cache-status").unwrap_or("")
+}
+
+#[test]
+fn a_fresh_answer_is_stored_and_served_with_age_and_cache_status() {
+    let e = echo("e", &[]);
+    let gw = cached(&e, "", &[], "");
+    let url = reply(&gw, "hello", &["cache-control:max-age=60"]);
+    let first = get(&url);
+    assert_eq!(first.body, "hello");
+    assert_eq!(status(&first), "pylon; fwd=miss; stored");
+    assert_eq!(first.header("age"), None);
+    let second = get(&url);
+    assert_eq!(second.body, "hello");
+    assert!(
+        status(&second).starts_with("pylon; hit; ttl=5"),
+        "{}",
+        status(&second)
+    );
+    assert!(second.header("age").is_some());
+    // HEAD and a range come from the stored GET.
+    let head = request("HEAD", &url, &[], None);
+    assert!(status(&head).contains("hit"));
+    let part = get_with(&url, &[("range", "bytes=1-3")]);
+    assert_eq!((part.status, part.body.as_str()), (206, "ell"));
+    // A different query is another entry.
+    assert!(status(&get(&format!("{url}&x=1"))).contains("fwd=miss"));
+    assert_eq!(hits(&e), 2);
+}
+
+#[test]
+fn answers_that_may_not_be_stored_are_not() {
+    let e = echo("e", &[]);
+    let gw = cached(&e, "", &[], "");
+    for (name, headers) in [
+        ("no-store", vec!["cache-control:no-store"]),
+        ("private", vec!["cache-control:private,max-age=60"]),
+        ("cookie", vec!["cache-control:max-age=60", "set-cookie:a=b"]),
+        // No freshness information, and no default_ttl: no heuristic freshness.
+        ("bare", vec![]),
+        // A Vary on a header outside `vary_headers`.
+        ("vary", vec!["cache-control:max-age=60", "vary:x-mood"]),
+    ] {
+        let url = reply(&gw, name, &headers);
+        for _ in 0..2 {
+            let resp = get(&url);
+            assert_eq!(resp.body, name);
+            assert_eq!(status(&resp), "pylon; fwd=miss", "{name}");
+        }
+    }
+    // Methods the cache does not answer pass by it.
+    let post = request(
+        "POST",
+        &reply(&gw, "p", &["cache-control:max-age=60"]),
+        &[],
+        Some(""),
+    );
+    assert_eq!(status(&post), "pylon; fwd=bypass");
+    // A request that says no-store is neither answered from the cache nor stored.
+    let url = reply(&gw, "r", &["cache-control:max-age=60"]);
+    get(&url);
+    let fresh = get_with(&url, &[("cache-control", "no-store")]);
+    assert_eq!(status(&fresh), "pylon; fwd=request");
+    assert_eq!(hits(&e), 13);
+}
+
+#[test]
+fn default_ttl_stores_answers_without_freshness_and_max_ttl_caps_it() {
+    let e = echo("e", &[]);
+    let gw = cached(&e, "default_ttl = \"5s\"\nmax_ttl = \"10s\"", &[], "");
+    let ttl = |url: &str| {
+        get(url);
+        let status = get(url).header("cache-status").unwrap_or("").to_string();
+        status
+            .strip_prefix("pylon; hit; ttl=")
+            .and_then(|t| t.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{status}"))
+    };
+    // No freshness of its own: default_ttl.
+    assert!((3..=5).contains(&ttl(&reply(&gw, "bare", &[]))));
+    // An hour asked for: max_ttl.
+    assert!((8..=10).contains(&ttl(&reply(&gw, "long", &["cache-control:max-age=3600"]))));
+    // no-store still wins over default_ttl.
+    let url = reply(&gw, "never", &["cache-control:no-store"]);
+    get(&url);
+    assert_eq!(status(&get(&url)), "pylon; fwd=miss");
+}
+
+#[test]
+fn a_thousand_concurrent_misses_reach_the_upstream_once() {
+    let e = echo("e", &["--delay", "500ms"]);
+    let gw = cached(&e, "lock_timeout = \"10s\"", &[], "");
+    let url = reply(&gw, "cold", &["cache-control:max-age=60"]);
+    let n = 1000;
+    let start = Arc::new(Barrier::new(n));
+    let clients: Vec<_> = (0..n)
+        .map(|_| {
+            let (url, start) = (url.clone(), Arc::clone(&start));
+            std::thread::Builder::new()
+                .stack_size(256 << 10)
+                .spawn(move || {
+                    start.wait();
+                    get(&url).body
+                })
+                .unwrap()
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap(), "cold");
+    }
+    assert_eq!(hits(&e), 1);
+}
+
+#[test]
+fn a_gzip_entry_is_never_served_to_a_client_that_did_not_ask_for_it() {
+    let e = echo("e", &[]);
+    let gw = cached(&e, "", &[], "");
+    let url = format!(
+        "{}&gzip=1",
+        reply(
+            &gw,
+            "zipped",
+            &["cache-control:max-age=60", "vary:accept-encoding"]
+        )
+    );
+    let gzip = [("accept-encoding", "gzip, deflate")];
+    assert!(status(&get_with(&url, &gzip)).contains("fwd=miss"));
+    // The same codings in another order share the variant.
+    let same = get_with(&url, &[("accept-encoding", "deflate,gzip")]);
+    assert!(status(&same).contains("hit"), "{}", status(&same));
+    assert_eq!(same.body, "zipped");
+    // Without gzip: not the stored variant.
+    let plain = get_with(&url, &[("accept-encoding", "identity")]);
+    assert!(status(&plain).contains("fwd=miss"), "{}", status(&plain));
+    let refused = get_with(&url, &[("accept-encoding", "gzip;q=0, br")]);
+    assert!(
+        status(&refused).contains("fwd=miss"),
+        "{}",
+        status(&refused)
+    );
+}
+
+#[test]
+fn a_hit_still_needs_credentials() {
+    let e = echo("e", &[]);
+    let gw = cached(
+        &e,
+        "",
+        &["keys"],
+        "[policies.keys]\nkind = \"api_key\"\nheader = \"x-api-key\"\n\n[consumers.app]\napi_keys = [\"k1\"]\n",
+    );
+    let url = reply(&gw, "secret", &["cache-control:public,max-age=60"]);
+    assert_eq!(get_with(&url, &[("x-api-key", "k1")]).body, "secret");
+    let hit = get_with(&url, &[("x-api-key", "k1")]);
+    assert!(status(&hit).contains("hit"));
+    assert_error(&get(&url), 401, "unauthorized");
+    assert_eq!(hits(&e), 1);
+}

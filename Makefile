@@ -70,7 +70,16 @@ $(NODE_MARK): Makefile $(TEST_MARK)
 	@npm install --silent --no-audit --no-fund --prefix target/node grpc-web@1.5.0 esbuild@0.28.2
 	@touch $@
 
-test: deps $(TEST_MARK) $(PY_MARK) $(NODE_MARK)
+# The HTTP caching conformance suite (../shared/conformance/cache-tests, read-only there), copied
+# under target/ with its Node dependencies for tests/cache_conformance.rs.
+CACHE_TESTS_MARK := target/cache-tests/.installed
+
+$(CACHE_TESTS_MARK): Makefile $(NODE_MARK)
+	@rm -rf target/cache-tests && cp -r ../shared/conformance/cache-tests target/cache-tests
+	@cd target/cache-tests && npm install --silent --no-audit --no-fund --omit=dev
+	@touch $@
+
+test: deps $(TEST_MARK) $(PY_MARK) $(NODE_MARK) $(CACHE_TESTS_MARK)
 	$(CARGO) test --all-targets
 
 # Side by side with nginx and haproxy on pinned cores; prints RESULT lines (docs/performance.md).

@@ -496,10 +496,9 @@ impl ProxyHttp for Gateway {
             keepalive::before_answer(session.as_downstream_mut());
         }
         if let Some(route) = ctx.route.as_deref() {
-            let said = route
-                .chain
-                .cache()
-                .map(|c| c.respond(&session.cache, upstream_response));
+            let req = session.downstream_session.req_header();
+            let said = (route.chain.cache())
+                .map(|c| c.respond(&session.cache, req, upstream_response, &ctx.cx));
             if let Some(Some(result)) = said {
                 route.metrics.record_cache(result);
                 ctx.cx.cache = Some(result);
@@ -533,8 +532,9 @@ impl ProxyHttp for Gateway {
         resp: &ResponseHeader,
         ctx: &mut Box<RequestCtx>,
     ) -> Result<RespCacheable> {
-        Ok(match ctx.cache() {
-            Some(cache) => cache.cacheable(session.req_header(), resp),
+        let ctx = &mut **ctx;
+        Ok(match ctx.route.as_deref().and_then(|r| r.chain.cache()) {
+            Some(cache) => cache.cacheable(session.req_header(), resp, &mut ctx.cx),
             None => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
         })
     }

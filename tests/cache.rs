@@ -192,3 +192,27 @@ fn a_hit_still_needs_credentials() {
     assert_error(&get(&url), 401, "unauthorized");
     assert_eq!(hits(&e), 1);
 }
+
+#[test]
+fn an_unsafe_method_invalidates_and_an_arriving_age_counts() {
+    let e = echo("e", &[]);
+    let gw = cached(&e, "", &[], "");
+    let url = reply(&gw, "v1", &["cache-control:max-age=60"]);
+    get(&url);
+    assert!(status(&get(&url)).contains("hit"));
+    // A successful POST to the URI removes what is stored for it (RFC 9111 §4.4).
+    let post = request("POST", &url, &[], Some("x"));
+    assert_eq!(post.status, 200);
+    assert!(status(&get(&url)).contains("fwd=miss"));
+    // An answer 50 s old on arrival has 10 s of its 60 left, and says it is 50 s old.
+    let aged = reply(&gw, "aged", &["cache-control:max-age=60", "age:50"]);
+    get(&aged);
+    let hit = get(&aged);
+    let ttl: i64 = status(&hit)
+        .strip_prefix("pylon; hit; ttl=")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or_else(|| panic!("{}", status(&hit)));
+    assert!((8..=10).contains(&ttl), "{ttl}");
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    assert!((50..=52).contains(&age), "{age}");
+}

@@ -60,8 +60,14 @@ pub trait RouteCache: Send + Sync {
     /// The request's key (host, path, query, chosen headers, the consumer, as configured).
     fn key(&self, req: &RequestHeader, cx: &Context) -> CacheKey;
 
-    /// Whether, and until when, the upstream's answer may be stored.
-    fn cacheable(&self, req: &RequestHeader, resp: &ResponseHeader) -> RespCacheable;
+    /// Whether, and until when, the upstream's answer may be stored. After a revalidation,
+    /// `resp` is the stored answer's header with some of the `304`'s (Pingora's merge).
+    fn cacheable(
+        &self,
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+        cx: &mut Context,
+    ) -> RespCacheable;
 
     /// The variant of a stored answer with `Vary` this request takes; `None`: no variance.
     fn vary(&self, meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary>;
@@ -71,6 +77,13 @@ pub trait RouteCache: Send + Sync {
     fn serve_stale(&self, error: Option<&pingora::Error>) -> bool;
 
     /// The response to the client is about to go out: say how the cache served it
-    /// (`Cache-Status`), and return that for metrics and the log.
-    fn respond(&self, cache: &HttpCache, resp: &mut ResponseHeader) -> Option<CacheResult>;
+    /// (`Cache-Status`), and return that for metrics and the log. An unsafe method's success
+    /// invalidates what is stored for its URI (RFC 9111 §4.4).
+    fn respond(
+        &self,
+        cache: &HttpCache,
+        req: &RequestHeader,
+        resp: &mut ResponseHeader,
+        cx: &Context,
+    ) -> Option<CacheResult>;
 }

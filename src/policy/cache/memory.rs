@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use pingora::{Error, ErrorType, Result};
 use pingora_cache::eviction::lru::Manager;
-use pingora_cache::key::{CacheHashKey, CacheKey, HashBinary};
+use pingora_cache::key::{CacheHashKey, CacheKey, CompactCacheKey, HashBinary};
 use pingora_cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
     PurgeType, Storage,
@@ -39,7 +39,9 @@ struct Object {
     body: Bytes,
 }
 
-type Shard = RwLock<HashMap<HashBinary, Arc<Object>>>;
+/// The variants stored under one primary key (one without `Vary`), by variance.
+type Group = Vec<(Option<HashBinary>, Arc<Object>)>;
+type Shard = RwLock<HashMap<HashBinary, Group>>;
 
 pub struct MemoryTier {
     shards: Box<[Shard]>,
@@ -61,43 +63,109 @@ impl MemoryTier {
         }
     }
 
-    fn shard(&self, hash: &HashBinary) -> &Shard {
-        &self.shards[usize::from(hash[0]) % SHARDS]
+    fn shard(&self, primary: &HashBinary) -> &Shard {
+        &self.shards[usize::from(primary[0]) % SHARDS]
     }
 
-    fn get(&self, hash: &HashBinary) -> Option<Arc<Object>> {
-        let shard = self.shard(hash).read().unwrap_or_else(|e| e.into_inner());
-        shard.get(hash).cloned()
+    fn get(&self, key: &impl CacheHashKey) -> Option<Arc<Object>> {
+        let primary = key.primary_bin();
+        let variance = key.variance_bin();
+        let shard = self
+            .shard(&primary)
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let group = shard.get(&primary)?;
+        group
+            .iter()
+            .find(|(v, _)| *v == variance)
+            .map(|(_, o)| Arc::clone(o))
     }
 
-    fn insert(&self, hash: HashBinary, object: Object) {
+    /// Put `object` in place of the variant's, or beside the other variants.
+    fn insert(&self, key: &impl CacheHashKey, object: Object) {
+        let primary = key.primary_bin();
+        let variance = key.variance_bin();
         let size = object.body.len() as i64;
-        let old = self
-            .shard(&hash)
+        let object = Arc::new(object);
+        let mut shard = self
+            .shard(&primary)
             .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(hash, Arc::new(object));
-        self.bytes.add(size);
-        match old {
-            Some(old) => self.bytes.sub(old.body.len() as i64),
-            None => self.entries.inc(),
+            .unwrap_or_else(|e| e.into_inner());
+        let group = shard.entry(primary).or_default();
+        match group.iter_mut().find(|(v, _)| *v == variance) {
+            Some((_, old)) => {
+                self.bytes.sub(old.body.len() as i64);
+                *old = object;
+            }
+            None => {
+                group.push((variance, object));
+                self.entries.inc();
+            }
         }
+        self.bytes.add(size);
     }
 
-    fn remove(&self, hash: &HashBinary) -> bool {
-        let old = self
-            .shard(hash)
+    /// Change a stored variant's meta, keeping its body.
+    fn replace_meta(&self, key: &impl CacheHashKey, meta: (Vec<u8>, Vec<u8>)) -> bool {
+        let primary = key.primary_bin();
+        let variance = key.variance_bin();
+        let mut shard = self
+            .shard(&primary)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let found = shard
+            .get_mut(&primary)
+            .and_then(|g| g.iter_mut().find(|(v, _)| *v == variance));
+        let Some((_, object)) = found else {
+            return false;
+        };
+        *object = Arc::new(Object {
+            meta,
+            body: object.body.clone(),
+        });
+        true
+    }
+
+    /// Remove one variant.
+    fn remove(&self, key: &impl CacheHashKey) -> bool {
+        let primary = key.primary_bin();
+        let variance = key.variance_bin();
+        let mut shard = self
+            .shard(&primary)
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        let Some(group) = shard.get_mut(&primary) else {
+            return false;
+        };
+        let Some(at) = group.iter().position(|(v, _)| *v == variance) else {
+            return false;
+        };
+        let (_, old) = group.swap_remove(at);
+        if group.is_empty() {
+            shard.remove(&primary);
+        }
+        self.bytes.sub(old.body.len() as i64);
+        self.entries.dec();
+        true
+    }
+
+    /// Remove every variant stored under `primary`: what an invalidation of its URI asks.
+    /// Returns the keys removed, for the eviction manager.
+    pub fn remove_all(&self, primary: &HashBinary) -> Vec<Option<HashBinary>> {
+        let group = self
+            .shard(primary)
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(hash);
-        match old {
-            Some(old) => {
+            .remove(primary)
+            .unwrap_or_default();
+        group
+            .into_iter()
+            .map(|(variance, old)| {
                 self.bytes.sub(old.body.len() as i64);
                 self.entries.dec();
-                true
-            }
-            None => false,
-        }
+                variance
+            })
+            .collect()
     }
 
     /// Drop every entry: the tier is no longer used (its settings changed in a reload). Its
@@ -105,9 +173,11 @@ impl MemoryTier {
     pub fn clear(&self) {
         for shard in self.shards.iter() {
             let mut shard = shard.write().unwrap_or_else(|e| e.into_inner());
-            for (_, object) in shard.drain() {
-                self.bytes.sub(object.body.len() as i64);
-                self.entries.dec();
+            for (_, group) in shard.drain() {
+                for (_, object) in group {
+                    self.bytes.sub(object.body.len() as i64);
+                    self.entries.dec();
+                }
             }
         }
     }
@@ -169,7 +239,7 @@ impl HandleHit for Hit {
 
 struct Miss {
     tier: &'static MemoryTier,
-    hash: HashBinary,
+    key: CompactCacheKey,
     meta: (Vec<u8>, Vec<u8>),
     body: BytesMut,
 }
@@ -189,12 +259,12 @@ impl HandleMiss for Miss {
         let size = self.body.len();
         let Miss {
             tier,
-            hash,
+            key,
             meta,
             body,
         } = *self;
         tier.insert(
-            hash,
+            &key,
             Object {
                 meta,
                 body: body.freeze(),
@@ -211,7 +281,7 @@ impl Storage for MemoryTier {
         key: &CacheKey,
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
-        let Some(object) = self.get(&key.combined_bin()) else {
+        let Some(object) = self.get(key) else {
             return Ok(None);
         };
         let hit = Hit {
@@ -232,7 +302,7 @@ impl Storage for MemoryTier {
     ) -> Result<MissHandler> {
         Ok(Box::new(Miss {
             tier: self,
-            hash: key.combined_bin(),
+            key: key.to_compact(),
             meta: meta.serialize()?,
             body: BytesMut::new(),
         }))
@@ -244,7 +314,7 @@ impl Storage for MemoryTier {
         purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        if !self.remove(&target.key().combined_bin()) {
+        if !self.remove(target.key()) {
             return Ok(PurgeOutcome::NotFound);
         }
         if matches!(purge_type, PurgeType::Eviction) {
@@ -258,17 +328,15 @@ impl Storage for MemoryTier {
         target: PurgeTarget<'_>,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
-        let hash = target.key().combined_bin();
-        let mut shard = self.shard(&hash).write().unwrap_or_else(|e| e.into_inner());
-        let Some(object) = shard.get_mut(&hash) else {
+        let key = target.key();
+        let Some(object) = self.get(key) else {
             return Ok(PurgeOutcome::NotFound);
         };
         let mut meta = CacheMeta::deserialize(&object.meta.0, &object.meta.1)?;
         meta.expire_at(SystemTime::now());
-        *object = Arc::new(Object {
-            meta: meta.serialize()?,
-            body: object.body.clone(),
-        });
+        if !self.replace_meta(key, meta.serialize()?) {
+            return Ok(PurgeOutcome::NotFound);
+        }
         Ok(PurgeOutcome::Expired)
     }
 
@@ -278,16 +346,7 @@ impl Storage for MemoryTier {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let hash = key.combined_bin();
-        let mut shard = self.shard(&hash).write().unwrap_or_else(|e| e.into_inner());
-        let Some(object) = shard.get_mut(&hash) else {
-            return Ok(false);
-        };
-        *object = Arc::new(Object {
-            meta: meta.serialize()?,
-            body: object.body.clone(),
-        });
-        Ok(true)
+        Ok(self.replace_meta(key, meta.serialize()?))
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {

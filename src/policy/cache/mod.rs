@@ -11,6 +11,7 @@
 //! (`Cache-Status`, RFC 9211). The storage is the process's memory tier (`memory.rs`), shared
 //! by every route and kept across reloads while `[cache]` does not change.
 
+mod freshness;
 mod key;
 mod memory;
 
@@ -18,16 +19,16 @@ use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfDuration, ConfigError};
 use crate::filter::{CacheResult, Context, Filter, Phases, RouteCache};
+use freshness::Freshness;
 use http::header::{AUTHORIZATION, SET_COOKIE, VARY};
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use key::KeySpec;
 use memory::{Eviction, MemoryTier};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora_cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
-use pingora_cache::filters::calculate_fresh_until;
-use pingora_cache::key::HashBinary;
+use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};
+use pingora_cache::key::{CacheHashKey, HashBinary};
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
-use pingora_cache::meta::CacheMetaDefaults;
 use pingora_cache::{
     CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, HttpCache, NoCacheReason, RespCacheable,
     VarianceBuilder,
@@ -223,11 +224,6 @@ pub struct Cache {
 
 const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
-/// No freshness from the defaults: `default_ttl` is applied here, per policy.
-fn no_default(_: http::StatusCode) -> Option<Duration> {
-    None
-}
-
 /// `Accept-Encoding` as the codings a client takes, sorted: clients that take the same ones
 /// share a variant, and one that takes no gzip never gets a gzip body.
 fn codings(value: &[u8]) -> Vec<u8> {
@@ -248,6 +244,24 @@ fn codings(value: &[u8]) -> Vec<u8> {
     taken.sort_unstable();
     taken.dedup();
     taken.join(",").into_bytes()
+}
+
+impl Cache {
+    /// Remove every variant stored for the request's URI (as its `GET` would be keyed).
+    fn invalidate(&self, req: &RequestHeader, cx: &Context) {
+        let key = CacheKey::new(self.key.primary(req, cx), "");
+        let primary = key.primary_bin();
+        for variance in self.storage.tier.remove_all(&primary) {
+            let mut stored = key.clone();
+            if let Some(v) = variance {
+                stored.set_variance_key(v);
+            }
+            let compact = stored.to_compact();
+            self.storage
+                .eviction
+                .remove(CacheEntryKeyRef::from_entry_id(&compact, None));
+        }
+    }
 }
 
 impl RouteCache for Cache {
@@ -276,8 +290,21 @@ impl RouteCache for Cache {
         CacheKey::new(self.key.primary(req, cx), "")
     }
 
-    fn cacheable(&self, req: &RequestHeader, resp: &ResponseHeader) -> RespCacheable {
+    fn cacheable(
+        &self,
+        req: &RequestHeader,
+        resp: &ResponseHeader,
+        cx: &mut Context,
+    ) -> RespCacheable {
         use RespCacheable::Uncacheable;
+        let merged;
+        let resp = match cx.state.remove::<NotModified>() {
+            Some(NotModified(fields)) => {
+                merged = updated(resp, &fields);
+                &merged
+            }
+            None => resp,
+        };
         if !self.statuses.contains(&resp.status.as_u16()) {
             return Uncacheable(NoCacheReason::Custom("status"));
         }
@@ -296,32 +323,43 @@ impl RouteCache for Cache {
                 }
             }
         }
-        let cc = CacheControl::from_resp_headers(resp);
-        let now = SystemTime::now();
-        let defaults = CacheMetaDefaults::new(no_default, 0, 0);
+        // A `CDN-Cache-Control` (RFC 9213) is for caches like this one, in place of
+        // `Cache-Control`.
+        let cc = CacheControl::from_resp_headers_named("cdn-cache-control", resp)
+            .or_else(|| CacheControl::from_resp_headers(resp));
         let authorized = req.headers.contains_key(AUTHORIZATION);
-        let fresh_until = calculate_fresh_until(now, cc.as_ref(), resp, authorized, &defaults)
-            .or_else(|| {
-                let allowed = cc
-                    .as_ref()
-                    .is_none_or(|cc| cc.is_cacheable() != Cacheable::No);
-                let by_default = !self.default_ttl.is_zero() && allowed && !authorized;
-                by_default.then(|| now + self.default_ttl)
-            });
-        let Some(fresh_until) = fresh_until else {
+        if authorized
+            && !cc
+                .as_ref()
+                .is_some_and(|cc| cc.allow_caching_authorized_req())
+        {
+            return Uncacheable(NoCacheReason::Custom("authorization"));
+        }
+        if cc
+            .as_ref()
+            .is_some_and(|cc| cc.is_cacheable() == Cacheable::No)
+        {
+            return Uncacheable(NoCacheReason::OriginNotCache);
+        }
+        let now = SystemTime::now();
+        let freshness = Freshness::of(cc.as_ref(), &resp.headers, now).or_else(|| {
+            let by_default = !self.default_ttl.is_zero();
+            by_default.then(|| Freshness::given(self.default_ttl, &resp.headers, now))
+        });
+        let Some(freshness) = freshness else {
             return Uncacheable(NoCacheReason::OriginNotCache);
         };
-        let fresh_until = fresh_until.min(now + self.max_ttl);
+        let (created, fresh_until) = freshness.capped(self.max_ttl).times(now);
+        // The answer's own windows, or none where it forbids stale answers
+        // (`must-revalidate`, `proxy-revalidate`, `s-maxage`); the policy's otherwise.
+        let secs = |d: Option<Duration>, default: u32| d.map_or(default, |d| d.as_secs() as u32);
         let (swr, sie) = match &cc {
             Some(cc) => (
-                cc.stale_while_revalidate()
-                    .ok()
-                    .flatten()
-                    .unwrap_or(self.stale_while_revalidate),
-                cc.stale_if_error()
-                    .ok()
-                    .flatten()
-                    .unwrap_or(self.stale_if_error),
+                secs(
+                    cc.serve_stale_while_revalidate_duration(),
+                    self.stale_while_revalidate,
+                ),
+                secs(cc.serve_stale_if_error_duration(), self.stale_if_error),
             ),
             None => (self.stale_while_revalidate, self.stale_if_error),
         };
@@ -329,7 +367,7 @@ impl RouteCache for Cache {
         if let Some(cc) = &cc {
             cc.strip_private_headers(&mut header);
         }
-        RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+        RespCacheable::Cacheable(CacheMeta::new(fresh_until, created, swr, sie, header))
     }
 
     fn vary(&self, meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
@@ -361,7 +399,16 @@ impl RouteCache for Cache {
         true
     }
 
-    fn respond(&self, cache: &HttpCache, resp: &mut ResponseHeader) -> Option<CacheResult> {
+    fn respond(
+        &self,
+        cache: &HttpCache,
+        req: &RequestHeader,
+        resp: &mut ResponseHeader,
+        cx: &Context,
+    ) -> Option<CacheResult> {
+        if !req.method.is_safe() && (200..400).contains(&resp.status.as_u16()) {
+            self.invalidate(req, cx);
+        }
         let ttl = |meta: &CacheMeta| {
             let now = SystemTime::now();
             match meta.fresh_until().duration_since(now) {
@@ -405,9 +452,53 @@ impl RouteCache for Cache {
     }
 }
 
+/// A `304`'s header fields, kept from the upstream-response phase for the entry's update.
+struct NotModified(HeaderMap);
+
+/// Fields a `304` may not change in the stored answer: those its stored body depends on, and
+/// the connection's own (RFC 9111 §3.2).
+const KEPT: [HeaderName; 10] = [
+    http::header::CONTENT_LENGTH,
+    http::header::CONTENT_ENCODING,
+    http::header::CONTENT_RANGE,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// The stored answer's header with every field of the `304` in place of its own (§4.3.4).
+fn updated(stored: &ResponseHeader, fields: &HeaderMap) -> ResponseHeader {
+    let mut header = stored.clone();
+    for name in fields.keys() {
+        if KEPT.contains(name) {
+            continue;
+        }
+        header.remove_header(name);
+        for value in fields.get_all(name) {
+            let _ = header.append_header(name.clone(), value.clone());
+        }
+    }
+    header
+}
+
 impl Filter for Cache {
     fn phases(&self) -> Phases {
-        Phases::empty()
+        Phases::UPSTREAM_RESPONSE
+    }
+
+    fn upstream_response(
+        &self,
+        resp: &mut ResponseHeader,
+        cx: &mut Context,
+    ) -> pingora::Result<()> {
+        if resp.status == http::StatusCode::NOT_MODIFIED {
+            cx.state.insert(NotModified(resp.headers.clone()));
+        }
+        Ok(())
     }
 
     fn cache(&self) -> Option<&dyn RouteCache> {

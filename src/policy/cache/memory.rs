@@ -23,7 +23,7 @@ use pingora_cache::CacheMeta;
 use prometheus::{IntCounter, IntGauge};
 use std::any::Any;
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockWriteGuard};
 use std::time::SystemTime;
 
 const SHARDS: usize = 16;
@@ -67,6 +67,19 @@ impl MemoryTier {
         &self.shards[usize::from(primary[0]) % SHARDS]
     }
 
+    /// The shard of `primary`, locked for a change.
+    fn write(&self, primary: &HashBinary) -> RwLockWriteGuard<'_, HashMap<HashBinary, Group>> {
+        self.shard(primary)
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A removed entry leaves the gauges.
+    fn forget(&self, object: &Object) {
+        self.bytes.sub(object.body.len() as i64);
+        self.entries.dec();
+    }
+
     fn get(&self, key: &impl CacheHashKey) -> Option<Arc<Object>> {
         let primary = key.primary_bin();
         let variance = key.variance_bin();
@@ -87,10 +100,7 @@ impl MemoryTier {
         let variance = key.variance_bin();
         let size = object.body.len() as i64;
         let object = Arc::new(object);
-        let mut shard = self
-            .shard(&primary)
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.write(&primary);
         let group = shard.entry(primary).or_default();
         match group.iter_mut().find(|(v, _)| *v == variance) {
             Some((_, old)) => {
@@ -109,10 +119,7 @@ impl MemoryTier {
     fn replace_meta(&self, key: &impl CacheHashKey, meta: (Vec<u8>, Vec<u8>)) -> bool {
         let primary = key.primary_bin();
         let variance = key.variance_bin();
-        let mut shard = self
-            .shard(&primary)
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.write(&primary);
         let found = shard
             .get_mut(&primary)
             .and_then(|g| g.iter_mut().find(|(v, _)| *v == variance));
@@ -130,10 +137,7 @@ impl MemoryTier {
     fn remove(&self, key: &impl CacheHashKey) -> bool {
         let primary = key.primary_bin();
         let variance = key.variance_bin();
-        let mut shard = self
-            .shard(&primary)
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut shard = self.write(&primary);
         let Some(group) = shard.get_mut(&primary) else {
             return false;
         };
@@ -144,25 +148,18 @@ impl MemoryTier {
         if group.is_empty() {
             shard.remove(&primary);
         }
-        self.bytes.sub(old.body.len() as i64);
-        self.entries.dec();
+        self.forget(&old);
         true
     }
 
     /// Remove every variant stored under `primary`: what an invalidation of its URI asks.
     /// Returns the keys removed, for the eviction manager.
     pub fn remove_all(&self, primary: &HashBinary) -> Vec<Option<HashBinary>> {
-        let group = self
-            .shard(primary)
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(primary)
-            .unwrap_or_default();
+        let group = self.write(primary).remove(primary).unwrap_or_default();
         group
             .into_iter()
             .map(|(variance, old)| {
-                self.bytes.sub(old.body.len() as i64);
-                self.entries.dec();
+                self.forget(&old);
                 variance
             })
             .collect()
@@ -174,10 +171,7 @@ impl MemoryTier {
         for shard in self.shards.iter() {
             let mut shard = shard.write().unwrap_or_else(|e| e.into_inner());
             for (_, group) in shard.drain() {
-                for (_, object) in group {
-                    self.bytes.sub(object.body.len() as i64);
-                    self.entries.dec();
-                }
+                group.iter().for_each(|(_, object)| self.forget(object));
             }
         }
     }

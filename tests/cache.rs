@@ -194,6 +194,21 @@ fn a_hit_still_needs_credentials() {
 }
 
 #[test]
+fn a_hit_still_counts_against_a_rate_limit() {
+    let e = echo("e", &[]);
+    let gw = cached(
+        &e,
+        "",
+        &["limit"],
+        "[policies.limit]\nkind = \"rate_limit\"\nlimit = 3\nwindow = \"1m\"\n",
+    );
+    let url = reply(&gw, "popular", &["cache-control:max-age=60"]);
+    let statuses: Vec<u16> = (0..5).map(|_| get(&url).status).collect();
+    assert_eq!(statuses, [200, 200, 200, 429, 429]);
+    assert_eq!(hits(&e), 1);
+}
+
+#[test]
 fn an_unsafe_method_invalidates_and_an_arriving_age_counts() {
     let e = echo("e", &[]);
     let gw = cached(&e, "", &[], "");
@@ -215,4 +230,56 @@ fn an_unsafe_method_invalidates_and_an_arriving_age_counts() {
     assert!((8..=10).contains(&ttl), "{ttl}");
     let age: u64 = hit.header("age").unwrap().parse().unwrap();
     assert!((50..=52).contains(&age), "{age}");
+}
+
+#[test]
+fn a_stale_entry_is_served_while_it_refreshes_and_when_no_target_can_answer() {
+    // While a slow upstream refreshes it: the stale entry at once.
+    let slow = echo("slow", &["--delay", "2s"]);
+    let gw = cached(&slow, "", &[], "");
+    let url = reply(
+        &gw,
+        "swr",
+        &["cache-control:max-age=1,stale-while-revalidate=30"],
+    );
+    get(&url);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let started = std::time::Instant::now();
+    let stale = get(&url);
+    // Not waiting for the upstream's 2 s.
+    assert!(started.elapsed() < std::time::Duration::from_secs(1));
+    assert_eq!(stale.body, "swr");
+    assert!(
+        status(&stale).starts_with("pylon; hit; ttl=-"),
+        "{}",
+        status(&stale)
+    );
+    wait_until(
+        std::time::Duration::from_secs(8),
+        "the entry refreshed",
+        || status(&get(&url)).starts_with("pylon; hit; ttl=0"),
+    );
+    // No target to try (the only one failed its health check): the stale entry, not a 503.
+    let mut e = echo("e", &[]);
+    let gw = gateway(&format!(
+        "[upstreams.e]\ntargets = [\"{}\"]\nretries = 0\nhealth_check = {{ kind = \"tcp\", interval = \"300ms\", unhealthy = 1 }}\n\n[policies.cached]\nkind = \"cache\"\nstale_if_error = \"60s\"\n\n[[routes]]\nname = \"e\"\nupstream = \"e\"\npolicies = [\"cached\"]\n",
+        e.addr
+    ));
+    let url = reply(&gw, "kept", &["cache-control:max-age=1"]);
+    assert_eq!(get(&url).body, "kept");
+    e.proc.0.kill().unwrap();
+    let other = gw.url("/other");
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the target out of rotation",
+        || get(&other).status == 503,
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let served = get(&url);
+    assert_eq!((served.status, served.body.as_str()), (200, "kept"));
+    assert!(
+        status(&served).starts_with("pylon; hit; ttl=-"),
+        "{}",
+        status(&served)
+    );
 }

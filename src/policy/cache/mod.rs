@@ -409,11 +409,12 @@ impl RouteCache for Cache {
         if !req.method.is_safe() && (200..400).contains(&resp.status.as_u16()) {
             self.invalidate(req, cx);
         }
+        // Whole seconds of freshness left, rounded down: a stale entry's is negative.
         let ttl = |meta: &CacheMeta| {
             let now = SystemTime::now();
             match meta.fresh_until().duration_since(now) {
                 Ok(left) => left.as_secs() as i64,
-                Err(past) => -(past.duration().as_secs() as i64),
+                Err(past) => -(past.duration().as_secs_f64().ceil() as i64),
             }
         };
         let (result, status) = match cache.phase() {

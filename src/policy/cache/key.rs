@@ -1,6 +1,6 @@
 //! A cache key as configured: the parts of a request that tell entries apart, compiled at load.
 //!
-//! The query is normalised: parameters in `ignore_query` are left out and the rest sorted, so
+//! Entries are per route. The query is normalised: parameters in `ignore_query` are left out and the rest sorted, so
 //! `?b=2&a=1&utm_source=x` and `?a=1&b=2` share an entry. Parts are written with their names
 //! and lengths, so no two different requests write the same key.
 
@@ -52,13 +52,15 @@ impl KeySpec {
         })
     }
 
-    /// The request's primary key.
+    /// The request's primary key. It starts with the route's name: two routes may send the
+    /// same path to different upstreams, so they never share an entry.
     pub fn primary(&self, req: &RequestHeader, cx: &Context) -> String {
         let mut key = String::with_capacity(128);
         let mut put = |name: &str, value: &[u8]| {
             let value = String::from_utf8_lossy(value);
             let _ = writeln!(key, "{name}:{}:{value}", value.len());
         };
+        put("route", cx.route.as_deref().unwrap_or_default().as_bytes());
         for part in &self.parts {
             match part {
                 Part::Host => {
@@ -147,6 +149,17 @@ mod tests {
             key(&spec, "/a", &[("x-other", "a")]),
             key(&spec, "/a", &[("x-other", "b")])
         );
+    }
+
+    #[test]
+    fn routes_never_share_an_entry() {
+        let spec = KeySpec::parse(&["path".into()], &[]).unwrap();
+        let req = RequestHeader::build("GET", b"/a", None).unwrap();
+        let mut a = Context::default();
+        a.route = Some("a".into());
+        let mut b = Context::default();
+        b.route = Some("b".into());
+        assert_ne!(spec.primary(&req, &a), spec.primary(&req, &b));
     }
 
     #[test]

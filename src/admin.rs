@@ -6,6 +6,7 @@
 
 use crate::config::{Config, Secret};
 use crate::metrics::METRICS;
+use crate::policy::cache::{self, Purge};
 use crate::reload;
 use crate::runtime::SharedSnapshot;
 use async_trait::async_trait;
@@ -187,6 +188,44 @@ impl Admin {
         }
     }
 
+    /// `POST /cache/purge`: `{"route": R, "path": "/p?q"}`, `{"prefix": "/p"}` or
+    /// `{"tag": T}`, with `"soft": true` to mark the entries stale instead of removing them.
+    async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            body.extend_from_slice(&chunk);
+            if body.len() > 64 * 1024 {
+                return error(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "too large",
+                );
+            }
+        }
+        let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let text = |k: &str| asked.get(k).and_then(|v| v.as_str()).map(String::from);
+        let purge = match (text("route"), text("path"), text("prefix"), text("tag")) {
+            (Some(route), Some(path), None, None) => Purge::Key { route, path },
+            (None, None, Some(prefix), None) => Purge::Prefix(prefix),
+            (None, None, None, Some(tag)) => Purge::Tag(tag),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    "expected {\"route\", \"path\"}, {\"prefix\"} or {\"tag\"}",
+                )
+            }
+        };
+        let soft = asked.get("soft").and_then(|v| v.as_bool()).unwrap_or(false);
+        let snapshot = self.snapshot.load();
+        let purged: usize = snapshot
+            .carried
+            .all::<cache::Storage>()
+            .map(|storage| storage.purge(&purge, soft))
+            .sum();
+        json_response(StatusCode::OK, json!({"purged": purged, "soft": soft}))
+    }
+
     fn set_target(&self, upstream: &str, target: &str, enabled: bool) -> Response<Vec<u8>> {
         let snapshot = self.snapshot.load();
         let Some(pool) = snapshot.upstreams.get(upstream) else {
@@ -252,13 +291,15 @@ impl ServeHttp for Admin {
                 ),
             },
             ("POST", ["reload"]) => self.reload().await,
+            ("POST", ["cache", "purge"]) => self.purge(session).await,
             ("POST", ["upstreams", name, "targets", target, "drain"]) => {
                 self.set_target(name, target, false)
             }
             ("POST", ["upstreams", name, "targets", target, "enable"]) => {
                 self.set_target(name, target, true)
             }
-            (_, ["healthz" | "readyz" | "metrics" | "upstreams" | "reload" | "config"]) => error(
+            (_, ["healthz" | "readyz" | "metrics" | "upstreams" | "reload" | "config"])
+            | (_, ["cache", "purge"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "method not allowed here",

@@ -283,3 +283,65 @@ fn a_stale_entry_is_served_while_it_refreshes_and_when_no_target_can_answer() {
         status(&served)
     );
 }
+
+#[test]
+fn purges_by_key_prefix_and_tag_hard_and_soft() {
+    let e = echo("e", &[]);
+    let admin = free_port();
+    // The echo's own answers (any path) are stored by default_ttl; `/_reply` gives tags.
+    let gw = cached(
+        &e,
+        "default_ttl = \"60s\"",
+        &[],
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"t0k3n\"\n"),
+    );
+    wait_for_port(admin);
+    let purge = |body: &str| {
+        let resp = request(
+            "POST",
+            &format!("http://127.0.0.1:{admin}/cache/purge"),
+            &[("authorization", "Bearer t0k3n")],
+            Some(body),
+        );
+        assert_eq!(resp.status, 200, "{}", resp.body);
+        resp.json()["purged"].as_u64().unwrap()
+    };
+    let stored = |path: &str| {
+        let url = gw.url(path);
+        get(&url);
+        assert!(status(&get(&url)).contains("hit"), "{path}");
+        url
+    };
+    let a = stored("/a/1?b=2&a=1");
+    let b = stored("/a/2");
+    let red_blue = stored("/_reply?body=rb&header=surrogate-key:red%20blue");
+    let blue_green = stored("/_reply?body=bg&header=cache-tag:blue,green");
+    // By key: the route and the path with its query (in any order).
+    assert_eq!(purge(r#"{"route": "e", "path": "/a/1?a=1&b=2"}"#), 1);
+    assert!(status(&get(&a)).contains("fwd=miss"));
+    assert!(status(&get(&b)).contains("hit"));
+    // By tag, soft: marked stale, revalidated (here refetched) on the next request.
+    assert_eq!(purge(r#"{"tag": "blue", "soft": true}"#), 2);
+    assert!(status(&get(&red_blue)).contains("fwd=stale"));
+    assert!(status(&get(&blue_green)).contains("fwd=stale"));
+    assert_eq!(purge(r#"{"tag": "green"}"#), 1);
+    assert!(status(&get(&blue_green)).contains("fwd=miss"));
+    // By prefix: /a/1 (stored again above) and /a/2.
+    assert_eq!(purge(r#"{"prefix": "/a/"}"#), 2);
+    assert!(status(&get(&b)).contains("fwd=miss"));
+    // A purge needs the token and a selector.
+    let refused = request(
+        "POST",
+        &format!("http://127.0.0.1:{admin}/cache/purge"),
+        &[],
+        Some(r#"{"prefix": "/"}"#),
+    );
+    assert_eq!(refused.status, 401);
+    let bad = request(
+        "POST",
+        &format!("http://127.0.0.1:{admin}/cache/purge"),
+        &[("authorization", "Bearer t0k3n")],
+        Some(r#"{"everything": true}"#),
+    );
+    assert_eq!(bad.status, 400);
+}

@@ -94,20 +94,22 @@ impl KeySpec {
 
     /// The query without ignored parameters, sorted.
     fn query(&self, query: Option<&str>) -> String {
-        let Some(query) = query else {
-            return String::new();
-        };
-        let mut pairs: Vec<&str> = query
-            .split('&')
-            .filter(|p| !p.is_empty())
-            .filter(|p| {
-                let name = p.split('=').next().unwrap_or_default();
-                !self.ignore_query.iter().any(|i| i == name)
-            })
-            .collect();
-        pairs.sort_unstable();
-        pairs.join("&")
+        sorted_query(query.unwrap_or_default(), &self.ignore_query)
     }
+}
+
+/// A query's parameters but `ignore`d ones, sorted: as keys have them.
+pub fn sorted_query(query: &str, ignore: &[String]) -> String {
+    let mut pairs: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .filter(|p| {
+            let name = p.split('=').next().unwrap_or_default();
+            !ignore.iter().any(|i| i == name)
+        })
+        .collect();
+    pairs.sort_unstable();
+    pairs.join("&")
 }
 
 #[cfg(test)]

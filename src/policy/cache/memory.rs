@@ -33,10 +33,59 @@ const TIER: &str = "memory";
 pub type Eviction = Manager<SHARDS>;
 
 /// A stored answer: its meta serialized as Pingora's storages keep it (the meta cannot be
-/// cloned), and its body.
+/// cloned), its body, and what a purge selects it by.
 struct Object {
     meta: (Vec<u8>, Vec<u8>),
     body: Bytes,
+    about: Arc<About>,
+}
+
+/// What an entry was stored for: its key (for the eviction manager), its route, path and query
+/// (as the key has them), and the tags its answer gave it (`Surrogate-Key`, `Cache-Tag`).
+#[derive(Debug)]
+pub struct About {
+    pub key: CompactCacheKey,
+    pub route: String,
+    pub path: String,
+    pub query: String,
+    pub tags: Vec<String>,
+}
+
+impl About {
+    fn of(key: &CacheKey, meta: &CacheMeta) -> About {
+        let mut about = About {
+            key: key.to_compact(),
+            route: String::new(),
+            path: String::new(),
+            query: String::new(),
+            tags: Vec::new(),
+        };
+        // The key's lines are `name:length:value` (key.rs).
+        for line in key.primary_key_str().unwrap_or_default().lines() {
+            let mut parts = line.splitn(3, ':');
+            let (Some(name), Some(_), Some(value)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            match name {
+                "route" => about.route = value.to_string(),
+                "path" => about.path = value.to_string(),
+                "query" => about.query = value.to_string(),
+                _ => {}
+            }
+        }
+        let headers = meta.headers();
+        let surrogate = headers.get_all("surrogate-key").iter();
+        let tags = surrogate.flat_map(|v| v.to_str().unwrap_or("").split_ascii_whitespace());
+        let cache_tag = headers.get_all("cache-tag").iter();
+        let tags = tags.chain(cache_tag.flat_map(|v| v.to_str().unwrap_or("").split(',')));
+        about.tags = tags
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect();
+        about
+    }
 }
 
 /// The variants stored under one primary key (one without `Vary`), by variance.
@@ -129,8 +178,38 @@ impl MemoryTier {
         *object = Arc::new(Object {
             meta,
             body: object.body.clone(),
+            about: Arc::clone(&object.about),
         });
         true
+    }
+
+    /// What every stored entry was stored for, those `pick` keeps: for a purge.
+    pub fn select(&self, pick: impl Fn(&About) -> bool) -> Vec<Arc<About>> {
+        let mut picked = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read().unwrap_or_else(|e| e.into_inner());
+            for (_, object) in shard.values().flatten() {
+                if pick(&object.about) {
+                    picked.push(Arc::clone(&object.about));
+                }
+            }
+        }
+        picked
+    }
+
+    /// Remove the entry `about` describes; whether it was there.
+    pub fn remove_entry(&self, about: &About) -> bool {
+        self.remove(&about.key)
+    }
+
+    /// Mark the entry `about` describes stale, keeping it to revalidate or serve stale.
+    pub fn expire_entry(&self, about: &About) -> Result<bool> {
+        let Some(object) = self.get(&about.key) else {
+            return Ok(false);
+        };
+        let mut meta = CacheMeta::deserialize(&object.meta.0, &object.meta.1)?;
+        meta.expire_at(SystemTime::now());
+        Ok(self.replace_meta(&about.key, meta.serialize()?))
     }
 
     /// Remove one variant.
@@ -233,7 +312,7 @@ impl HandleHit for Hit {
 
 struct Miss {
     tier: &'static MemoryTier,
-    key: CompactCacheKey,
+    about: Arc<About>,
     meta: (Vec<u8>, Vec<u8>),
     body: BytesMut,
 }
@@ -253,15 +332,16 @@ impl HandleMiss for Miss {
         let size = self.body.len();
         let Miss {
             tier,
-            key,
+            about,
             meta,
             body,
         } = *self;
         tier.insert(
-            &key,
+            &about.key.clone(),
             Object {
                 meta,
                 body: body.freeze(),
+                about,
             },
         );
         Ok(MissFinishType::Created(size))
@@ -296,7 +376,7 @@ impl Storage for MemoryTier {
     ) -> Result<MissHandler> {
         Ok(Box::new(Miss {
             tier: self,
-            key: key.to_compact(),
+            about: Arc::new(About::of(key, meta)),
             meta: meta.serialize()?,
             body: BytesMut::new(),
         }))

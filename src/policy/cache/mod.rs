@@ -167,6 +167,54 @@ impl Drop for Storage {
     }
 }
 
+/// What an admin purge selects (`POST /cache/purge`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Purge {
+    /// One route's entries for a path and query (every variant, every host).
+    Key { route: String, path: String },
+    /// Entries whose path starts with this, on every route.
+    Prefix(String),
+    /// Entries whose answer carried this tag (`Surrogate-Key`, `Cache-Tag`).
+    Tag(String),
+}
+
+impl Purge {
+    fn selects(&self, about: &memory::About) -> bool {
+        match self {
+            Purge::Key { route, path } => {
+                let (path, query) = path.split_once('?').unwrap_or((path, ""));
+                about.route == *route
+                    && about.path == path
+                    && about.query == key::sorted_query(query, &[])
+            }
+            Purge::Prefix(prefix) => about.path.starts_with(prefix.as_str()),
+            Purge::Tag(tag) => about.tags.iter().any(|t| t == tag),
+        }
+    }
+}
+
+impl Storage {
+    /// Remove the entries `purge` selects, or with `soft` mark them stale (they can still be
+    /// served stale and revalidated). How many.
+    pub fn purge(&self, purge: &Purge, soft: bool) -> usize {
+        let picked = self.tier.select(|about| purge.selects(about));
+        picked
+            .iter()
+            .filter(|about| match soft {
+                true => self.tier.expire_entry(about).unwrap_or(false),
+                false => {
+                    let removed = self.tier.remove_entry(about);
+                    if removed {
+                        let entry = CacheEntryKeyRef::from_entry_id(&about.key, None);
+                        self.eviction.remove(entry);
+                    }
+                    removed
+                }
+            })
+            .count()
+    }
+}
+
 /// One lock table for every cached route: a key's fetch holds it at most this long.
 static LOCK: LazyLock<CacheLock> = LazyLock::new(|| CacheLock::new(Duration::from_secs(60)));
 

@@ -345,3 +345,55 @@ fn purges_by_key_prefix_and_tag_hard_and_soft() {
     );
     assert_eq!(bad.status, 400);
 }
+
+/// Resident memory of a process, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn eviction_keeps_the_memory_tier_within_its_budget() {
+    let e = echo("e", &[]);
+    let admin = free_port();
+    let gw = gateway_with_server(
+        "",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[cache]\nmemory_size = \"2MiB\"\n\n[upstreams.e]\ntargets = [\"{}\"]\n\n[policies.cached]\nkind = \"cache\"\n\n[[routes]]\nname = \"e\"\nupstream = \"e\"\npolicies = [\"cached\"]\n",
+            e.addr
+        ),
+    );
+    wait_for_port(admin);
+    let pid = gw.proc.0.id();
+    // 2,000 distinct answers of 10 KiB: 20 MiB through a 2 MiB tier.
+    let body = "x".repeat(1000);
+    let mut rss_at_400 = 0;
+    for i in 0..2000 {
+        let url = gw.url(&format!(
+            "/_reply?body={body}&repeat=10&n={i}&header=cache-control:max-age=600"
+        ));
+        assert_eq!(get(&url).body.len(), 10_000);
+        if i == 400 {
+            rss_at_400 = rss_kib(pid);
+        }
+    }
+    let size = metric(admin, "pylon_cache_size_bytes{tier=\"memory\"}");
+    let evicted = metric(admin, "pylon_cache_evictions_total{tier=\"memory\"}");
+    let entries = metric(admin, "pylon_cache_entries{tier=\"memory\"}");
+    assert!(size <= (2 << 20) as f64, "{size} bytes stored");
+    assert!(evicted >= 1700.0, "{evicted} evicted");
+    assert!((150.0..=215.0).contains(&entries), "{entries} entries");
+    // Past the budget, memory stays put: 1,600 more answers (16 MiB) add little.
+    let grown = rss_kib(pid).saturating_sub(rss_at_400);
+    println!("memory tier: {size} bytes, {entries} entries, {evicted} evicted; RSS grew {grown} KiB after the first 400");
+    assert!(grown < 8 << 10, "RSS grew {grown} KiB");
+    // The most recent answers are still there.
+    let last = gw.url(&format!(
+        "/_reply?body={body}&repeat=10&n=1999&header=cache-control:max-age=600"
+    ));
+    assert!(status(&get(&last)).contains("hit"));
+}

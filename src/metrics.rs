@@ -33,6 +33,7 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub inflight: IntGaugeVec,
     pub access_log_dropped: IntCounter,
+    pub cache_lock_wait: Histogram,
     pub auth_failures: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_store_errors: IntCounterVec,
@@ -228,6 +229,17 @@ impl Metrics {
                 "pylon_websocket_connections_total",
                 "Upgraded (WebSocket) tunnels opened, by route",
                 &["route"],
+            ),
+            cache_lock_wait: register(
+                &registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "pylon_cache_lock_wait_seconds",
+                        "How long a cache miss waited for another request fetching the same key",
+                    )
+                    .buckets(BUCKETS.to_vec()),
+                )
+                .expect("valid histogram"),
             ),
             access_log_dropped: register(
                 &registry,

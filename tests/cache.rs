@@ -124,8 +124,15 @@ fn default_ttl_stores_answers_without_freshness_and_max_ttl_caps_it() {
 
 #[test]
 fn a_thousand_concurrent_misses_reach_the_upstream_once() {
-    let e = echo("e", &["--delay", "500ms"]);
-    let gw = cached(&e, "lock_timeout = \"10s\"", &[], "");
+    let e = echo("e", &["--delay", "1s"]);
+    let admin = free_port();
+    let gw = cached(
+        &e,
+        "lock_timeout = \"10s\"",
+        &[],
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n"),
+    );
+    wait_for_port(admin);
     let url = reply(&gw, "cold", &["cache-control:max-age=60"]);
     let n = 1000;
     let start = Arc::new(Barrier::new(n));
@@ -145,6 +152,10 @@ fn a_thousand_concurrent_misses_reach_the_upstream_once() {
         assert_eq!(c.join().unwrap(), "cold");
     }
     assert_eq!(hits(&e), 1);
+    // Those that came while it was being fetched waited on the cache lock (the rest were
+    // hits), and the histogram counts them.
+    let waited = metric(admin, "pylon_cache_lock_wait_seconds_count");
+    assert!(waited >= 1.0, "{waited} waits counted");
 }
 
 #[test]

@@ -19,6 +19,7 @@ use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfDuration, ConfigError};
 use crate::filter::{CacheResult, Context, Filter, Phases, RouteCache};
+use crate::metrics::METRICS;
 use freshness::Freshness;
 use http::header::{AUTHORIZATION, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
@@ -456,6 +457,9 @@ impl RouteCache for Cache {
     ) -> Option<CacheResult> {
         if !req.method.is_safe() && (200..400).contains(&resp.status.as_u16()) {
             self.invalidate(req, cx);
+        }
+        if let Some(waited) = cache.lock_duration() {
+            METRICS.cache_lock_wait.observe(waited.as_secs_f64());
         }
         // Whole seconds of freshness left, rounded down: a stale entry's is negative.
         let ttl = |meta: &CacheMeta| {

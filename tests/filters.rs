@@ -113,7 +113,14 @@ fn usage_is_counted_per_consumer() {
     );
     assert_eq!(get(&gw.url("/private")).status, 401);
     assert_eq!(get(&gw.url("/open")).status, 200);
-    let metrics = get(&format!("http://127.0.0.1:{admin}/metrics")).body;
+    // A request is counted when it is logged, just after its answer went out.
+    let scrape = || get(&format!("http://127.0.0.1:{admin}/metrics")).body;
+    wait_until(
+        std::time::Duration::from_secs(5),
+        "the last request counted",
+        || scrape().contains("consumer=\"anonymous\",route=\"open\""),
+    );
+    let metrics = scrape();
     let count = |labels: &str| {
         let line = format!("pylon_consumer_requests_total{{{labels}}} ");
         metrics

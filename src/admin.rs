@@ -6,7 +6,8 @@
 
 use crate::config::{Config, Secret};
 use crate::metrics::METRICS;
-use crate::policy::cache::{self, Purge};
+use crate::policy::cache::fanout::{self, LiveCaches};
+use crate::policy::cache::Purge;
 use crate::reload;
 use crate::runtime::SharedSnapshot;
 use async_trait::async_trait;
@@ -202,28 +203,42 @@ impl Admin {
                 );
             }
         }
-        let asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let text = |k: &str| asked.get(k).and_then(|v| v.as_str()).map(String::from);
-        let purge = match (text("route"), text("path"), text("prefix"), text("tag")) {
-            (Some(route), Some(path), None, None) => Purge::Key { route, path },
-            (None, None, Some(prefix), None) => Purge::Prefix(prefix),
-            (None, None, None, Some(tag)) => Purge::Tag(tag),
-            _ => {
+        let mut asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let soft = match asked.as_object_mut().and_then(|o| o.remove("soft")) {
+            None => false,
+            Some(serde_json::Value::Bool(soft)) => soft,
+            Some(_) => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "bad_request",
-                    "expected {\"route\", \"path\"}, {\"prefix\"} or {\"tag\"}",
+                    "`soft` is a boolean",
                 )
             }
         };
-        let soft = asked.get("soft").and_then(|v| v.as_bool()).unwrap_or(false);
-        let snapshot = self.snapshot.load();
-        let purged: usize = snapshot
-            .carried
-            .all::<cache::Storage>()
-            .map(|storage| storage.purge(&purge, soft))
-            .sum();
-        json_response(StatusCode::OK, json!({"purged": purged, "soft": soft}))
+        let Ok(purge) = serde_json::from_value::<Purge>(asked) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "expected {\"route\", \"path\"}, {\"prefix\"} or {\"tag\"}",
+            );
+        };
+        let live = &*self.snapshot as &dyn LiveCaches;
+        let purged = fanout::apply(live, &purge, soft);
+        // With a purge channel, every other gateway on it applies the purge too.
+        let published = match live.purge_redis() {
+            None => None,
+            Some(url) => Some(match fanout::publish(&url, purge, soft).await {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn!("cache purges: could not publish: {e}");
+                    false
+                }
+            }),
+        };
+        json_response(
+            StatusCode::OK,
+            json!({"purged": purged, "soft": soft, "published": published}),
+        )
     }
 
     fn set_target(&self, upstream: &str, target: &str, enabled: bool) -> Response<Vec<u8>> {

@@ -9,6 +9,7 @@ use crate::consumer::Consumers;
 use crate::filter::Chain;
 use crate::load::Checked;
 use crate::policy;
+use crate::policy::cache::{self, fanout::LiveCaches};
 use crate::policy::jwt::jwks::{Jwks, LiveKeySets};
 use crate::router::{RouteDefaults, Router};
 use crate::state::{Carried, Keeper};
@@ -132,6 +133,17 @@ impl LivePools for ArcSwap<Snapshot> {
 impl LiveKeySets for ArcSwap<Snapshot> {
     fn key_sets(&self) -> Vec<Arc<Jwks>> {
         self.load().carried.all::<Jwks>().collect()
+    }
+}
+
+/// Purges reach the caches the running snapshot carries, on its purge channel.
+impl LiveCaches for ArcSwap<Snapshot> {
+    fn caches(&self) -> Vec<Arc<cache::Storage>> {
+        self.load().carried.all::<cache::Storage>().collect()
+    }
+
+    fn purge_redis(&self) -> Option<String> {
+        self.load().checked.config.cache.purge_redis.clone()
     }
 }
 

@@ -408,3 +408,47 @@ fn eviction_keeps_the_memory_tier_within_its_budget() {
     ));
     assert!(status(&get(&last)).contains("hit"));
 }
+
+#[test]
+fn a_purge_sent_to_one_gateway_reaches_every_gateway_on_the_channel() {
+    let redis = Redis::start();
+    let e = echo("e", &[]);
+    let gateways: Vec<(Gateway, u16)> = (0..2)
+        .map(|_| {
+            let admin = free_port();
+            let gw = gateway(&format!(
+                "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"t0k3n\"\n\n[cache]\npurge_redis = \"{}\"\n\n[upstreams.e]\ntargets = [\"{}\"]\n\n[policies.cached]\nkind = \"cache\"\n\n[[routes]]\nname = \"e\"\nupstream = \"e\"\npolicies = [\"cached\"]\n",
+                redis.url(),
+                e.addr
+            ));
+            wait_for_port(admin);
+            (gw, admin)
+        })
+        .collect();
+    let path = "/_reply?body=shared&header=cache-control:max-age=600&header=cache-tag:news";
+    for (gw, _) in &gateways {
+        get(&gw.url(path));
+        assert!(status(&get(&gw.url(path))).contains("hit"));
+    }
+    // Both subscribed before the purge is published.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let (first, admin) = &gateways[0];
+    let resp = request(
+        "POST",
+        &format!("http://127.0.0.1:{admin}/cache/purge"),
+        &[("authorization", "Bearer t0k3n")],
+        Some(r#"{"tag": "news"}"#),
+    );
+    assert_eq!(resp.json()["purged"], 1);
+    assert_eq!(resp.json()["published"], true);
+    assert!(status(&get(&first.url(path))).contains("fwd=miss"));
+    let second = &gateways[1].0;
+    wait_until(
+        std::time::Duration::from_secs(1),
+        "the purge on the other gateway",
+        || {
+            // A miss stores it again; the first request after the purge is the one that tells.
+            status(&get(&second.url(path))).contains("fwd=miss")
+        },
+    );
+}

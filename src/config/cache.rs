@@ -12,6 +12,9 @@ pub struct CacheConfig {
     /// A larger answer is passed through, not stored.
     #[serde(default = "default_max_object_size")]
     pub max_object_size: ConfSize,
+    /// A Redis (`redis://HOST:PORT/DB`) whose channel carries purges to every gateway that
+    /// names it.
+    pub purge_redis: Option<String>,
 }
 
 impl Default for CacheConfig {
@@ -19,6 +22,7 @@ impl Default for CacheConfig {
         CacheConfig {
             memory_size: default_memory_size(),
             max_object_size: default_max_object_size(),
+            purge_redis: None,
         }
     }
 }

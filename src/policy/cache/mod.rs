@@ -11,6 +11,7 @@
 //! (`Cache-Status`, RFC 9211). The storage is the process's memory tier (`memory.rs`), shared
 //! by every route and kept across reloads while `[cache]` does not change.
 
+pub mod fanout;
 mod freshness;
 mod key;
 mod memory;
@@ -168,15 +169,16 @@ impl Drop for Storage {
     }
 }
 
-/// What an admin purge selects (`POST /cache/purge`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// What an admin purge selects (`POST /cache/purge`), written as its JSON is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged, deny_unknown_fields)]
 pub enum Purge {
     /// One route's entries for a path and query (every variant, every host).
     Key { route: String, path: String },
     /// Entries whose path starts with this, on every route.
-    Prefix(String),
+    Prefix { prefix: String },
     /// Entries whose answer carried this tag (`Surrogate-Key`, `Cache-Tag`).
-    Tag(String),
+    Tag { tag: String },
 }
 
 impl Purge {
@@ -188,8 +190,8 @@ impl Purge {
                     && about.path == path
                     && about.query == key::sorted_query(query, &[])
             }
-            Purge::Prefix(prefix) => about.path.starts_with(prefix.as_str()),
-            Purge::Tag(tag) => about.tags.iter().any(|t| t == tag),
+            Purge::Prefix { prefix } => about.path.starts_with(prefix.as_str()),
+            Purge::Tag { tag } => about.tags.iter().any(|t| t == tag),
         }
     }
 }

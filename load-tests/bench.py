@@ -15,7 +15,8 @@ latency
 (idle keep-alive connections: memory per connection), large (1 MiB responses), grpc (unary
 gRPC calls over h2c through Pylon beside nginx's grpc_pass, to one gRPC upstream: an nginx
 answering a fixed message with its trailers), websocket (echo round trips over upgraded
-connections through Pylon beside nginx, to the demo echo), instructions (user-space instructions per request
+connections through Pylon beside nginx, to the demo echo), cache (hits of 1 KiB and 100 KiB
+objects through nginx proxy_cache, Varnish and Pylon's cache policy), instructions (user-space instructions per request
 under callgrind: the same count on a quiet or a busy machine).
 """
 
@@ -53,7 +54,7 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 if FD_LIMIT == resource.RLIM_INFINITY:
     FD_LIMIT = 1 << 20
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,tls,latency,saturation,cpu,connections,large,grpc,websocket,instructions").split(",")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,tls,latency,saturation,cpu,connections,large,grpc,websocket,cache,instructions").split(",")
 # The `cpu` scenario's fixed rate, the same for every proxy.
 CPU_RATE = int(os.environ.get("BENCH_CPU_RATE", "8000"))
 # The light row of `latency`.
@@ -68,7 +69,7 @@ UPSTREAM = 18000
 REDIS = 18010
 PORTS = {"nginx": 18001, "haproxy": 18002, "pylon": 18003, "pylon-1000-routes": 18004, "pingora": 18007, "caddy": 18009,
          "nginx-grpc": 18021, "nginx-ws": 18023,
-         "pingora-ws": 18024}
+         "pingora-ws": 18024, "nginx-cache": 18025, "varnish": 18026}
 # The `grpc` scenario's upstream (h2c), and the call every request makes: echo.v1.Echo/Unary
 # of tests/py/echo.proto, `Msg { text: "hi" }` up and `Msg { text: "ok" }` down.
 GRPC_UPSTREAM = 18020
@@ -312,6 +313,20 @@ paths = ["/ws/"]
 upstream = "ws"
 """
 
+# The `cache` scenario's route on Pylon's plain listener: the upstream's objects cached.
+CACHE_ROUTE = """
+[policies.bench-cache]
+kind = "cache"
+
+[[routes]]
+name = "cached"
+paths = ["/cache"]
+upstream = "backend"
+policies = ["bench-cache"]
+"""
+# Its objects, by name: 1 KiB and 100 KiB, fresh for an hour.
+CACHE_OBJECTS = {"cache1k": 1 << 10, "cache100k": 100 << 10}
+
 # The `transforms` runs: path and headers of each.
 TRANSFORM_RUNS = {
     "pylon": ("/", ()),
@@ -364,6 +379,9 @@ def configs(tmp):
         f.write(os.urandom(1 << 20))
     write(os.path.join(tmp, "www", "json.json"), JSON_1K)
     write(os.path.join(tmp, "www", "text.txt"), TEXT_10K)
+    for name, size in CACHE_OBJECTS.items():
+        with open(os.path.join(tmp, "www", name), "wb") as f:
+            f.write(os.urandom(size))
     with open(os.path.join(tmp, "www", "grpc.bin"), "wb") as f:
         f.write(GRPC_ANSWER)
     with open(os.path.join(tmp, "grpc-request.bin"), "wb") as f:
@@ -379,6 +397,7 @@ http {{
     location = /large {{ root {tmp}/www; default_type application/octet-stream; }}
     location /json {{ root {tmp}/www; default_type application/json; try_files /json.json =404; }}
     location /text {{ root {tmp}/www; default_type text/plain; try_files /text.txt =404; }}
+    location /cache {{ root {tmp}/www; default_type application/octet-stream; add_header Cache-Control "max-age=3600"; }}
     location / {{ return 200 "ok\\n"; }}
   }}
   # A gRPC server over h2c: every call answered with one message and `grpc-status: 0` (a POST
@@ -403,6 +422,14 @@ http {{
   upstream backend {{ server 127.0.0.1:{UPSTREAM}; keepalive 64; }}
   upstream grpc_backend {{ server 127.0.0.1:{GRPC_UPSTREAM}; keepalive 64; }}
   upstream ws_backend {{ server 127.0.0.1:{WS_UPSTREAM}; }}
+  proxy_cache_path {tmp}/nginx-cache keys_zone=bench:10m max_size=256m;
+  server {{
+    listen 127.0.0.1:{PORTS['nginx-cache']} backlog=4096;
+    location / {{
+      proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_cache bench; proxy_cache_lock on;
+    }}
+  }}
   server {{
     listen 127.0.0.1:{PORTS['nginx-ws']} backlog=4096;
     location / {{
@@ -518,7 +545,7 @@ targets = ["127.0.0.1:%d"]
 name = "resilient"
 paths = ["/resilient/"]
 upstream = "resilient"
-""" % (REDIS, UPSTREAM, RESILIENCE) + TRANSFORMS + CRS_ROUTE + GRPC_ROUTE % GRPC_UPSTREAM + WS_ROUTE % WS_UPSTREAM)
+""" % (REDIS, UPSTREAM, RESILIENCE) + TRANSFORMS + CRS_ROUTE + GRPC_ROUTE % GRPC_UPSTREAM + WS_ROUTE % WS_UPSTREAM + CACHE_ROUTE)
     write(os.path.join(tmp, "nginx-callgrind.conf"), f"""
 master_process off; daemon off; pid {tmp}/nginx-callgrind.pid; error_log /dev/null;
 events {{ worker_connections 1000; }}
@@ -829,7 +856,7 @@ PIDS = {}
 
 
 def main():
-    for tool in ["nginx", "haproxy", "wrk", "h2load", "taskset", "redis-server", "valgrind"]:
+    for tool in ["nginx", "haproxy", "wrk", "h2load", "taskset", "redis-server", "valgrind", "varnishd"]:
         if not shutil.which(tool):
             raise SystemExit(f"{tool} is missing (make bench installs it)")
     if not CADDY:
@@ -844,6 +871,10 @@ def main():
     try:
         procs.start("upstream", ["nginx", "-c", f"{tmp}/upstream.conf", "-p", tmp], LOAD_CPU)
         procs.start("ws-upstream", [ECHO, "--listen", f"127.0.0.1:{WS_UPSTREAM}"], LOAD_CPU)
+        # Varnish with one worker pool on the proxies' core, its cache in memory.
+        PIDS["varnish"] = procs.start("varnish", ["varnishd", "-F", "-a", f"127.0.0.1:{PORTS['varnish']}",
+                                                  "-b", f"127.0.0.1:{UPSTREAM}", "-s", "malloc,256m",
+                                                  "-n", f"{tmp}/varnish", "-p", "thread_pools=1"], PROXY_CPU).pid
         PIDS["pingora-ws"] = procs.start("pingora-ws", [BARE, f"127.0.0.1:{PORTS['pingora-ws']}", f"127.0.0.1:{WS_UPSTREAM}"], PROXY_CPU).pid
         procs.start("redis", ["redis-server", "--port", str(REDIS), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], LOAD_CPU)
         PIDS["nginx"] = procs.start("nginx", ["nginx", "-c", f"{tmp}/nginx.conf", "-p", tmp], PROXY_CPU).pid
@@ -955,6 +986,14 @@ def main():
             runs = {"nginx-ws": PORTS["nginx-ws"], "pingora-ws": PORTS["pingora-ws"], "pylon-ws": PORTS["pylon"]}
             PIDS["nginx-ws"], PIDS["pylon-ws"] = PIDS["nginx"], PIDS["pylon"]
             report("websocket", alternate(list(runs), lambda p: ws_load(runs[p])), reference="nginx-ws")
+        if "cache" in SCENARIOS:
+            for name, size in CACHE_OBJECTS.items():
+                print(f"## cache: hits of one {size >> 10} KiB object (stored fresh for an hour), 32 connections: nginx proxy_cache, Varnish (malloc storage) and Pylon's cache policy", flush=True)
+                runs = {"nginx-cache": PORTS["nginx-cache"], "varnish": PORTS["varnish"], "pylon-cache": PORTS["pylon"]}
+                PIDS["nginx-cache"], PIDS["pylon-cache"] = PIDS["nginx"], PIDS["pylon"]
+                for port in runs.values():
+                    subprocess.run(["curl", "-s", "-o", "/dev/null", f"http://127.0.0.1:{port}/{name}"])
+                report(f"cache-{name.removeprefix('cache')}", alternate(list(runs), lambda p: wrk(runs[p], f"/{name}")), reference="nginx-cache")
         if "instructions" in SCENARIOS:
             print("## instructions: user-space instructions per request under callgrind (2,000 and 8,000 requests)", flush=True)
             argv = {

@@ -495,15 +495,8 @@ impl ProxyHttp for Gateway {
         } else if !reply::interim(upstream_response) {
             keepalive::before_answer(session.as_downstream_mut());
         }
-        if let Some(route) = ctx.route.as_deref() {
-            let req = session.downstream_session.req_header();
-            let said = (route.chain.cache())
-                .map(|c| c.respond(&session.cache, req, upstream_response, &ctx.cx));
-            if let Some(Some(result)) = said {
-                route.metrics.record_cache(result);
-                ctx.cx.cache = Some(result);
-            }
-        }
+        let req = session.downstream_session.req_header();
+        ctx.cache_respond(&session.cache, req, upstream_response);
         let (chain, cx) = ctx.answering();
         reply::finish(session.req_header(), upstream_response, chain, cx)
     }

@@ -10,7 +10,9 @@ use crate::reply;
 use crate::router::{Matched, Route};
 use crate::runtime::Snapshot;
 use crate::upstream::Attempts;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora_cache::HttpCache;
 use pingora_proxy::Session;
 use std::sync::Arc;
 use std::time::Instant;
@@ -80,6 +82,27 @@ impl RequestCtx {
     /// The route's cache, for Pingora's cache hooks.
     pub fn cache(&self) -> Option<&dyn RouteCache> {
         self.route.as_deref()?.chain.cache()
+    }
+
+    /// The answer is about to go out: the route's cache says how it served it
+    /// (`Cache-Status`), counted in the route's metrics and kept for the access log.
+    pub fn cache_respond(
+        &mut self,
+        cache: &HttpCache,
+        req: &RequestHeader,
+        resp: &mut ResponseHeader,
+    ) {
+        let Some(route) = self.route.as_deref() else {
+            return;
+        };
+        let said = route
+            .chain
+            .cache()
+            .and_then(|c| c.respond(cache, req, resp, &self.cx));
+        if let Some(result) = said {
+            route.metrics.record_cache(result);
+            self.cx.cache = Some(result);
+        }
     }
 
     /// Write a reply of the gateway's own as the whole response.

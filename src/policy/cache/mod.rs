@@ -498,11 +498,8 @@ impl RouteCache for Cache {
         if let Ok(value) = HeaderValue::from_str(&status) {
             let _ = resp.insert_header(CACHE_STATUS, value);
         }
-        if matches!(result, CacheResult::Hit | CacheResult::Stale) {
-            // Served from the cache: how long it has been stored (RFC 9111 §5.1).
-            let age = cache.cache_meta().age().as_secs();
-            let _ = resp.insert_header(http::header::AGE, age);
-        }
+        // `Age` on an answer from the cache is Pingora's (its hit header), from the entry's
+        // creation, which `freshness.rs` dates back by the age it arrived with.
         Some(result)
     }
 }

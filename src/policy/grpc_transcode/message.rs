@@ -42,7 +42,9 @@ pub fn request(
     }
     for (path, value) in vars {
         let fields = field_path(&input, path).map_err(Invalid)?;
-        let last = fields.last().expect("a field path has a field");
+        let Some(last) = fields.last() else {
+            return Err(Invalid(format!("`{path}` names no field")));
+        };
         set(&mut root, &fields, scalar(last, value)?, false);
     }
     if let (Some(query), false) = (query, matches!(rule.body, BodyTo::Message)) {
@@ -54,7 +56,9 @@ pub fn request(
             if bound_by_path || in_body {
                 continue;
             }
-            let last = fields.last().expect("a field path has a field");
+            let Some(last) = fields.last() else {
+                return Err(Invalid(format!("`{name}` names no field")));
+            };
             if last.is_map() {
                 return Err(Invalid(format!(
                     "`{name}`: a map cannot be set from the query"

@@ -6,8 +6,8 @@
 
 use crate::config::{Config, Secret};
 use crate::metrics::METRICS;
-use crate::policy::cache::fanout::{self, LiveCaches};
 use crate::policy::cache::Purge;
+use crate::policy::cache::{fanout, LiveCaches};
 use crate::reload;
 use crate::runtime::SharedSnapshot;
 use async_trait::async_trait;

@@ -51,6 +51,7 @@ pub struct Metrics {
     pub cache_size: IntGaugeVec,
     pub cache_entries: IntGaugeVec,
     pub cache_evictions: IntCounterVec,
+    pub cache_disk_skipped: IntCounterVec,
     pub websocket_open: IntGaugeVec,
     pub websocket_total: IntCounterVec,
 }
@@ -145,6 +146,12 @@ impl Metrics {
                 "pylon_cache_evictions_total",
                 "Entries removed from the cache to make room, by tier",
                 &["tier"],
+            ),
+            cache_disk_skipped: counters(
+                "pylon_cache_disk_skipped_total",
+                "Disk tier operations not done: writes dropped while the disk was behind \
+                 (queue_full) or failed (io_error)",
+                &["reason"],
             ),
             blocked_requests: counters(
                 "pylon_blocked_requests_total",

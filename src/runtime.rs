@@ -9,7 +9,7 @@ use crate::consumer::Consumers;
 use crate::filter::Chain;
 use crate::load::Checked;
 use crate::policy;
-use crate::policy::cache::{self, fanout::LiveCaches};
+use crate::policy::cache::{self, LiveCaches};
 use crate::policy::jwt::jwks::{Jwks, LiveKeySets};
 use crate::router::{RouteDefaults, Router};
 use crate::state::{Carried, Keeper};

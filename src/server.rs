@@ -6,6 +6,7 @@ use crate::config::Config;
 use crate::conn_cap::ConnectionCap;
 use crate::keepalive::{KeepAlive, Timeouts};
 use crate::policy::cache::fanout::PurgeSubscriber;
+use crate::policy::cache::DiskStarter;
 use crate::policy::jwt::jwks::JwksRefresher;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
@@ -175,6 +176,12 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pyl
     server.add_service(background_service(
         "jwks refresh",
         JwksRefresher {
+            live: Arc::clone(&shared) as _,
+        },
+    ));
+    server.add_service(background_service(
+        "cache disk tiers",
+        DiskStarter {
             live: Arc::clone(&shared) as _,
         },
     ));

@@ -2,39 +2,11 @@
 //! (SIGUSR2 self-upgrade, which runs Pingora's `-u` socket hand-over): no request may fail.
 
 mod common;
+use common::daemon::*;
 use common::*;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
-fn pid_of(path: &std::path::Path) -> Option<i32> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-fn alive(pid: i32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
-}
-
-fn kill(pid: i32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status();
-}
-
-/// Stops whatever daemon the pid file names when the test ends, pass or fail.
-struct Daemon(std::path::PathBuf);
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Some(pid) = pid_of(&self.0) {
-            kill(pid, "INT");
-        }
-    }
-}
+use std::time::Duration;
 
 fn config(dir: &std::path::Path, port: u16, upstream: &str, extra_route: bool) -> String {
     let extra = if extra_route {
@@ -43,17 +15,7 @@ fn config(dir: &std::path::Path, port: u16, upstream: &str, extra_route: bool) -
         ""
     };
     format!(
-        r#"[server]
-listen = ["127.0.0.1:{port}"]
-threads = 2
-pid_file = "{dir}/pylon.pid"
-upgrade_sock = "{dir}/upgrade.sock"
-grace_period = "2s"
-shutdown_timeout = "1s"
-
-[log]
-level = "info"
-
+        r#"{server}
 [upstreams.echo]
 targets = ["{upstream}"]
 
@@ -63,7 +25,7 @@ paths = ["/"]
 upstream = "echo"
 
 {extra}"#,
-        dir = dir.display()
+        server = server_section(dir, port, "2s")
     )
 }
 
@@ -76,23 +38,7 @@ fn reloads_and_upgrades_under_load_lose_nothing() {
     let pid_file = dir.join("pylon.pid");
     std::fs::write(&path, config(&dir, port, &e.addr, false)).unwrap();
     let _daemon = Daemon(pid_file.clone());
-    let out = Command::new(PYLON)
-        .args(["-d", "-c"])
-        .arg(&path)
-        .stderr(std::fs::File::create(dir.join("pylon.log")).unwrap())
-        .status()
-        .unwrap();
-    assert!(out.success(), "pylon -d failed");
-    // The daemon writes its pid file and binds after the foreground process returns.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let first = loop {
-        if let Some(pid) = pid_of(&pid_file) {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "no pid file");
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    wait_for_port(port);
+    let first = start_daemon(&path, &dir.join("pylon.log"), &pid_file, port, None);
 
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
@@ -129,25 +75,7 @@ fn reloads_and_upgrades_under_load_lose_nothing() {
     // The last reload (i = 19) added the `extra` route.
     let mut pid = first;
     for _ in 0..3 {
-        // A process still taking over its sockets ignores SIGUSR2: ask until one acts on it.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let mut asked = Instant::now() - Duration::from_secs(1);
-        let next = loop {
-            if asked.elapsed() >= Duration::from_millis(500) {
-                kill(pid, "USR2");
-                asked = Instant::now();
-            }
-            match pid_of(&pid_file) {
-                Some(p) if p != pid && alive(p) => break p,
-                _ => {}
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no successor took over from {pid}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        pid = next;
+        pid = upgrade(pid, &pid_file);
         std::thread::sleep(Duration::from_millis(500));
     }
     // Let every old process finish its hand-over and drain while load continues.

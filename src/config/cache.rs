@@ -12,6 +12,11 @@ pub struct CacheConfig {
     /// A larger answer is passed through, not stored.
     #[serde(default = "default_max_object_size")]
     pub max_object_size: ConfSize,
+    /// The disk tier's folder: answers are also written there, and found again after a
+    /// restart or a binary upgrade. No disk tier without it.
+    pub path: Option<PathBuf>,
+    /// The disk tier's budget for its files (1 GiB when `path` is given alone).
+    pub disk_size: Option<ConfSize>,
     /// A Redis (`redis://HOST:PORT/DB`) whose channel carries purges to every gateway that
     /// names it.
     pub purge_redis: Option<String>,
@@ -22,8 +27,18 @@ impl Default for CacheConfig {
         CacheConfig {
             memory_size: default_memory_size(),
             max_object_size: default_max_object_size(),
+            path: None,
+            disk_size: None,
             purge_redis: None,
         }
+    }
+}
+
+impl CacheConfig {
+    /// The disk tier's folder and budget, if it has one.
+    pub fn disk(&self) -> Option<(PathBuf, usize)> {
+        let size = self.disk_size.map_or(1 << 30, ConfSize::bytes);
+        self.path.clone().map(|path| (path, size))
     }
 }
 

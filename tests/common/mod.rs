@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod daemon;
 pub mod pki;
 pub mod raw;
 pub mod recorder;

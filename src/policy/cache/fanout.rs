@@ -6,7 +6,7 @@
 //! lost, and moves to another Redis when a reload changes the URL. A gateway ignores the
 //! messages it published itself: it applied them when it was asked.
 
-use super::{Purge, Storage};
+use super::{LiveCaches, Purge};
 use futures::StreamExt;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -24,12 +24,6 @@ static ORIGIN: LazyLock<u64> = LazyLock::new(|| {
         .map_or(0, |d| d.as_nanos() as u64);
     nanos ^ (u64::from(std::process::id()) << 32)
 });
-
-/// The running configuration's caches and purge channel.
-pub trait LiveCaches: Send + Sync {
-    fn caches(&self) -> Vec<Arc<Storage>>;
-    fn purge_redis(&self) -> Option<String>;
-}
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Message {

@@ -11,10 +11,16 @@
 //! (`Cache-Status`, RFC 9211). The storage is the process's memory tier (`memory.rs`), shared
 //! by every route and kept across reloads while `[cache]` does not change.
 
+mod about;
+mod disk;
 pub mod fanout;
 mod freshness;
 mod key;
 mod memory;
+mod store;
+mod table;
+
+pub use store::{DiskStarter, LiveCaches, Purge, Storage};
 
 use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
@@ -25,11 +31,9 @@ use freshness::Freshness;
 use http::header::{AUTHORIZATION, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use key::KeySpec;
-use memory::{Eviction, MemoryTier};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora_cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
-use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};
-use pingora_cache::key::{CacheHashKey, HashBinary};
+use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora_cache::{
     CacheKey, CacheMeta, CacheOptionOverrides, CachePhase, HttpCache, NoCacheReason, RespCacheable,
@@ -155,69 +159,6 @@ fn parse(src: &mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>> {
     }))
 }
 
-/// The memory tier and its eviction, for the life of the process once made: Pingora's cache
-/// takes `'static` storage. A configuration whose `[cache]` settings differ gets a new pair, and
-/// the old tier is emptied when the last configuration using it is gone.
-pub struct Storage {
-    tier: &'static MemoryTier,
-    eviction: &'static Eviction,
-}
-
-impl Drop for Storage {
-    fn drop(&mut self) {
-        self.tier.clear();
-    }
-}
-
-/// What an admin purge selects (`POST /cache/purge`), written as its JSON is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged, deny_unknown_fields)]
-pub enum Purge {
-    /// One route's entries for a path and query (every variant, every host).
-    Key { route: String, path: String },
-    /// Entries whose path starts with this, on every route.
-    Prefix { prefix: String },
-    /// Entries whose answer carried this tag (`Surrogate-Key`, `Cache-Tag`).
-    Tag { tag: String },
-}
-
-impl Purge {
-    fn selects(&self, about: &memory::About) -> bool {
-        match self {
-            Purge::Key { route, path } => {
-                let (path, query) = path.split_once('?').unwrap_or((path, ""));
-                about.route == *route
-                    && about.path == path
-                    && about.query == key::sorted_query(query, &[])
-            }
-            Purge::Prefix { prefix } => about.path.starts_with(prefix.as_str()),
-            Purge::Tag { tag } => about.tags.iter().any(|t| t == tag),
-        }
-    }
-}
-
-impl Storage {
-    /// Remove the entries `purge` selects, or with `soft` mark them stale (they can still be
-    /// served stale and revalidated). How many.
-    pub fn purge(&self, purge: &Purge, soft: bool) -> usize {
-        let picked = self.tier.select(|about| purge.selects(about));
-        picked
-            .iter()
-            .filter(|about| match soft {
-                true => self.tier.expire_entry(about).unwrap_or(false),
-                false => {
-                    let removed = self.tier.remove_entry(about);
-                    if removed {
-                        let entry = CacheEntryKeyRef::from_entry_id(&about.key, None);
-                        self.eviction.remove(entry);
-                    }
-                    removed
-                }
-            })
-            .count()
-    }
-}
-
 /// One lock table for every cached route: a key's fetch holds it at most this long.
 static LOCK: LazyLock<CacheLock> = LazyLock::new(|| CacheLock::new(Duration::from_secs(60)));
 
@@ -230,16 +171,17 @@ impl Spec for CacheSpec {
         let storage = &cx.config.cache;
         let budget = storage.memory_size.bytes();
         let max_object = storage.max_object_size.bytes();
+        if storage.disk_size.is_some() && storage.path.is_none() {
+            return Err("`[cache] disk_size` needs a `path` for the disk tier".into());
+        }
+        let disk = storage.disk();
         let storage = cx.keeper.keep(
             "cache",
-            "memory",
-            (budget, max_object),
-            || -> Result<Storage, String> {
-                Ok(Storage {
-                    tier: Box::leak(Box::new(MemoryTier::new(max_object))),
-                    // Room for a million entries' bookkeeping before it is grown.
-                    eviction: Box::leak(Box::new(Eviction::with_capacity(budget, 8192))),
-                })
+            "storage",
+            (budget, max_object, disk.clone()),
+            || {
+                let disk = disk.as_ref().map(|(path, size)| (path.as_path(), *size));
+                Storage::new(budget, max_object, disk)
             },
         )?;
         let c = &self.config;
@@ -301,17 +243,7 @@ impl Cache {
     /// Remove every variant stored for the request's URI (as its `GET` would be keyed).
     fn invalidate(&self, req: &RequestHeader, cx: &Context) {
         let key = CacheKey::new(self.key.primary(req, cx), "");
-        let primary = key.primary_bin();
-        for variance in self.storage.tier.remove_all(&primary) {
-            let mut stored = key.clone();
-            if let Some(v) = variance {
-                stored.set_variance_key(v);
-            }
-            let compact = stored.to_compact();
-            self.storage
-                .eviction
-                .remove(CacheEntryKeyRef::from_entry_id(&compact, None));
-        }
+        self.storage.tiers.invalidate(&key);
     }
 }
 
@@ -323,9 +255,10 @@ impl RouteCache for Cache {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.lock_timeout);
         let lock: &'static CacheKeyLockImpl = &*LOCK;
+        let tiers = self.storage.tiers;
         cache.enable(
-            self.storage.tier,
-            Some(self.storage.eviction),
+            tiers,
+            Some(&tiers.eviction),
             None,
             Some(lock),
             Some(overrides),

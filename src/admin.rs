@@ -225,9 +225,10 @@ impl Admin {
         let live = &*self.snapshot as &dyn LiveCaches;
         let purged = fanout::apply(live, &purge, soft);
         // With a purge channel, every other gateway on it applies the purge too.
-        let published = match live.purge_redis() {
-            None => None,
-            Some(url) => Some(match fanout::publish(&url, purge, soft).await {
+        let nodes = live.purge_redis();
+        let published = match nodes.is_empty() {
+            true => None,
+            false => Some(match fanout::publish(&nodes, purge, soft).await {
                 Ok(()) => true,
                 Err(e) => {
                     log::warn!("cache purges: could not publish: {e}");

@@ -142,8 +142,8 @@ impl LiveCaches for ArcSwap<Snapshot> {
         self.load().carried.all::<cache::Storage>().collect()
     }
 
-    fn purge_redis(&self) -> Option<String> {
-        self.load().checked.config.cache.purge_redis.clone()
+    fn purge_redis(&self) -> Vec<String> {
+        self.load().checked.config.cache.purge_urls()
     }
 }
 

@@ -409,29 +409,38 @@ fn eviction_keeps_the_memory_tier_within_its_budget() {
     assert!(status(&get(&last)).contains("hit"));
 }
 
-#[test]
-fn a_purge_sent_to_one_gateway_reaches_every_gateway_on_the_channel() {
-    let redis = Redis::start();
-    let e = echo("e", &[]);
-    let gateways: Vec<(Gateway, u16)> = (0..2)
-        .map(|_| {
+/// Gateways in front of `e` with `[cache] purge_redis = nodes[i]` (TOML values), and their
+/// admin ports.
+fn fleet(e: &Echo, nodes: &[String]) -> Vec<(Gateway, u16)> {
+    nodes
+        .iter()
+        .map(|purge_redis| {
             let admin = free_port();
             let gw = gateway(&format!(
-                "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"t0k3n\"\n\n[cache]\npurge_redis = \"{}\"\n\n[upstreams.e]\ntargets = [\"{}\"]\n\n[policies.cached]\nkind = \"cache\"\n\n[[routes]]\nname = \"e\"\nupstream = \"e\"\npolicies = [\"cached\"]\n",
-                redis.url(),
+                "[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"t0k3n\"\n\n[cache]\npurge_redis = {purge_redis}\n\n[upstreams.e]\ntargets = [\"{}\"]\n\n[policies.cached]\nkind = \"cache\"\n\n[[routes]]\nname = \"e\"\nupstream = \"e\"\npolicies = [\"cached\"]\n",
                 e.addr
             ));
             wait_for_port(admin);
             (gw, admin)
         })
-        .collect();
-    let path = "/_reply?body=shared&header=cache-control:max-age=600&header=cache-tag:news";
-    for (gw, _) in &gateways {
-        get(&gw.url(path));
-        assert!(status(&get(&gw.url(path))).contains("hit"));
+        .collect()
+}
+
+/// Whether `gw` has logged `line` at least `times` times.
+fn logged(gw: &Gateway, line: &str, times: usize) -> bool {
+    std::fs::read_to_string(gw.dir.join("pylon.log"))
+        .is_ok_and(|l| l.matches(line).count() >= times)
+}
+
+const TAGGED: &str = "/_reply?body=shared&header=cache-control:max-age=600&header=cache-tag:news";
+
+/// Store the tagged answer on every gateway, purge its tag through the first, and see it gone
+/// from the others within `within`.
+fn purge_reaches_the_fleet(gateways: &[(Gateway, u16)], within: std::time::Duration) {
+    for (gw, _) in gateways {
+        get(&gw.url(TAGGED));
+        assert!(status(&get(&gw.url(TAGGED))).contains("hit"));
     }
-    // Both subscribed before the purge is published.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
     let (first, admin) = &gateways[0];
     let resp = request(
         "POST",
@@ -440,15 +449,54 @@ fn a_purge_sent_to_one_gateway_reaches_every_gateway_on_the_channel() {
         Some(r#"{"tag": "news"}"#),
     );
     assert_eq!(resp.json()["purged"], 1);
-    assert_eq!(resp.json()["published"], true);
-    assert!(status(&get(&first.url(path))).contains("fwd=miss"));
-    let second = &gateways[1].0;
-    wait_until(
-        std::time::Duration::from_secs(1),
-        "the purge on the other gateway",
-        || {
+    assert_eq!(resp.json()["published"], true, "{}", resp.body);
+    assert!(status(&get(&first.url(TAGGED))).contains("fwd=miss"));
+    for (other, _) in &gateways[1..] {
+        wait_until(within, "the purge on the other gateway", || {
             // A miss stores it again; the first request after the purge is the one that tells.
-            status(&get(&second.url(path))).contains("fwd=miss")
-        },
-    );
+            status(&get(&other.url(TAGGED))).contains("fwd=miss")
+        });
+    }
+}
+
+#[test]
+fn a_purge_sent_to_one_gateway_reaches_every_gateway_on_the_channel() {
+    let redis = Redis::start();
+    let e = echo("e", &[]);
+    let url = format!("\"{}\"", redis.url());
+    let gateways = fleet(&e, &[url.clone(), url]);
+    // Both subscribed before the purge is published.
+    for (gw, _) in &gateways {
+        wait_until(std::time::Duration::from_secs(5), "subscribed", || {
+            logged(gw, "subscribed to pylon:cache:purge", 1)
+        });
+    }
+    purge_reaches_the_fleet(&gateways, std::time::Duration::from_secs(1));
+}
+
+#[test]
+fn purges_cross_a_redis_cluster_and_outlive_the_node_a_gateway_was_on() {
+    let mut cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    // Both list the third node first: each subscribes there, and publishes there.
+    let seeds = format!("[\"{}\", \"{}\", \"{}\"]", urls[2], urls[0], urls[1]);
+    let e = echo("e", &[]);
+    let gateways = fleet(&e, &[seeds.clone(), seeds]);
+    let on = |url: &str| format!("subscribed to pylon:cache:purge on {url}");
+    for (gw, _) in &gateways {
+        wait_until(std::time::Duration::from_secs(5), "subscribed", || {
+            logged(gw, &on(&urls[2]), 1)
+        });
+    }
+    purge_reaches_the_fleet(&gateways, std::time::Duration::from_secs(1));
+
+    // The node goes: each gateway says so and follows the next; the next purge is published
+    // through it and reaches the other gateway.
+    cluster.kill(cluster.ports[2]);
+    for (gw, _) in &gateways {
+        wait_until(std::time::Duration::from_secs(5), "the move", || {
+            logged(gw, &format!("lost {}", urls[2]), 1) && logged(gw, &on(&urls[0]), 1)
+        });
+    }
+    purge_reaches_the_fleet(&gateways, std::time::Duration::from_secs(1));
 }

@@ -17,9 +17,9 @@ pub struct CacheConfig {
     pub path: Option<PathBuf>,
     /// The disk tier's budget for its files (1 GiB when `path` is given alone).
     pub disk_size: Option<ConfSize>,
-    /// A Redis (`redis://HOST:PORT/DB`) whose channel carries purges to every gateway that
-    /// names it.
-    pub purge_redis: Option<String>,
+    /// A Redis (`redis://HOST:PORT/DB`), or a Redis Cluster's nodes, whose channel carries
+    /// purges to every gateway that names it.
+    pub purge_redis: Option<Spanned<RedisNodes>>,
 }
 
 impl Default for CacheConfig {
@@ -34,7 +34,35 @@ impl Default for CacheConfig {
     }
 }
 
+/// One Redis, or the nodes of a Redis Cluster (any one of which carries a published message
+/// to every subscriber on the cluster).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(
+    untagged,
+    expecting = "a Redis URL, or a list of a Redis Cluster's node URLs"
+)]
+pub enum RedisNodes {
+    One(String),
+    Seeds(Vec<String>),
+}
+
+impl RedisNodes {
+    pub fn urls(&self) -> &[String] {
+        match self {
+            RedisNodes::One(url) => std::slice::from_ref(url),
+            RedisNodes::Seeds(urls) => urls,
+        }
+    }
+}
+
 impl CacheConfig {
+    /// The purge channel's Redis URLs; none without one.
+    pub fn purge_urls(&self) -> Vec<String> {
+        self.purge_redis
+            .as_ref()
+            .map_or_else(Vec::new, |nodes| nodes.get_ref().urls().to_vec())
+    }
+
     /// The disk tier's folder and budget, if it has one.
     pub fn disk(&self) -> Option<(PathBuf, usize)> {
         let size = self.disk_size.map_or(1 << 30, ConfSize::bytes);

@@ -25,7 +25,7 @@ mod telemetry;
 mod units;
 mod upstreams;
 
-pub use cache::CacheConfig;
+pub use cache::{CacheConfig, RedisNodes};
 pub use consumers::*;
 pub use pattern::{PathSpec, Pattern};
 pub use routes::*;

@@ -28,6 +28,7 @@ pub fn check(
 ) {
     check_server(config, errors);
     check_tracing(config, errors);
+    check_purge_redis(config, errors);
     for (name, upstream) in &config.upstreams {
         check_upstream(name, upstream, errors);
     }
@@ -144,6 +145,28 @@ fn check_tracing(config: &Config, errors: &mut Vec<ConfigError>) {
             errors.push(ConfigError::at(
                 url.span(),
                 format!("`otlp_endpoint` {u:?} must be an http:// or https:// URL"),
+            ));
+        }
+    }
+}
+
+/// `[cache] purge_redis`: Redis URLs, at least one.
+fn check_purge_redis(config: &Config, errors: &mut Vec<ConfigError>) {
+    let Some(nodes) = &config.cache.purge_redis else {
+        return;
+    };
+    let urls = nodes.get_ref().urls();
+    if urls.is_empty() {
+        errors.push(ConfigError::at(
+            nodes.span(),
+            "`purge_redis` needs a URL or at least one node",
+        ));
+    }
+    for url in urls {
+        if let Err(e) = redis::Client::open(url.as_str()) {
+            errors.push(ConfigError::at(
+                nodes.span(),
+                format!("`purge_redis`: {url:?} is not a Redis URL: {e}"),
             ));
         }
     }

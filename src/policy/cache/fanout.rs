@@ -5,6 +5,12 @@
 //! subscribes to the configured Redis, reconnects (and says so in the log) when the channel is
 //! lost, and moves to another Redis when a reload changes the URL. A gateway ignores the
 //! messages it published itself: it applied them when it was asked.
+//!
+//! On a Redis Cluster (a list of nodes) a message published on any node reaches the
+//! subscribers of every node (the cluster bus carries it), so a gateway publishes through the
+//! first node that answers and subscribes to one node at a time, moving to the next when it
+//! loses it. Redis keeps no message for a subscriber that is away: a purge published while a
+//! gateway reconnects does not reach it.
 
 use super::{LiveCaches, Purge};
 use futures::StreamExt;
@@ -38,14 +44,25 @@ pub fn apply(live: &dyn LiveCaches, purge: &Purge, soft: bool) -> usize {
     live.caches().iter().map(|s| s.purge(purge, soft)).sum()
 }
 
-/// Publish `purge` to the other gateways on `url`'s channel.
-pub async fn publish(url: &str, purge: Purge, soft: bool) -> Result<(), String> {
+/// Publish `purge` to the other gateways, through the first of `nodes` that takes it.
+pub async fn publish(nodes: &[String], purge: Purge, soft: bool) -> Result<(), String> {
     let message = Message {
         origin: *ORIGIN,
         purge,
         soft,
     };
     let payload = serde_json::to_string(&message).map_err(|e| e.to_string())?;
+    let mut failed = Vec::new();
+    for url in nodes {
+        match publish_on(url, &payload).await {
+            Ok(()) => return Ok(()),
+            Err(e) => failed.push(format!("{}: {e}", redacted(url))),
+        }
+    }
+    Err(failed.join("; "))
+}
+
+async fn publish_on(url: &str, payload: &str) -> Result<(), String> {
     let client = redis::Client::open(url).map_err(|e| e.to_string())?;
     let send = async {
         let mut conn = client.get_multiplexed_async_connection().await?;
@@ -58,7 +75,7 @@ pub async fn publish(url: &str, purge: Purge, soft: bool) -> Result<(), String> 
     match tokio::time::timeout(Duration::from_secs(2), send).await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("no answer from Redis in 2 s".into()),
+        Err(_) => Err("no answer in 2 s".into()),
     }
 }
 
@@ -67,8 +84,14 @@ pub struct PurgeSubscriber {
 }
 
 impl PurgeSubscriber {
-    /// Follow `url`'s channel until it is lost, the configuration names another, or shutdown.
-    async fn follow(&self, url: &str, shutdown: &mut ShutdownWatch) -> Result<(), String> {
+    /// Follow `url`'s channel until it is lost, the configuration names other `nodes`, or
+    /// shutdown.
+    async fn follow(
+        &self,
+        nodes: &[String],
+        url: &str,
+        shutdown: &mut ShutdownWatch,
+    ) -> Result<(), String> {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let mut pubsub = client.get_async_pubsub().await.map_err(|e| e.to_string())?;
         pubsub.subscribe(CHANNEL).await.map_err(|e| e.to_string())?;
@@ -79,7 +102,7 @@ impl PurgeSubscriber {
             tokio::select! {
                 _ = shutdown.changed() => return Ok(()),
                 _ = tick.tick() => {
-                    if self.live.purge_redis().as_deref() != Some(url) {
+                    if self.live.purge_redis() != nodes {
                         return Ok(());
                     }
                 }
@@ -115,18 +138,29 @@ fn redacted(url: &str) -> String {
 #[async_trait::async_trait]
 impl BackgroundService for PurgeSubscriber {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        // The node to try next, and how many in a row could not be followed.
+        let (mut next, mut failed) = (0, 0);
         loop {
             if *shutdown.borrow() {
                 return;
             }
-            if let Some(url) = self.live.purge_redis() {
-                if let Err(e) = self.follow(&url, &mut shutdown).await {
-                    log::warn!("cache purges: lost {}: {e}; reconnecting", redacted(&url));
+            let nodes = self.live.purge_redis();
+            if !nodes.is_empty() {
+                let url = &nodes[next % nodes.len()];
+                match self.follow(&nodes, url, &mut shutdown).await {
+                    Ok(()) => failed = 0,
+                    Err(e) => {
+                        log::warn!("cache purges: lost {}: {e}; reconnecting", redacted(url));
+                        (next, failed) = (next + 1, failed + 1);
+                    }
                 }
             }
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            // The next node at once; a pause once every node has failed.
+            if failed == 0 || failed % nodes.len().max(1) == 0 {
+                tokio::select! {
+                    _ = shutdown.changed() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
             }
         }
     }

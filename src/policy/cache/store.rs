@@ -390,7 +390,8 @@ impl Storage {
 /// The running configuration's caches and purge channel.
 pub trait LiveCaches: Send + Sync {
     fn caches(&self) -> Vec<Arc<Storage>>;
-    fn purge_redis(&self) -> Option<String>;
+    /// The purge channel's Redis nodes (one, or a Cluster's); none without a channel.
+    fn purge_redis(&self) -> Vec<String>;
 }
 
 /// Starts the disk tiers of the running configuration: at startup, once the process has

@@ -144,6 +144,9 @@ fn entries_survive_a_reload_a_binary_upgrade_and_a_restart() {
         "pylon_config_reloads_total{result=\"success\"}",
         reloads + 1.0,
     );
+    // The same memory tier, not a new one refilled from disk.
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(metric(admin, "pylon_cache_entries{tier=\"memory\"}"), 3.0);
     served_from_cache("after a reload");
 
     // A binary upgrade: a new process, an empty memory tier, the files found again.

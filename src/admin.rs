@@ -10,6 +10,7 @@ use crate::policy::cache::Purge;
 use crate::policy::cache::{fanout, LiveCaches};
 use crate::reload;
 use crate::runtime::SharedSnapshot;
+use crate::split::{self, Split};
 use async_trait::async_trait;
 use http::{Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
@@ -192,18 +193,10 @@ impl Admin {
     /// `POST /cache/purge`: `{"route": R, "path": "/p?q"}`, `{"prefix": "/p"}` or
     /// `{"tag": T}`, with `"soft": true` to mark the entries stale instead of removing them.
     async fn purge(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = session.read_request_body().await {
-            body.extend_from_slice(&chunk);
-            if body.len() > 64 * 1024 {
-                return error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    "too large",
-                );
-            }
-        }
-        let mut asked: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let mut asked = match json_body(session).await {
+            Ok(asked) => asked,
+            Err(refused) => return refused,
+        };
         let soft = match asked.as_object_mut().and_then(|o| o.remove("soft")) {
             None => false,
             Some(serde_json::Value::Bool(soft)) => soft,
@@ -242,6 +235,39 @@ impl Admin {
         )
     }
 
+    /// The running configuration's split of route `name`.
+    fn split(&self, name: &str) -> Result<Arc<Split>, &'static str> {
+        let snapshot = self.snapshot.load();
+        let route = snapshot.router.routes().find(|r| &*r.name == name);
+        let route = route.ok_or("no such route")?;
+        route.split().cloned().ok_or("this route has no split")
+    }
+
+    /// `POST /routes/{name}/split`: `{"weights": {"UPSTREAM": N, ...}}` or
+    /// `{"action": "promote" | "pause" | "resume" | "rollback"}`; answers the split as it is
+    /// then.
+    async fn change_split(&self, name: &str, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let split = match self.split(name) {
+            Ok(split) => split,
+            Err(why) => return error(StatusCode::NOT_FOUND, "not_found", why),
+        };
+        let asked = match json_body(session).await {
+            Ok(asked) => asked,
+            Err(refused) => return refused,
+        };
+        let Ok(change) = serde_json::from_value::<split::Change>(asked) else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_request",
+                "expected {\"weights\": {\"UPSTREAM\": N}} or {\"action\": \"promote\" | \"pause\" | \"resume\" | \"rollback\"}",
+            );
+        };
+        match split.act(change) {
+            Ok(()) => json_response(StatusCode::OK, split.view()),
+            Err(e) => error(StatusCode::BAD_REQUEST, "bad_request", &e),
+        }
+    }
+
     fn set_target(&self, upstream: &str, target: &str, enabled: bool) -> Response<Vec<u8>> {
         let snapshot = self.snapshot.load();
         let Some(pool) = snapshot.upstreams.get(upstream) else {
@@ -260,6 +286,22 @@ impl Admin {
             )
         }
     }
+}
+
+/// A request's JSON body, of 64 KiB at most (anything else reads as `null`).
+async fn json_body(session: &mut ServerSession) -> Result<serde_json::Value, Response<Vec<u8>>> {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = session.read_request_body().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > 64 * 1024 {
+            return Err(error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "too large",
+            ));
+        }
+    }
+    Ok(serde_json::from_slice(&body).unwrap_or_default())
 }
 
 #[async_trait]
@@ -308,6 +350,11 @@ impl ServeHttp for Admin {
             },
             ("POST", ["reload"]) => self.reload().await,
             ("POST", ["cache", "purge"]) => self.purge(session).await,
+            ("GET", ["routes", name, "split"]) => match self.split(name) {
+                Ok(split) => json_response(StatusCode::OK, split.view()),
+                Err(why) => error(StatusCode::NOT_FOUND, "not_found", why),
+            },
+            ("POST", ["routes", name, "split"]) => self.change_split(name, session).await,
             ("POST", ["upstreams", name, "targets", target, "drain"]) => {
                 self.set_target(name, target, false)
             }
@@ -315,7 +362,8 @@ impl ServeHttp for Admin {
                 self.set_target(name, target, true)
             }
             (_, ["healthz" | "readyz" | "metrics" | "upstreams" | "reload" | "config"])
-            | (_, ["cache", "purge"]) => error(
+            | (_, ["cache", "purge"])
+            | (_, ["routes", _, "split"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "method_not_allowed",
                 "method not allowed here",

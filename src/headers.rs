@@ -68,6 +68,19 @@ pub fn request_host(req: &RequestHeader) -> Option<&str> {
         .or_else(|| req.uri.authority().map(|a| a.as_str()))
 }
 
+/// The value of cookie `name` in the request's `Cookie` headers, the first if several.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .find_map(|pair| {
+            let pair = pair.trim_ascii_start();
+            let rest = pair.strip_prefix(name.as_bytes())?;
+            rest.strip_prefix(b"=")
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

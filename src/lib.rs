@@ -40,6 +40,7 @@ pub mod runtime;
 pub mod serve;
 pub mod server;
 pub mod shards;
+pub mod split;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

@@ -52,6 +52,10 @@ pub struct Metrics {
     pub cache_entries: IntGaugeVec,
     pub cache_evictions: IntCounterVec,
     pub cache_disk_skipped: IntCounterVec,
+    pub split_requests: IntCounterVec,
+    pub split_weight: IntGaugeVec,
+    pub canary_steps: IntCounterVec,
+    pub canary_rollbacks: IntCounterVec,
     pub websocket_open: IntGaugeVec,
     pub websocket_total: IntCounterVec,
 }
@@ -146,6 +150,26 @@ impl Metrics {
                 "pylon_cache_evictions_total",
                 "Entries removed from the cache to make room, by tier",
                 &["tier"],
+            ),
+            split_requests: counters(
+                "pylon_split_requests_total",
+                "Requests of a route with a split, by the backend (upstream) that took them",
+                &["route", "backend"],
+            ),
+            split_weight: gauges(
+                "pylon_split_weight",
+                "A split backend's weight now (the file's, an operator's or its canary's)",
+                &["route", "backend"],
+            ),
+            canary_steps: counters(
+                "pylon_canary_steps_total",
+                "Times a canary backend's weight stepped up",
+                &["route", "backend"],
+            ),
+            canary_rollbacks: counters(
+                "pylon_canary_rollbacks_total",
+                "Times a canary backend was rolled back to weight 0 (by its thresholds or an operator)",
+                &["route", "backend"],
             ),
             cache_disk_skipped: counters(
                 "pylon_cache_disk_skipped_total",

@@ -140,9 +140,11 @@ impl ProxyHttp for Gateway {
                 return Ok(true);
             }
         }
+        ctx.choose_upstream(session.req_header());
         let RequestCtx {
             cx,
             route: Some(route),
+            upstream,
             matched: routed,
             held,
             attempts,
@@ -152,9 +154,9 @@ impl ProxyHttp for Gateway {
         else {
             return Ok(false);
         };
-        let served = match &route.action {
+        let served = match upstream {
             // A filter may answer the request itself, calling the upstream as it needs.
-            Action::Upstream(upstream) if route.chain.has(Phases::SERVE) => {
+            Some(upstream) if route.chain.has(Phases::SERVE) => {
                 let client = session.req_header().clone();
                 let mut serving = Serving {
                     session: session.as_mut(),
@@ -171,11 +173,11 @@ impl ProxyHttp for Gateway {
         };
         let reply = match (served, &route.action) {
             (Some(reply), _) => reply,
-            (None, Action::Upstream(_)) if !HeldBody::wanted(&route.chain) => {
+            (None, Action::Upstream(_) | Action::Split(_)) if !HeldBody::wanted(&route.chain) => {
                 *routed = matched;
                 return Ok(false);
             }
-            (None, Action::Upstream(_)) => {
+            (None, Action::Upstream(_) | Action::Split(_)) => {
                 *routed = matched;
                 let read = HeldBody::read(session.as_mut(), &route.chain, body_timeout, cx);
                 match Box::pin(read).await {
@@ -237,12 +239,13 @@ impl ProxyHttp for Gateway {
         let RequestCtx {
             cx,
             route,
+            upstream,
             attempts,
             deadline,
             upgrade,
             ..
         } = &mut **ctx;
-        let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) else {
+        let Some(upstream) = upstream.as_deref() else {
             return Error::e_explain(ErrorType::InternalError, "no upstream route in context");
         };
         let Ok(left) = deadline::before_attempt(*deadline, attempts.backoff(upstream)).await else {
@@ -284,6 +287,7 @@ impl ProxyHttp for Gateway {
         let RequestCtx {
             cx,
             route,
+            upstream,
             attempts,
             deadline,
             ..
@@ -294,7 +298,7 @@ impl ProxyHttp for Gateway {
             false => Outcome::Connect { timeout },
         };
         if let Some(route) = route.as_deref() {
-            if let Some(upstream) = route.upstream() {
+            if let Some(upstream) = upstream.as_deref() {
                 attempts.report(upstream, outcome);
                 if outcome == Outcome::Abandoned {
                     cx.pending = Some(Reply::error(error::UPSTREAM_TIMEOUT));
@@ -317,12 +321,12 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let RequestCtx {
-            route,
+            upstream,
             attempts,
             deadline,
             ..
         } = &mut **ctx;
-        let upstream = route.as_deref().and_then(|r| r.upstream());
+        let upstream = upstream.as_deref();
         // A pooled connection the target had closed while idle: the keep-alive race, not a
         // failure of the target; nor is an answer the request's deadline did not wait for.
         let stale = client_reused && matches!(e.retry, pingora::RetryType::ReusedOnly);
@@ -395,11 +399,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let RequestCtx {
             cx,
-            route,
+            upstream,
             attempts,
             ..
         } = &mut **ctx;
-        let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) else {
+        let Some(upstream) = upstream.as_deref() else {
             return Ok(());
         };
         if reply::interim(upstream_response) {
@@ -455,7 +459,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let RequestCtx {
             cx,
-            route,
+            upstream,
             attempts,
             ..
         } = &mut **ctx;
@@ -465,7 +469,7 @@ impl ProxyHttp for Gateway {
         // Trailers without a status end the call as gRPC clients take it: UNKNOWN.
         let code = Code::of_headers(trailers).unwrap_or(Code::UNKNOWN);
         cx.grpc_status = Some(code);
-        if let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) {
+        if let Some(upstream) = upstream.as_deref() {
             attempts.report(upstream, Outcome::Grpc(code));
         }
         Ok(())
@@ -494,6 +498,9 @@ impl ProxyHttp for Gateway {
             ctx.tunnel = ctx.route.as_ref().map(|r| r.metrics.tunnel());
         } else if !reply::interim(upstream_response) {
             keepalive::before_answer(session.as_downstream_mut());
+        }
+        if let Some(cookie) = ctx.split.as_mut().and_then(|p| p.set_cookie.take()) {
+            upstream_response.append_header(http::header::SET_COOKIE, cookie)?;
         }
         let req = session.downstream_session.req_header();
         ctx.cache_respond(&session.cache, req, upstream_response);
@@ -569,9 +576,9 @@ impl ProxyHttp for Gateway {
             .map_or(499, |r| r.status.as_u16());
         let took = ctx.started.elapsed();
         let RequestCtx {
-            route, attempts, ..
+            upstream, attempts, ..
         } = &mut **ctx;
-        if let Some(upstream) = route.as_deref().and_then(|r| r.upstream()) {
+        if let Some(upstream) = upstream.as_deref() {
             // An attempt still open here ended without an outcome of its own: the client
             // left, or the gateway gave up on it.
             attempts.report(upstream, Outcome::Abandoned);
@@ -579,6 +586,7 @@ impl ProxyHttp for Gateway {
         let method = &session.req_header().method;
         let metrics = ctx.route.as_deref().map_or(&*UNROUTED, |r| &*r.metrics);
         metrics.record(method, status, took);
+        ctx.split_done(status, took);
         metrics.record_usage(&ctx.cx.identity, status);
         if ctx.cx.grpc {
             let code = Code::of_call(ctx.cx.grpc_status, status);
@@ -588,9 +596,7 @@ impl ProxyHttp for Gateway {
         if let Some(route) = ctx.route.as_deref() {
             route.chain.log(&ctx.cx, status);
         }
-        let route = ctx.route.as_deref();
-        self.telemetry
-            .record(session, route, &mut ctx.cx, &ctx.attempts, status, took);
+        self.telemetry.record(session, ctx, status, took);
     }
 
     async fn fail_to_proxy(

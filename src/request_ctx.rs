@@ -7,9 +7,10 @@ use crate::filter::{Chain, Context, Phases, Reply, RouteCache};
 use crate::held_body::HeldBody;
 use crate::metrics::{InflightRoute, OpenTunnel};
 use crate::reply;
-use crate::router::{Matched, Route};
+use crate::router::{Action, Matched, Route};
 use crate::runtime::Snapshot;
-use crate::upstream::Attempts;
+use crate::split::Pick;
+use crate::upstream::{Attempts, Upstream};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora_cache::HttpCache;
@@ -25,6 +26,10 @@ pub struct RequestCtx {
     pub snapshot: Option<Arc<Snapshot>>,
     /// The route it matched, once routed.
     pub route: Option<Arc<Route>>,
+    /// The pool it goes to: the route's upstream, or the backend its split picked.
+    pub upstream: Option<Arc<Upstream>>,
+    /// The split's pick, to count its outcome and set its sticky cookie.
+    pub split: Option<Pick>,
     /// The whole request's deadline, if its route or its gRPC call set one.
     pub deadline: Option<Deadline>,
     /// An HTTP/1.1 upgrade request (a WebSocket): its target reads wait `tunnel_idle_timeout`.
@@ -49,6 +54,8 @@ impl Default for RequestCtx {
             cx: Context::default(),
             snapshot: None,
             route: None,
+            upstream: None,
+            split: None,
             deadline: None,
             upgrade: false,
             matched: Matched::default(),
@@ -77,6 +84,35 @@ impl RequestCtx {
             (None, None) => None,
         };
         (chain, &mut self.cx)
+    }
+
+    /// Where the routed request goes, once its request-phase filters let it through (a
+    /// split's match rules and stickiness may need the consumer they found).
+    pub fn choose_upstream(&mut self, req: &RequestHeader) {
+        let Some(route) = self.route.as_deref() else {
+            return;
+        };
+        match &route.action {
+            Action::Upstream(upstream) => self.upstream = Some(Arc::clone(upstream)),
+            Action::Split(split) => {
+                let pick = split.pick(req, &self.cx.identity, self.cx.tls.is_some());
+                self.upstream = Some(Arc::clone(split.upstream(pick.backend)));
+                self.split = Some(pick);
+            }
+            Action::Respond(_) | Action::Aggregate(_) => {}
+        }
+    }
+
+    /// A finished request of a split counts for its backend: failed when it got a 5xx or no
+    /// answer, slow by its answer's start (the whole time without one).
+    pub fn split_done(&self, status: u16, took: std::time::Duration) {
+        let (Some(route), Some(pick)) = (self.route.as_deref(), &self.split) else {
+            return;
+        };
+        if let Some(split) = route.split() {
+            let failed = status >= 500 || self.attempts.unanswered();
+            split.record(pick.backend, failed, self.attempts.took.unwrap_or(took));
+        }
     }
 
     /// The route's cache, for Pingora's cache hooks.

@@ -12,6 +12,8 @@ use crate::policy;
 use crate::policy::cache::{self, LiveCaches};
 use crate::policy::jwt::jwks::{Jwks, LiveKeySets};
 use crate::router::{RouteDefaults, Router};
+use crate::split::controller::LiveSplits;
+use crate::split::Split;
 use crate::state::{Carried, Keeper};
 use crate::tls::{accept::LiveListeners, ListenerTls};
 use crate::upstream::{LivePools, Upstream};
@@ -93,6 +95,7 @@ impl Snapshot {
             &global,
             consumers.len(),
             &defaults,
+            &mut keeper,
         )
         .map_err(|e| vec![e])?;
         if !errors.is_empty() {
@@ -144,6 +147,15 @@ impl LiveCaches for ArcSwap<Snapshot> {
 
     fn purge_redis(&self) -> Vec<String> {
         self.load().checked.config.cache.purge_urls()
+    }
+}
+
+/// The canary controller judges the splits of the running snapshot's routes.
+impl LiveSplits for ArcSwap<Snapshot> {
+    fn splits(&self) -> Vec<Arc<Split>> {
+        let snapshot = self.load();
+        let routes = snapshot.router.routes();
+        routes.filter_map(|r| r.split().cloned()).collect()
     }
 }
 

@@ -11,6 +11,7 @@ use crate::policy::jwt::jwks::JwksRefresher;
 use crate::proxy::Gateway;
 use crate::reload::Reloader;
 use crate::runtime::{SharedSnapshot, Snapshot};
+use crate::split::controller::CanaryController;
 use crate::tls::accept::Handshakes;
 use crate::upgrade::{Drain, Lifecycle, SelfUpgrade};
 use crate::upstream::PoolSupervisor;
@@ -176,6 +177,12 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pyl
     server.add_service(background_service(
         "jwks refresh",
         JwksRefresher {
+            live: Arc::clone(&shared) as _,
+        },
+    ));
+    server.add_service(background_service(
+        "canary controller",
+        CanaryController {
             live: Arc::clone(&shared) as _,
         },
     ));

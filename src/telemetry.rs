@@ -1,12 +1,11 @@
 //! What a finished request leaves behind: its access-log line and its trace span.
 
 use crate::access_log::{AccessLog, Entry};
-use crate::filter::{CacheResult, Context};
+use crate::filter::CacheResult;
 use crate::grpc::Code;
 use crate::headers::request_host;
 use crate::otlp::{Exporter, Finished};
-use crate::router::Route;
-use crate::upstream::Attempts;
+use crate::request_ctx::RequestCtx;
 use pingora_proxy::Session;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -24,15 +23,16 @@ impl Telemetry {
     }
 
     /// Log and trace one finished request.
-    pub fn record(
-        &self,
-        session: &Session,
-        route: Option<&Route>,
-        cx: &mut Context,
-        attempts: &Attempts,
-        status: u16,
-        took: Duration,
-    ) {
+    pub fn record(&self, session: &Session, ctx: &mut RequestCtx, status: u16, took: Duration) {
+        let RequestCtx {
+            route,
+            upstream,
+            cx,
+            attempts,
+            ..
+        } = ctx;
+        let route = route.as_deref();
+        let upstream = upstream.as_deref().map(|u| &*u.name);
         if self.access_log.is_none() && self.tracer.is_none() {
             return;
         }
@@ -42,7 +42,6 @@ impl Telemetry {
             .peer
             .is_some()
             .then(|| crate::client_addr::ip_text(client));
-        let upstream = route.and_then(|r| r.upstream()).map(|u| &*u.name);
         let target = attempts.target().map(|t| &*t.label);
         if let Some(tracer) = &self.tracer {
             let end = SystemTime::now();

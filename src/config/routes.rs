@@ -18,6 +18,17 @@ pub struct RouteConfig {
     #[serde(default)]
     pub priority: i32,
     pub upstream: Option<Spanned<String>>,
+    /// Weighted backends instead of one upstream.
+    pub split: Option<Spanned<Vec<SplitBackendConfig>>>,
+    /// How a client stays on one backend of the split: `cookie:NAME`, `header:NAME`,
+    /// `consumer`.
+    pub sticky: Option<Spanned<String>>,
+    /// The sticky cookie's lifetime.
+    #[serde(default = "super::split::default_sticky_max_age")]
+    pub sticky_max_age: ConfDuration,
+    /// Sticky clients of a backend at weight 0 move to the others (`true`) or stay.
+    #[serde(default = "yes")]
+    pub drain_sticky: bool,
     pub respond: Option<RespondConfig>,
     /// Several backend calls merged into one JSON answer.
     pub aggregate: Option<Spanned<AggregateConfig>>,

@@ -336,15 +336,36 @@ fn check_route(
 ) {
     let name = route.name.get_ref();
     let actions = route.upstream.is_some() as u8
+        + route.split.is_some() as u8
         + route.respond.is_some() as u8
         + route.aggregate.is_some() as u8;
     if actions != 1 {
         errors.push(ConfigError::at(
             route.name.span(),
-            format!("route `{name}` needs exactly one of `upstream`, `respond` or `aggregate`"),
+            format!(
+                "route `{name}` needs exactly one of `upstream`, `split`, `respond` or `aggregate`"
+            ),
         ));
     }
     crate::aggregate::check(config, route, errors);
+    let split_span = route.split.as_ref().map(|s| s.span());
+    let span = split_span.or(route.sticky.as_ref().map(|s| s.span()));
+    for message in crate::split::check(route) {
+        let at = span.clone().unwrap_or_else(|| route.name.span());
+        errors.push(ConfigError::at(at, format!("route `{name}`: {message}")));
+    }
+    for backend in route.split.iter().flat_map(|s| s.get_ref()) {
+        let up = &backend.upstream;
+        if !config.upstreams.contains_key(up.get_ref()) && !unparsed.contains(up.get_ref()) {
+            errors.push(ConfigError::at(
+                up.span(),
+                format!(
+                    "route `{name}` splits to unknown upstream `{}`",
+                    up.get_ref()
+                ),
+            ));
+        }
+    }
     if let Some(up) = &route.upstream {
         if !config.upstreams.contains_key(up.get_ref()) && !unparsed.contains(up.get_ref()) {
             errors.push(ConfigError::at(

@@ -19,6 +19,7 @@ pub use route::{Action, Matched, Responder, Rewrite, Route, RouteDefaults};
 
 use crate::config::{ConfigError, Located, PathSpec, RouteConfig};
 use crate::policy::Compiled;
+use crate::state::Keeper;
 use crate::upstream::Upstream;
 use radix::RadixTree;
 use std::borrow::Cow;
@@ -84,11 +85,14 @@ impl Router {
         global: &[&Compiled],
         consumers: usize,
         defaults: &RouteDefaults<'_>,
+        keeper: &mut Keeper<'_>,
     ) -> Result<Router, ConfigError> {
         let mut router = Router::default();
         for (order, config) in configs.iter().enumerate() {
-            let route = Route::compile(config, upstreams, policies, global, consumers, defaults)
-                .map_err(|e| ConfigError::at(config.span.clone(), e))?;
+            let route = Route::compile(
+                config, upstreams, policies, global, consumers, defaults, keeper,
+            )
+            .map_err(|e| ConfigError::at(config.span.clone(), e))?;
             let base = (
                 route.priority,
                 route.headers.len(),
@@ -184,6 +188,11 @@ impl Router {
 
     pub fn len(&self) -> usize {
         self.routes.len()
+    }
+
+    /// Every route, in the file's order.
+    pub fn routes(&self) -> impl Iterator<Item = &Arc<Route>> {
+        self.routes.iter()
     }
 
     /// Route a request: its path normalized (dot segments, duplicate slashes), then
@@ -362,6 +371,7 @@ mod tests {
             &[],
             0,
             &defaults,
+            &mut Keeper::new(None),
         )
         .unwrap()
     }

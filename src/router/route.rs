@@ -6,6 +6,8 @@ use crate::filter::{Body, Chain, Reply};
 use crate::grpc::{self, Code};
 use crate::metrics::RouteMetrics;
 use crate::policy::{self, Compiled};
+use crate::split::Split;
+use crate::state::Keeper;
 use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Method};
@@ -38,6 +40,8 @@ pub struct Route {
 
 pub enum Action {
     Upstream(Arc<Upstream>),
+    /// Weighted backends, each a pool; one is picked per request.
+    Split(Arc<Split>),
     Respond(Responder),
     Aggregate(Aggregate),
 }
@@ -103,9 +107,14 @@ impl Route {
         global: &[&Compiled],
         consumers: usize,
         defaults: &RouteDefaults<'_>,
+        keeper: &mut Keeper<'_>,
     ) -> Result<Route, String> {
         let name = config.name.get_ref();
         let action = match (&config.upstream, &config.respond, &config.aggregate) {
+            _ if config.split.is_some() => Action::Split(Arc::new(
+                Split::compile(name, config, upstreams, keeper)
+                    .map_err(|e| format!("route `{name}`: {e}"))?,
+            )),
             (None, None, Some(agg)) => Action::Aggregate(
                 Aggregate::compile(config, agg.get_ref(), upstreams)
                     .map_err(|e| format!("route `{name}`: {e}"))?,
@@ -262,10 +271,11 @@ impl Route {
 }
 
 impl Route {
-    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+    /// The route's split, if it has one.
+    pub fn split(&self) -> Option<&Arc<Split>> {
         match &self.action {
-            Action::Upstream(u) => Some(u),
-            Action::Respond(_) | Action::Aggregate(_) => None,
+            Action::Split(s) => Some(s),
+            _ => None,
         }
     }
 }

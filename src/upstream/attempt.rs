@@ -202,6 +202,11 @@ impl Attempts {
         }
     }
 
+    /// Attempts were made and none got an answer (connect failures, timeouts, resets).
+    pub fn unanswered(&self) -> bool {
+        self.count > 0 && self.took.is_none()
+    }
+
     /// The current attempt's response header arrived, but its outcome comes with the trailers
     /// (a gRPC call's status): its time is taken now, its report comes later.
     pub fn answered(&mut self) {

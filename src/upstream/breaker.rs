@@ -209,7 +209,7 @@ impl Breaker {
             CLOSED => {
                 let failed = failed?;
                 if s.failure_rate.is_some() {
-                    self.window.add(now, s.bucket_ms, 1, u32::from(failed));
+                    self.window.add(now, s.bucket_ms, [1, u32::from(failed)]);
                 }
                 if !failed {
                     if self.streak.load(Ordering::Relaxed) != 0 {
@@ -220,7 +220,7 @@ impl Breaker {
                 let streak = self.streak.fetch_add(1, Ordering::Relaxed) + 1;
                 let by_streak = s.failures > 0 && streak >= s.failures;
                 let by_rate = s.failure_rate.is_some_and(|rate| {
-                    let (total, failures) = self.window.sum(now, s.bucket_ms);
+                    let [total, failures] = self.window.sum(now, s.bucket_ms);
                     total >= s.min_requests && failures as f64 >= rate * total as f64
                 });
                 if !(by_streak || by_rate) || !may_open() {

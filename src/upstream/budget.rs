@@ -22,19 +22,19 @@ pub struct RetryBudget {
 impl RetryBudget {
     /// A request's first attempt.
     pub fn deposit(&self, now: u64) {
-        self.window.add(now, window::bucket_ms(WINDOW_MS), 1, 0);
+        self.window.add(now, window::bucket_ms(WINDOW_MS), [1, 0]);
     }
 
     /// Take one retry from the budget; false when it is spent.
     pub fn withdraw(&self, config: &RetryBudgetConfig, now: u64) -> bool {
         let bucket = window::bucket_ms(WINDOW_MS);
-        let (requests, retries) = self.window.sum(now, bucket);
+        let [requests, retries] = self.window.sum(now, bucket);
         let floor = u64::from(config.min_per_second) * WINDOW_MS / 1_000;
         let share = requests * u64::from(config.percent) / 100;
         if retries >= floor.max(share) {
             return false;
         }
-        self.window.add(now, bucket, 0, 1);
+        self.window.add(now, bucket, [0, 1]);
         true
     }
 }

@@ -26,18 +26,9 @@ impl HashOn {
             HashOn::Header(name) => {
                 Cow::Borrowed(req.headers.get(name).map_or(&b""[..], |v| v.as_bytes()))
             }
-            HashOn::Cookie(name) => Cow::Borrowed(
-                req.headers
-                    .get_all(http::header::COOKIE)
-                    .iter()
-                    .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
-                    .find_map(|pair| {
-                        let pair = pair.trim_ascii_start();
-                        let rest = pair.strip_prefix(name.as_bytes())?;
-                        rest.strip_prefix(b"=")
-                    })
-                    .unwrap_or(b""),
-            ),
+            HashOn::Cookie(name) => {
+                Cow::Borrowed(crate::headers::cookie(&req.headers, name).unwrap_or(b""))
+            }
         }
     }
 

@@ -25,7 +25,7 @@ mod rotation;
 mod slow_start;
 mod supervisor;
 mod target;
-mod window;
+pub mod window;
 
 pub use attempt::{Attempt, AttemptObserver, Attempts, Outcome, Replay, Unavailable};
 pub use hash_on::HashOn;
@@ -387,6 +387,18 @@ impl Upstream {
     /// The number of targets.
     pub fn size(&self) -> usize {
         self.backends().get_backend().len()
+    }
+
+    /// Whether some target could take a request now: in rotation, and its breaker not open
+    /// (one whose time is up takes the next request as a probe). Walks the pool (a split asks
+    /// it of the backend it picked).
+    pub fn available(&self) -> bool {
+        let now = now_ms();
+        self.backends()
+            .get_backend()
+            .iter()
+            .filter_map(Target::of)
+            .any(|t| self.in_rotation(t) && t.state.breaker.state(now) != breaker::State::Open)
     }
 
     /// The number of targets their breakers hold out.

@@ -1,4 +1,5 @@
-//! A sliding window of two counts, kept in atomics: no lock on the request path.
+//! A sliding window of `N` counts (two unless said), kept in atomics: no lock on the request
+//! path.
 //!
 //! The window is cut into [`BUCKETS`] buckets, each stamped with the slice of time it counts.
 //! A bucket whose stamp is old is reset by the first writer that finds it so; two writers
@@ -11,22 +12,31 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 pub const BUCKETS: usize = 10;
 
-#[derive(Default)]
-struct Bucket {
+struct Bucket<const N: usize> {
     /// Which slice of time (`now / bucket_ms`) the counts are for.
     slice: AtomicU64,
-    counts: [AtomicU32; 2],
+    counts: [AtomicU32; N],
 }
 
-/// Two counts over the last `BUCKETS × bucket_ms` milliseconds.
-#[derive(Default)]
-pub struct Window {
-    buckets: [Bucket; BUCKETS],
+/// `N` counts over the last `BUCKETS × bucket_ms` milliseconds.
+pub struct Window<const N: usize = 2> {
+    buckets: [Bucket<N>; BUCKETS],
 }
 
-impl Window {
-    /// Add `a` and `b` at `now_ms`.
-    pub fn add(&self, now_ms: u64, bucket_ms: u64, a: u32, b: u32) {
+impl<const N: usize> Default for Window<N> {
+    fn default() -> Self {
+        Window {
+            buckets: std::array::from_fn(|_| Bucket {
+                slice: AtomicU64::new(0),
+                counts: std::array::from_fn(|_| AtomicU32::new(0)),
+            }),
+        }
+    }
+}
+
+impl<const N: usize> Window<N> {
+    /// Add `counts` at `now_ms`.
+    pub fn add(&self, now_ms: u64, bucket_ms: u64, counts: [u32; N]) {
         let slice = now_ms / bucket_ms.max(1);
         let bucket = &self.buckets[slice as usize % BUCKETS];
         let stamp = bucket.slice.load(Ordering::Acquire);
@@ -36,38 +46,40 @@ impl Window {
                 .compare_exchange(stamp, slice, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            bucket.counts[0].store(0, Ordering::Relaxed);
-            bucket.counts[1].store(0, Ordering::Relaxed);
+            bucket
+                .counts
+                .iter()
+                .for_each(|c| c.store(0, Ordering::Relaxed));
         }
-        if a > 0 {
-            bucket.counts[0].fetch_add(a, Ordering::Relaxed);
-        }
-        if b > 0 {
-            bucket.counts[1].fetch_add(b, Ordering::Relaxed);
+        for (count, n) in bucket.counts.iter().zip(counts) {
+            if n > 0 {
+                count.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 
-    /// Both counts over the window ending at `now_ms`.
-    pub fn sum(&self, now_ms: u64, bucket_ms: u64) -> (u64, u64) {
+    /// The counts over the window ending at `now_ms`.
+    pub fn sum(&self, now_ms: u64, bucket_ms: u64) -> [u64; N] {
         let slice = now_ms / bucket_ms.max(1);
         let oldest = slice.saturating_sub(BUCKETS as u64 - 1);
-        self.buckets
-            .iter()
-            .filter(|b| (oldest..=slice).contains(&b.slice.load(Ordering::Acquire)))
-            .fold((0, 0), |(a, b), bucket| {
-                (
-                    a + u64::from(bucket.counts[0].load(Ordering::Relaxed)),
-                    b + u64::from(bucket.counts[1].load(Ordering::Relaxed)),
-                )
-            })
+        let mut sum = [0; N];
+        let live = self.buckets.iter();
+        for bucket in live.filter(|b| (oldest..=slice).contains(&b.slice.load(Ordering::Acquire))) {
+            for (total, count) in sum.iter_mut().zip(&bucket.counts) {
+                *total += u64::from(count.load(Ordering::Relaxed));
+            }
+        }
+        sum
     }
 
     /// Forget every count.
     pub fn clear(&self) {
         for bucket in &self.buckets {
             bucket.slice.store(0, Ordering::Release);
-            bucket.counts[0].store(0, Ordering::Relaxed);
-            bucket.counts[1].store(0, Ordering::Relaxed);
+            bucket
+                .counts
+                .iter()
+                .for_each(|c| c.store(0, Ordering::Relaxed));
         }
     }
 }
@@ -83,20 +95,20 @@ mod tests {
 
     #[test]
     fn counts_slide_out_of_the_window() {
-        let w = Window::default();
+        let w = Window::<2>::default();
         // A 1 s window in 100 ms buckets.
-        w.add(1_000, 100, 1, 0);
-        w.add(1_050, 100, 1, 1);
-        w.add(1_500, 100, 1, 1);
-        assert_eq!(w.sum(1_500, 100), (3, 2));
+        w.add(1_000, 100, [1, 0]);
+        w.add(1_050, 100, [1, 1]);
+        w.add(1_500, 100, [1, 1]);
+        assert_eq!(w.sum(1_500, 100), [3, 2]);
         // At 1.95 s the first bucket (1.0-1.1 s) is out; 1.5 s is still in.
-        assert_eq!(w.sum(1_950, 100), (3, 2));
-        assert_eq!(w.sum(2_050, 100), (1, 1));
+        assert_eq!(w.sum(1_950, 100), [3, 2]);
+        assert_eq!(w.sum(2_050, 100), [1, 1]);
         // A bucket reused for a later slice starts from zero.
-        w.add(2_000, 100, 1, 0);
-        assert_eq!(w.sum(2_000, 100), (2, 1));
-        assert_eq!(w.sum(5_000, 100), (0, 0));
+        w.add(2_000, 100, [1, 0]);
+        assert_eq!(w.sum(2_000, 100), [2, 1]);
+        assert_eq!(w.sum(5_000, 100), [0, 0]);
         w.clear();
-        assert_eq!(w.sum(2_000, 100), (0, 0));
+        assert_eq!(w.sum(2_000, 100), [0, 0]);
     }
 }

@@ -27,6 +27,7 @@ pub mod ids;
 pub mod keepalive;
 pub mod load;
 pub mod metrics;
+pub mod mirror;
 pub mod otlp;
 pub mod pipeline;
 pub mod plumbing;

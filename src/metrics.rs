@@ -56,6 +56,7 @@ pub struct Metrics {
     pub split_weight: IntGaugeVec,
     pub canary_steps: IntCounterVec,
     pub canary_rollbacks: IntCounterVec,
+    pub mirror_requests: IntCounterVec,
     pub websocket_open: IntGaugeVec,
     pub websocket_total: IntCounterVec,
 }
@@ -170,6 +171,13 @@ impl Metrics {
                 "pylon_canary_rollbacks_total",
                 "Times a canary backend was rolled back to weight 0 (by its thresholds or an operator)",
                 &["route", "backend"],
+            ),
+            mirror_requests: counters(
+                "pylon_mirror_requests_total",
+                "Requests of a mirrored route by what became of their copy: sent, skipped_sample, \
+                 skipped_body, dropped (max_inflight), error (no answer from the shadow), mismatch \
+                 (compare: another status class than the primary's)",
+                &["route", "result"],
             ),
             cache_disk_skipped: counters(
                 "pylon_cache_disk_skipped_total",

@@ -212,6 +212,7 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         let Some(route) = ctx.route_with(Phases::REQUEST_BODY) else {
+            ctx.mirror_body(body, end_of_stream);
             return Ok(());
         };
         let RequestCtx { cx, held, .. } = &mut **ctx;
@@ -220,7 +221,10 @@ impl ProxyHttp for Gateway {
             None => route.chain.request_body(body, end_of_stream, cx).await,
         };
         match judged {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                ctx.mirror_body(body, end_of_stream);
+                Ok(())
+            }
             // Written by `fail_to_proxy`, through the one writer.
             Err(reply) => {
                 let status = reply.status;
@@ -385,10 +389,12 @@ impl ProxyHttp for Gateway {
                 .chain
                 .upstream_request(upstream_request, &mut ctx.cx)?;
         }
-        match ctx.held.as_mut() {
-            Some(held) => held.upstream(upstream_request),
-            None => Ok(()),
+        if let Some(held) = ctx.held.as_mut() {
+            held.upstream(upstream_request)?;
         }
+        let empty = session.as_downstream_mut().is_body_empty();
+        ctx.mirror_begin(upstream_request, empty);
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -583,6 +589,7 @@ impl ProxyHttp for Gateway {
             // left, or the gateway gave up on it.
             attempts.report(upstream, Outcome::Abandoned);
         }
+        ctx.mirror_end(status);
         let method = &session.req_header().method;
         let metrics = ctx.route.as_deref().map_or(&*UNROUTED, |r| &*r.metrics);
         metrics.record(method, status, took);

@@ -6,17 +6,20 @@ use crate::deadline::Deadline;
 use crate::filter::{Chain, Context, Phases, Reply, RouteCache};
 use crate::held_body::HeldBody;
 use crate::metrics::{InflightRoute, OpenTunnel};
+use crate::mirror::Copy;
 use crate::reply;
 use crate::router::{Action, Matched, Route};
 use crate::runtime::Snapshot;
 use crate::split::Pick;
 use crate::upstream::{Attempts, Upstream};
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora_cache::HttpCache;
 use pingora_proxy::Session;
 use std::sync::Arc;
 use std::time::Instant;
+use tokio::sync::oneshot;
 
 /// Per-request state: what the filters see, and the gateway's own bookkeeping.
 pub struct RequestCtx {
@@ -30,6 +33,11 @@ pub struct RequestCtx {
     pub upstream: Option<Arc<Upstream>>,
     /// The split's pick, to count its outcome and set its sticky cookie.
     pub split: Option<Pick>,
+    /// The route's mirror copy being gathered, once its first attempt went out.
+    mirror: Option<Copy>,
+    mirror_begun: bool,
+    /// Takes the primary's status for the copy's comparison.
+    mirror_primary: Option<oneshot::Sender<u16>>,
     /// The whole request's deadline, if its route or its gRPC call set one.
     pub deadline: Option<Deadline>,
     /// An HTTP/1.1 upgrade request (a WebSocket): its target reads wait `tunnel_idle_timeout`.
@@ -56,6 +64,9 @@ impl Default for RequestCtx {
             route: None,
             upstream: None,
             split: None,
+            mirror: None,
+            mirror_begun: false,
+            mirror_primary: None,
             deadline: None,
             upgrade: false,
             matched: Matched::default(),
@@ -112,6 +123,49 @@ impl RequestCtx {
         if let Some(split) = route.split() {
             let failed = status >= 500 || self.attempts.unanswered();
             split.record(pick.backend, failed, self.attempts.took.unwrap_or(took));
+        }
+    }
+
+    /// The request goes upstream as `header` (its first attempt): the route's mirror takes its
+    /// copy, sent at once when the request has no body.
+    pub fn mirror_begin(&mut self, header: &RequestHeader, body_empty: bool) {
+        if std::mem::replace(&mut self.mirror_begun, true) {
+            return;
+        }
+        let Some(mirror) = self.route.as_deref().and_then(|r| r.mirror.as_ref()) else {
+            return;
+        };
+        self.mirror = mirror.begin(header);
+        if body_empty {
+            self.mirror_body(&None, true);
+        }
+    }
+
+    /// A piece of the body went upstream: into the copy, which is sent at its end.
+    pub fn mirror_body(&mut self, body: &Option<Bytes>, end_of_stream: bool) {
+        let Some(mirror) = self.route.as_deref().and_then(|r| r.mirror.as_ref()) else {
+            return;
+        };
+        let Some(copy) = self.mirror.as_mut() else {
+            return;
+        };
+        if let Some(chunk) = body {
+            if !mirror.add(copy, chunk) {
+                self.mirror = None;
+                return;
+            }
+        }
+        if end_of_stream {
+            if let Some(copy) = self.mirror.take() {
+                self.mirror_primary = mirror.send(copy);
+            }
+        }
+    }
+
+    /// The request ended with `status`: the copy's comparison gets it.
+    pub fn mirror_end(&mut self, status: u16) {
+        if let Some(primary) = self.mirror_primary.take() {
+            let _ = primary.send(status);
         }
     }
 

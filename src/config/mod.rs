@@ -32,7 +32,7 @@ pub use pattern::{PathSpec, Pattern};
 pub use routes::*;
 pub use secret::Secret;
 pub use server::*;
-pub use split::{CanaryConfig, SplitBackendConfig, SplitMatchConfig};
+pub use split::{CanaryConfig, MirrorConfig, SplitBackendConfig, SplitMatchConfig};
 pub use telemetry::*;
 pub use units::{ConfDuration, ConfSize, ConfTimeout};
 pub use upstreams::*;

@@ -44,6 +44,8 @@ pub struct RouteConfig {
     pub policies: Vec<Spanned<String>>,
     /// The answer when no target of the upstream can take the request.
     pub fallback: Option<FallbackConfig>,
+    /// A sampled copy of each request to a shadow upstream, fire and forget.
+    pub mirror: Option<Spanned<MirrorConfig>>,
 }
 
 /// `aggregate = { timeout, max_body, forward_headers, parts = [...] }`.

@@ -87,3 +87,39 @@ fn default_window() -> ConfDuration {
 pub fn default_sticky_max_age() -> ConfDuration {
     ConfDuration(Duration::from_secs(86_400))
 }
+
+/// `mirror = { upstream, percent, max_body, timeout, max_inflight, compare }`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MirrorConfig {
+    /// The shadow upstream.
+    pub upstream: Spanned<String>,
+    /// The share of requests copied, 0 to 100.
+    #[serde(default = "default_percent")]
+    pub percent: f64,
+    /// A request with a larger body is not copied.
+    #[serde(default = "default_mirror_body")]
+    pub max_body: ConfSize,
+    /// How long a copy may take, all attempts included.
+    #[serde(default = "default_mirror_timeout")]
+    pub timeout: ConfTimeout,
+    /// Copies in flight at most; past it, new ones are dropped.
+    #[serde(default = "default_mirror_inflight")]
+    pub max_inflight: usize,
+    /// Count copies whose status class differs from the primary's.
+    #[serde(default)]
+    pub compare: bool,
+}
+
+fn default_percent() -> f64 {
+    100.0
+}
+fn default_mirror_body() -> ConfSize {
+    ConfSize(64 << 10)
+}
+fn default_mirror_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_secs(1))
+}
+fn default_mirror_inflight() -> usize {
+    100
+}

@@ -354,6 +354,27 @@ fn check_route(
         let at = span.clone().unwrap_or_else(|| route.name.span());
         errors.push(ConfigError::at(at, format!("route `{name}`: {message}")));
     }
+    if let Some(mirror) = &route.mirror {
+        let m = mirror.get_ref();
+        let up = &m.upstream;
+        if !config.upstreams.contains_key(up.get_ref()) && !unparsed.contains(up.get_ref()) {
+            errors.push(ConfigError::at(
+                up.span(),
+                format!(
+                    "route `{name}` mirrors to unknown upstream `{}`",
+                    up.get_ref()
+                ),
+            ));
+        }
+        if !(0.0..=100.0).contains(&m.percent) || m.max_inflight == 0 {
+            errors.push(ConfigError::at(
+                mirror.span(),
+                format!(
+                    "route `{name}`: `mirror.percent` is 0 to 100, and `max_inflight` at least 1"
+                ),
+            ));
+        }
+    }
     for backend in route.split.iter().flat_map(|s| s.get_ref()) {
         let up = &backend.upstream;
         if !config.upstreams.contains_key(up.get_ref()) && !unparsed.contains(up.get_ref()) {

@@ -5,6 +5,7 @@ use crate::config::RouteConfig;
 use crate::filter::{Body, Chain, Reply};
 use crate::grpc::{self, Code};
 use crate::metrics::RouteMetrics;
+use crate::mirror::Mirror;
 use crate::policy::{self, Compiled};
 use crate::split::Split;
 use crate::state::Keeper;
@@ -36,6 +37,8 @@ pub struct Route {
     pub(super) priority: i32,
     /// The answer when no target can take the request (`fallback`).
     fallback: Option<Fallback>,
+    /// A sampled copy of each request to a shadow upstream.
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 pub enum Action {
@@ -164,7 +167,15 @@ impl Route {
                 HeaderValue::from_str(&list.join(", ")).ok()
             })
             .flatten();
+        let mirror = match &config.mirror {
+            Some(m) => Some(Arc::new(
+                Mirror::compile(name, m.get_ref(), upstreams)
+                    .map_err(|e| format!("route `{name}`: {e}"))?,
+            )),
+            None => None,
+        };
         Ok(Route {
+            mirror,
             name: name.as_str().into(),
             metrics: Arc::new(RouteMetrics::new(name, consumers)),
             chain: policy::chain(&chain),

@@ -8,7 +8,8 @@ median. One `RESULT` line is printed per scenario and proxy.
 
 Scenarios: plain, policies (pylon with 1,000 routes against nginx's plain proxy), limits
 (pylon with a local and a Redis rate limit against pylon without), resilience (a circuit
-breaker, max_inflight and slow start on the target against pylon without), transforms (CORS
+breaker, max_inflight and slow start on the target against pylon without), traffic (a 90/10
+split and a 10% mirror against pylon's plain route), transforms (CORS
 with a header transform, a 1 KiB JSON edit, 10 KiB gzip, each beside the same route without),
 latency
 (fixed arrival rate at 50% of nginx's peak, corrected for coordinated omission), connections
@@ -54,7 +55,7 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 if FD_LIMIT == resource.RLIM_INFINITY:
     FD_LIMIT = 1 << 20
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,transforms,tls,latency,saturation,cpu,connections,large,grpc,websocket,cache,instructions").split(",")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,traffic,transforms,tls,latency,saturation,cpu,connections,large,grpc,websocket,cache,instructions").split(",")
 # The `cpu` scenario's fixed rate, the same for every proxy.
 CPU_RATE = int(os.environ.get("BENCH_CPU_RATE", "8000"))
 # The light row of `latency`.
@@ -324,6 +325,26 @@ paths = ["/cache"]
 upstream = "backend"
 policies = ["bench-cache"]
 """
+# The `traffic` scenario's routes: a 90/10 split over two pools of the same upstream, and the
+# plain route mirroring 10% of its requests to a third.
+TRAFFIC_ROUTES = """
+[upstreams.backend-canary]
+targets = ["127.0.0.1:%d"]
+
+[upstreams.backend-shadow]
+targets = ["127.0.0.1:%d"]
+
+[[routes]]
+name = "split"
+paths = ["/split/"]
+split = [{ upstream = "backend", weight = 90 }, { upstream = "backend-canary", weight = 10 }]
+
+[[routes]]
+name = "mirror"
+paths = ["/mirror/"]
+upstream = "backend"
+mirror = { upstream = "backend-shadow", percent = 10, max_inflight = 1000 }
+""" % (UPSTREAM, UPSTREAM)
 # Its objects, by name: 1 KiB and 100 KiB, fresh for an hour.
 CACHE_OBJECTS = {"cache1k": 1 << 10, "cache100k": 100 << 10}
 
@@ -545,7 +566,7 @@ targets = ["127.0.0.1:%d"]
 name = "resilient"
 paths = ["/resilient/"]
 upstream = "resilient"
-""" % (REDIS, UPSTREAM, RESILIENCE) + TRANSFORMS + CRS_ROUTE + GRPC_ROUTE % GRPC_UPSTREAM + WS_ROUTE % WS_UPSTREAM + CACHE_ROUTE)
+""" % (REDIS, UPSTREAM, RESILIENCE) + TRANSFORMS + CRS_ROUTE + GRPC_ROUTE % GRPC_UPSTREAM + WS_ROUTE % WS_UPSTREAM + CACHE_ROUTE + TRAFFIC_ROUTES)
     write(os.path.join(tmp, "nginx-callgrind.conf"), f"""
 master_process off; daemon off; pid {tmp}/nginx-callgrind.pid; error_log /dev/null;
 events {{ worker_connections 1000; }}
@@ -570,7 +591,7 @@ upstream = "backend"
         plain = f.read()
     resilient = plain.replace(f'targets = ["127.0.0.1:{UPSTREAM}"]', f'targets = ["127.0.0.1:{UPSTREAM}"]\n' + RESILIENCE)
     write(os.path.join(tmp, "pylon-callgrind-resilient.toml"), resilient)
-    write(os.path.join(tmp, "pylon-callgrind-transforms.toml"), plain + TRANSFORMS)
+    write(os.path.join(tmp, "pylon-callgrind-transforms.toml"), plain + TRANSFORMS + TRAFFIC_ROUTES)
     routes = "".join(f'\n[[routes]]\nname = "svc{i}"\npaths = ["/svc{i}/"]\nupstream = "backend"\n' for i in range(999))
     policies = """
 [consumers.bench]
@@ -884,7 +905,7 @@ def main():
         # One Go thread running Go code, as the other proxies have one worker each.
         PIDS["caddy"] = procs.start("caddy", [CADDY, "run", "--adapter", "caddyfile", "--config", f"{tmp}/Caddyfile"], PROXY_CPU,
                                     env={**os.environ, "GOMAXPROCS": str(THREADS), "HOME": tmp}).pid
-        for variant in ["local-limit", "cluster-limit", "resilient", "prefix", "prefix-query", "waf", "waf-crs", "cors-transform", "json-plain", "json-edit", "text-plain", "text-gzip"]:
+        for variant in ["local-limit", "cluster-limit", "resilient", "prefix", "prefix-query", "waf", "waf-crs", "cors-transform", "json-plain", "json-edit", "text-plain", "text-gzip", "split", "mirror"]:
             PIDS[f"pylon-{variant}"] = PIDS["pylon"]
         PIDS["pylon-1000-routes"] = procs.start("pylon-1000-routes", [PYLON, "-c", f"{tmp}/pylon-1000.toml"], PROXY_CPU).pid
         if BASELINE:
@@ -934,6 +955,10 @@ def main():
             print("## resilience: pylon's plain route against the same upstream with a circuit breaker (consecutive and rate), max_inflight and slow start", flush=True)
             paths = {"pylon": "/", "pylon-resilient": "/resilient/x"}
             report("resilience", alternate(list(paths), lambda p: wrk(PORTS["pylon"], paths[p])), reference="pylon")
+        if "traffic" in SCENARIOS:
+            print("## traffic: pylon's plain route against a 90/10 split over two pools and the plain route mirroring 10% to a third pool (all the same upstream)", flush=True)
+            paths = {"pylon": "/", "pylon-split": "/split/x", "pylon-mirror": "/mirror/x"}
+            report("traffic", alternate(list(paths), lambda p: wrk(PORTS["pylon"], paths[p])), reference="pylon")
         if "transforms" in SCENARIOS:
             print("## transforms: pylon's plain route against CORS with a header transform, a JSON body edit of 1 KiB and gzip of 10 KiB, each beside the same route without it", flush=True)
             runs = TRANSFORM_RUNS
@@ -1016,6 +1041,9 @@ def main():
                 # The CRS route costs ~100x a plain one: callgrind would take many minutes.
                 if p not in ("pylon", "pylon-waf-crs"):
                     res[p] = instructions(p, transforms, CALLGRIND_PORTS["pylon"], tmp, path, headers)
+            # The traffic scenario's split and mirror routes.
+            for p, path in [("pylon-split", "/split/x"), ("pylon-mirror", "/mirror/x")]:
+                res[p] = instructions(p, transforms, CALLGRIND_PORTS["pylon"], tmp, path)
             report("instructions", res, key="instr_per_request")
     finally:
         procs.stop_all()

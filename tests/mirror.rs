@@ -144,3 +144,40 @@ fn a_shadow_answering_another_class_counts_as_a_mismatch() {
         mirror_metric(admin, "mismatch") == 20.0
     });
 }
+
+#[test]
+fn a_mirror_the_gateway_cannot_build_is_refused_with_its_place() {
+    let dir = scratch();
+    for (route, says) in [
+        (
+            "upstream = \"primary\"\nmirror = { upstream = \"nope\" }",
+            "mirrors to unknown upstream `nope`",
+        ),
+        (
+            "respond = { body = \"x\" }\nmirror = { upstream = \"primary\" }",
+            "copies what goes to an `upstream` or `split`",
+        ),
+        (
+            "upstream = \"primary\"\nmirror = { upstream = \"primary\", percent = 120 }",
+            "`mirror.percent` is 0 to 100",
+        ),
+    ] {
+        let path = dir.join("pylon.toml");
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:1\"]\n\n[upstreams.primary]\ntargets = [\"127.0.0.1:2\"]\n\n[[routes]]\nname = \"m\"\n{route}\n"
+        );
+        std::fs::write(&path, text).unwrap();
+        let out = std::process::Command::new(PYLON)
+            .arg("-t")
+            .arg("-c")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{route} was taken");
+        assert!(
+            err.contains(says) && err.contains("pylon.toml:"),
+            "{route}: {err}"
+        );
+    }
+}

@@ -108,6 +108,7 @@ fn a_sticky_cookie_keeps_each_of_100_users_on_their_side() {
         "",
     );
     let mut sides = std::collections::HashMap::new();
+    let mut cookies = Vec::new();
     for user in 0..100 {
         let first = get(&gw.url(&format!("/u/{user}")));
         let set = first
@@ -129,16 +130,75 @@ fn a_sticky_cookie_keeps_each_of_100_users_on_their_side() {
             assert_eq!(server(&again), side, "user {user} moved");
             assert!(again.header("set-cookie").is_none());
         }
-        *sides.entry(side).or_insert(0) += 1;
+        *sides.entry(side.clone()).or_insert(0) += 1;
+        cookies.push((cookie, side));
     }
     assert_eq!(sides.get("a"), Some(&50), "{sides:?}");
-    // At weight 0 a backend keeps no sticky user (drain_sticky, the default): they move, with
-    // a new cookie.
+    let b_cookie = cookies
+        .iter()
+        .find(|(_, side)| side == "b")
+        .unwrap()
+        .0
+        .clone();
+    // At weight 0 a backend takes no new user, and (drain_sticky, the default) its sticky
+    // users move at their next request, with a new cookie.
     assert_eq!(change_split(admin, r#"{"weights": {"b": 0}}"#).status, 200);
     let b_user = (0..100)
         .map(|u| get(&gw.url(&format!("/v/{u}"))))
         .find(|r| server(r) == "b");
     assert!(b_user.is_none(), "weight 0 took a new user");
+    let moved = get_with(&gw.url("/u/0"), &[("cookie", &b_cookie)]);
+    assert_eq!(server(&moved), "a");
+    assert!(moved
+        .header("set-cookie")
+        .is_some_and(|c| !c.contains(&b_cookie)));
+
+    // With drain_sticky = false they stay while it can take them; new users still do not come.
+    let sticky = "sticky = \"cookie:pylon-split\"\ndrain_sticky = false";
+    let (gw, admin) = split_gateway(&a, &b, split, sticky, "");
+    let b_cookie = (0..10)
+        .map(|u| get(&gw.url(&format!("/w/{u}"))))
+        .find(|r| server(r) == "b")
+        .and_then(|r| Some(r.header("set-cookie")?.split(';').next()?.to_string()))
+        .unwrap();
+    assert_eq!(change_split(admin, r#"{"weights": {"b": 0}}"#).status, 200);
+    for _ in 0..10 {
+        assert_eq!(
+            server(&get_with(&gw.url("/w"), &[("cookie", &b_cookie)])),
+            "b"
+        );
+        assert_eq!(server(&get(&gw.url("/w"))), "a");
+    }
+}
+
+#[test]
+fn a_header_keeps_its_clients_on_one_side_and_a_new_weight_moves_only_some() {
+    let (a, b) = (echo("a", &[]), echo("b", &[]));
+    let split = r#"[{ upstream = "a", weight = 50 }, { upstream = "b", weight = 50 }]"#;
+    let (gw, admin) = split_gateway(&a, &b, split, "sticky = \"header:x-user\"", "");
+    let side = |user: usize| {
+        server(&get_with(
+            &gw.url("/x"),
+            &[("x-user", &format!("user-{user}"))],
+        ))
+    };
+    let before: Vec<String> = (0..100).map(side).collect();
+    for _ in 0..5 {
+        assert_eq!((0..100).map(side).collect::<Vec<_>>(), before);
+    }
+    let on_b = before.iter().filter(|s| *s == "b").count();
+    assert!((25..=75).contains(&on_b), "{on_b} of 100 on b");
+    // 50/50 to 80/20: users only move from b to a.
+    assert_eq!(
+        change_split(admin, r#"{"weights": {"a": 80, "b": 20}}"#).status,
+        200
+    );
+    let after: Vec<String> = (0..100).map(side).collect();
+    assert!(before
+        .iter()
+        .zip(&after)
+        .all(|(was, now)| was == now || (was == "b" && now == "a")));
+    assert!(after.iter().filter(|s| *s == "b").count() < on_b);
 }
 
 #[test]

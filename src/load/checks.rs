@@ -366,6 +366,12 @@ fn check_route(
                 ),
             ));
         }
+        if route.upstream.is_none() && route.split.is_none() {
+            errors.push(ConfigError::at(
+                mirror.span(),
+                format!("route `{name}`: `mirror` copies what goes to an `upstream` or `split`"),
+            ));
+        }
         if !(0.0..=100.0).contains(&m.percent) || m.max_inflight == 0 {
             errors.push(ConfigError::at(
                 mirror.span(),

@@ -392,8 +392,7 @@ impl ProxyHttp for Gateway {
         if let Some(held) = ctx.held.as_mut() {
             held.upstream(upstream_request)?;
         }
-        let empty = session.as_downstream_mut().is_body_empty();
-        ctx.mirror_begin(upstream_request, empty);
+        ctx.mirror_begin(upstream_request, || session.as_downstream_mut().is_body_empty());
         Ok(())
     }
 

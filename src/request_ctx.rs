@@ -128,7 +128,7 @@ impl RequestCtx {
 
     /// The request goes upstream as `header` (its first attempt): the route's mirror takes its
     /// copy, sent at once when the request has no body.
-    pub fn mirror_begin(&mut self, header: &RequestHeader, body_empty: bool) {
+    pub fn mirror_begin(&mut self, header: &RequestHeader, body_empty: impl FnOnce() -> bool) {
         if std::mem::replace(&mut self.mirror_begun, true) {
             return;
         }
@@ -136,7 +136,7 @@ impl RequestCtx {
             return;
         };
         self.mirror = mirror.begin(header);
-        if body_empty {
+        if self.mirror.is_some() && body_empty() {
             self.mirror_body(&None, true);
         }
     }

@@ -193,7 +193,7 @@ fn cases() -> Vec<(String, usize, &'static str)> {
         // 84: an aggregate part on an unknown upstream, and a reserved key
         ("[[routes]]\nname = \"d\"\npaths = [\"/d\"]\naggregate = { parts = [\n  { key = \"_errors\", upstream = \"nope\", path = \"/x\" },\n] }\n".into(), 5, "unknown upstream `nope`"),
         // 85: both an upstream and an aggregate
-        ("[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"d\"\nupstream = \"u\"\naggregate = { parts = [{ key = \"a\", upstream = \"u\", path = \"/x\" }] }\n".into(), 4, "exactly one of `upstream`, `respond` or `aggregate`"),
+        ("[upstreams.u]\ntargets = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"d\"\nupstream = \"u\"\naggregate = { parts = [{ key = \"a\", upstream = \"u\", path = \"/x\" }] }\n".into(), 4, "exactly one of `upstream`, `split`, `respond` or `aggregate`"),
         // 86: a network with host bits set, at its entry
         ("[policies.f]\nkind = \"ip_filter\"\nallow = [\n  \"10.0.0.0/8\",\n  \"10.0.0.1/8\",\n]\n".into(), 5, "is not a network"),
         // 82: a size that is not one

@@ -392,7 +392,9 @@ impl ProxyHttp for Gateway {
         if let Some(held) = ctx.held.as_mut() {
             held.upstream(upstream_request)?;
         }
-        ctx.mirror_begin(upstream_request, || session.as_downstream_mut().is_body_empty());
+        ctx.mirror_begin(upstream_request, || {
+            session.as_downstream_mut().is_body_empty()
+        });
         Ok(())
     }
 

@@ -15,6 +15,9 @@ pub struct ConsumerConfig {
     pub jwt_subject: Option<Spanned<String>>,
     /// The common name of a verified client certificate (mTLS) that identifies this consumer.
     pub client_cert: Option<Spanned<String>>,
+    /// The secret an `hmac_auth` policy checks this consumer's signatures with (its
+    /// `username` is the consumer's name).
+    pub hmac_secret: Option<Spanned<Secret>>,
     #[serde(default)]
     pub groups: Vec<String>,
 }

@@ -165,7 +165,7 @@ impl Authenticator for ApiKey {
     async fn authenticate(
         &self,
         req: &RequestHeader,
-        _cx: &Context,
+        _cx: &mut Context,
     ) -> Option<(Auth, Option<Found>)> {
         let (presented, found) = self.credential(req)?;
         let auth = match self.keys.lookup(presented) {
@@ -215,7 +215,7 @@ mod tests {
         };
         let req = RequestHeader::build("GET", b"/?a=1&api_key=k1", None).unwrap();
         let (auth, found) = policy
-            .authenticate(&req, &Context::default())
+            .authenticate(&req, &mut Context::default())
             .await
             .unwrap();
         assert!(matches!(auth, Auth::Granted(_)));
@@ -223,13 +223,13 @@ mod tests {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
         req.insert_header("x-api-key", "nope").unwrap();
         let (auth, _) = policy
-            .authenticate(&req, &Context::default())
+            .authenticate(&req, &mut Context::default())
             .await
             .unwrap();
         assert!(matches!(auth, Auth::Refused("invalid_credentials")));
         let bare = RequestHeader::build("GET", b"/", None).unwrap();
         assert!(policy
-            .authenticate(&bare, &Context::default())
+            .authenticate(&bare, &mut Context::default())
             .await
             .is_none());
     }

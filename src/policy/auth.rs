@@ -13,6 +13,7 @@ use crate::error;
 use crate::filter::{Context, Filter, Phases, Reply};
 use crate::metrics::METRICS;
 use async_trait::async_trait;
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::prelude::*;
@@ -54,7 +55,7 @@ pub trait Authenticator: Send + Sync {
     async fn authenticate(
         &self,
         req: &RequestHeader,
-        cx: &Context,
+        cx: &mut Context,
     ) -> Option<(Auth, Option<Found>)>;
 
     /// `WWW-Authenticate` for a 401 from this policy.
@@ -67,6 +68,22 @@ pub trait Authenticator: Send + Sync {
     /// the client.
     fn owned_headers(&self) -> &[HeaderName] {
         &[]
+    }
+
+    /// How much of the body this policy must see before the request goes upstream (a signed
+    /// body digest); 0, the default: none.
+    fn holds_body(&self) -> usize {
+        0
+    }
+
+    /// A chunk of the body of a request this policy granted; `end` on the last.
+    async fn request_body(
+        &self,
+        _body: &Option<Bytes>,
+        _end: bool,
+        _cx: &mut Context,
+    ) -> Result<(), Reply> {
+        Ok(())
     }
 }
 
@@ -83,9 +100,14 @@ pub fn authorization<'a>(req: &'a RequestHeader, scheme: &[u8]) -> Option<&'a [u
 /// The credential to strip, kept for the upstream request.
 struct Strip(Found);
 
+/// Which policy granted the request, when one judges bodies too.
+struct GrantedBy(usize);
+
 /// The auth policies of one route.
 pub struct Authentication {
     policies: Box<[Arc<dyn Authenticator>]>,
+    /// The most of a body any of them must see first.
+    holds: usize,
     /// Every header the policies set from credentials, removed from the client's request.
     owned: Box<[HeaderName]>,
 }
@@ -98,8 +120,10 @@ impl Authentication {
             .collect();
         owned.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         owned.dedup();
+        let holds = policies.iter().map(|p| p.holds_body()).max().unwrap_or(0);
         Authentication {
             policies: policies.into(),
+            holds,
             owned: owned.into(),
         }
     }
@@ -123,13 +147,33 @@ pub fn unauthorized(cx: &mut Context, policy: &dyn Authenticator, reason: &'stat
 #[async_trait]
 impl Filter for Authentication {
     fn phases(&self) -> Phases {
-        Phases::REQUEST | Phases::UPSTREAM_REQUEST
+        match self.holds {
+            0 => Phases::REQUEST | Phases::UPSTREAM_REQUEST,
+            _ => Phases::REQUEST | Phases::REQUEST_BODY | Phases::UPSTREAM_REQUEST,
+        }
+    }
+
+    fn holds_body(&self) -> usize {
+        self.holds
+    }
+
+    async fn request_body(
+        &self,
+        body: &mut Option<Bytes>,
+        end: bool,
+        cx: &mut Context,
+    ) -> Result<(), Reply> {
+        let Some(GrantedBy(i)) = cx.state.get::<GrantedBy>() else {
+            return Ok(());
+        };
+        let policy = Arc::clone(&self.policies[*i]);
+        policy.request_body(body, end, cx).await
     }
 
     async fn request(&self, req: &RequestHeader, cx: &mut Context) -> Result<(), Reply> {
         // The first policy that found no credential, for the 401 or its anonymous consumer.
         let mut missing: Option<&Arc<dyn Authenticator>> = None;
-        for policy in self.policies.iter() {
+        for (i, policy) in self.policies.iter().enumerate() {
             let Some((auth, found)) = policy.authenticate(req, cx).await else {
                 if missing.is_none_or(|m| m.anonymous().is_none() && policy.anonymous().is_some()) {
                     missing = Some(policy);
@@ -142,6 +186,9 @@ impl Filter for Authentication {
                     cx.identity = identity;
                     if let Some(found) = found {
                         cx.state.insert(Strip(found));
+                    }
+                    if policy.holds_body() > 0 {
+                        cx.state.insert(GrantedBy(i));
                     }
                     Ok(())
                 }
@@ -243,7 +290,7 @@ mod tests {
         async fn authenticate(
             &self,
             req: &RequestHeader,
-            _cx: &Context,
+            _cx: &mut Context,
         ) -> Option<(Auth, Option<Found>)> {
             let v = req.headers.get(&self.header)?;
             let auth = match v.as_bytes() {

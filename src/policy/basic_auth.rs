@@ -312,7 +312,7 @@ impl Authenticator for BasicAuth {
     async fn authenticate(
         &self,
         req: &RequestHeader,
-        _cx: &Context,
+        _cx: &mut Context,
     ) -> Option<(Auth, Option<Found>)> {
         let encoded = BasicAuth::credential(req)?;
         let found =

@@ -86,7 +86,7 @@ impl Authenticator for ClientCert {
     async fn authenticate(
         &self,
         _req: &RequestHeader,
-        cx: &Context,
+        cx: &mut Context,
     ) -> Option<(Auth, Option<Found>)> {
         let cert = cx.client_cert()?;
         let auth = match self.by_name.get(&cert.common_name) {

@@ -24,6 +24,7 @@ pub mod concurrency;
 pub mod cors;
 pub mod grpc_transcode;
 pub mod grpc_web;
+pub mod hmac_auth;
 pub mod ip_filter;
 pub mod jwt;
 pub mod limit_key;

@@ -8,6 +8,7 @@ pub const KINDS: &[Kind] = &[
     super::basic_auth::KIND,
     super::jwt::KIND,
     super::client_cert::KIND,
+    super::hmac_auth::KIND,
     super::acl::KIND,
     super::rate_limit::KIND,
     super::concurrency::KIND,

@@ -416,7 +416,7 @@ impl Authenticator for Jwt {
     async fn authenticate(
         &self,
         req: &RequestHeader,
-        _cx: &Context,
+        _cx: &mut Context,
     ) -> Option<(Auth, Option<Found>)> {
         let token = Jwt::credential(req)?;
         let found =

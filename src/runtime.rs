@@ -59,7 +59,13 @@ impl Snapshot {
         }
         let tls = compile_tls(config, previous, &mut errors);
         let consumers = Consumers::compile(config);
-        let policies = match policy::compile(&checked.policies, config, &consumers, &mut keeper) {
+        let policies = match policy::compile(
+            &checked.policies,
+            config,
+            &consumers,
+            &upstreams,
+            &mut keeper,
+        ) {
             Ok(p) => p,
             Err(e) => {
                 errors.extend(e);

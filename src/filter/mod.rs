@@ -91,6 +91,22 @@ impl Reply {
     }
 }
 
+/// Add a chunk of a request body to what a filter keeps of it, up to `max` bytes: past that,
+/// `413 payload_too_large`.
+pub fn gather_body(
+    kept: &mut bytes::BytesMut,
+    chunk: &Option<Bytes>,
+    max: usize,
+) -> Result<(), Reply> {
+    if let Some(chunk) = chunk {
+        if kept.len() + chunk.len() > max {
+            return Err(Reply::error(crate::error::PAYLOAD_TOO_LARGE));
+        }
+        kept.extend_from_slice(chunk);
+    }
+    Ok(())
+}
+
 /// Where a filter sits in its chain. Most run after authentication in the order their policies
 /// are listed; a few must not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

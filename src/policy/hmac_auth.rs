@@ -17,7 +17,7 @@ use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfDuration, ConfSize, ConfigError};
 use crate::consumer::Consumer;
 use crate::error;
-use crate::filter::{Context, Reply};
+use crate::filter::{gather_body, Context, Reply};
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
@@ -391,12 +391,7 @@ impl Authenticator for Hmac {
         let Some(digest) = cx.state.get_mut::<BodyDigest>() else {
             return Ok(());
         };
-        if let Some(chunk) = body {
-            if digest.body.len() + chunk.len() > self.max_body {
-                return Err(Reply::error(error::PAYLOAD_TOO_LARGE));
-            }
-            digest.body.extend_from_slice(chunk);
-        }
+        gather_body(&mut digest.body, body, self.max_body)?;
         if !end {
             return Ok(());
         }

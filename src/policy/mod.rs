@@ -22,6 +22,7 @@ pub mod client_cert;
 pub mod compression;
 pub mod concurrency;
 pub mod cors;
+pub mod ext_authz;
 pub mod grpc_transcode;
 pub mod grpc_web;
 pub mod hmac_auth;
@@ -40,6 +41,7 @@ use crate::config::{Config, ConfigError, ConsumerConfig, Located};
 use crate::consumer::{Consumer, Consumers};
 use crate::filter::{Chain, Filter, Stage};
 use crate::state::Keeper;
+use crate::upstream::Upstream;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -182,6 +184,8 @@ pub struct Compile<'k, 'p> {
     pub name: &'k str,
     pub config: &'k Config,
     pub consumers: &'k Consumers,
+    /// The pools, for a policy that calls one (`ext_authz`).
+    pub upstreams: &'k HashMap<String, Arc<Upstream>>,
     pub keeper: &'k mut Keeper<'p>,
 }
 
@@ -205,6 +209,7 @@ pub fn compile(
     policies: &Policies,
     config: &Config,
     consumers: &Consumers,
+    upstreams: &HashMap<String, Arc<Upstream>>,
     keeper: &mut Keeper<'_>,
 ) -> Result<HashMap<String, Compiled>, Vec<ConfigError>> {
     let mut compiled = HashMap::new();
@@ -214,6 +219,7 @@ pub fn compile(
             name,
             config,
             consumers,
+            upstreams,
             keeper,
         };
         match p.spec.compile(&mut cx) {

@@ -9,6 +9,7 @@ pub const KINDS: &[Kind] = &[
     super::jwt::KIND,
     super::client_cert::KIND,
     super::hmac_auth::KIND,
+    super::ext_authz::KIND,
     super::acl::KIND,
     super::rate_limit::KIND,
     super::concurrency::KIND,

@@ -594,6 +594,7 @@ mod tests {
                 name: "j",
                 config: &file,
                 consumers: &crate::consumer::Consumers::compile(&file),
+                upstreams: &Default::default(),
                 keeper: &mut keeper,
             };
             assert!(spec.compile(&mut cx).is_ok());

@@ -8,6 +8,7 @@ use crate::config::{Config, Secret};
 use crate::metrics::METRICS;
 use crate::policy::cache::Purge;
 use crate::policy::cache::{fanout, LiveCaches};
+use crate::policy::upstream_jwt::PublicKey;
 use crate::reload;
 use crate::runtime::SharedSnapshot;
 use crate::split::{self, Split};
@@ -348,6 +349,15 @@ impl ServeHttp for Admin {
                     "cannot render the configuration",
                 ),
             },
+            ("GET", ["jwks"]) => {
+                let snapshot = self.snapshot.load();
+                let keys: Vec<_> = snapshot
+                    .carried
+                    .all::<PublicKey>()
+                    .map(|k| k.0.clone())
+                    .collect();
+                json_response(StatusCode::OK, json!({ "keys": keys }))
+            }
             ("POST", ["reload"]) => self.reload().await,
             ("POST", ["cache", "purge"]) => self.purge(session).await,
             ("GET", ["routes", name, "split"]) => match self.split(name) {
@@ -361,7 +371,10 @@ impl ServeHttp for Admin {
             ("POST", ["upstreams", name, "targets", target, "enable"]) => {
                 self.set_target(name, target, true)
             }
-            (_, ["healthz" | "readyz" | "metrics" | "upstreams" | "reload" | "config"])
+            (
+                _,
+                ["healthz" | "readyz" | "metrics" | "upstreams" | "reload" | "config" | "jwks"],
+            )
             | (_, ["cache", "purge"])
             | (_, ["routes", _, "split"]) => error(
                 StatusCode::METHOD_NOT_ALLOWED,

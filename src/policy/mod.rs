@@ -34,6 +34,7 @@ pub mod registry;
 pub mod request_limits;
 pub mod security_headers;
 pub mod transform;
+pub mod upstream_jwt;
 pub mod verified;
 pub mod waf;
 

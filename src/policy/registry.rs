@@ -10,6 +10,7 @@ pub const KINDS: &[Kind] = &[
     super::client_cert::KIND,
     super::hmac_auth::KIND,
     super::ext_authz::KIND,
+    super::upstream_jwt::KIND,
     super::acl::KIND,
     super::rate_limit::KIND,
     super::concurrency::KIND,

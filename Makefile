@@ -61,13 +61,13 @@ $(PY_MARK): Makefile $(TEST_MARK)
 	@PIP_BREAK_SYSTEM_PACKAGES=1 python3 -m pip install --quiet --upgrade --target target/py websockets grpcio grpcio-tools googleapis-common-protos
 	@touch $@
 
-# npm packages the browser tests bundle into their pages (Google's gRPC-Web client, esbuild),
-# kept under target/. npm comes with Node.js where Node.js came from its own packages.
+# npm packages the tests use, kept under target/: what the browser tests bundle into their
+# pages (Google's gRPC-Web client, esbuild) and the OpenID provider of the identity tests. npm comes with Node.js where Node.js came from its own packages.
 NODE_MARK := target/node/.installed
 
 $(NODE_MARK): Makefile $(TEST_MARK)
 	@command -v npm >/dev/null || .ci/apt-ensure nodejs npm
-	@npm install --silent --no-audit --no-fund --prefix target/node grpc-web@1.5.0 esbuild@0.28.2
+	@npm install --silent --no-audit --no-fund --prefix target/node grpc-web@1.5.0 esbuild@0.28.2 oidc-provider@9.13.3
 	@touch $@
 
 # The HTTP caching conformance suite (../shared/conformance/cache-tests, read-only there), copied

@@ -28,6 +28,8 @@ pub enum Auth {
     Forbidden(&'static str),
     /// The check could not run in time (bcrypt saturated): 429.
     Busy,
+    /// The service that checks the credential could not answer: 503.
+    Unavailable,
 }
 
 impl Auth {
@@ -201,6 +203,10 @@ impl Filter for Authentication {
                     refused(cx, policy.name(), "busy");
                     Err(Reply::error(error::TOO_MANY_REQUESTS)
                         .with(http::header::RETRY_AFTER, HeaderValue::from_static("1")))
+                }
+                Auth::Unavailable => {
+                    refused(cx, policy.name(), "unavailable");
+                    Err(Reply::error(error::UPSTREAM_UNAVAILABLE))
                 }
             };
         }

@@ -26,6 +26,7 @@ pub mod ext_authz;
 pub mod grpc_transcode;
 pub mod grpc_web;
 pub mod hmac_auth;
+pub mod introspection;
 pub mod ip_filter;
 pub mod jwt;
 pub mod limit_key;

@@ -11,6 +11,7 @@ pub const KINDS: &[Kind] = &[
     super::hmac_auth::KIND,
     super::ext_authz::KIND,
     super::upstream_jwt::KIND,
+    super::introspection::KIND,
     super::acl::KIND,
     super::rate_limit::KIND,
     super::concurrency::KIND,

@@ -85,6 +85,15 @@ pub struct SigningKey {
     pub jwk: Value,
 }
 
+impl SigningKey {
+    /// A JWT of `claims`, with this key's `kid`.
+    pub fn sign(&self, claims: &Value) -> Option<String> {
+        let mut header = Header::new(self.algorithm);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.encoding).ok()
+    }
+}
+
 struct UpstreamJwtSpec {
     config: UpstreamJwtConfig,
     key: Arc<SigningKey>,
@@ -263,9 +272,7 @@ impl UpstreamJwt {
         if let Some(aud) = &self.audience {
             carried.insert("aud".into(), json!(aud));
         }
-        let mut header = Header::new(self.key.algorithm);
-        header.kid = Some(self.key.kid.clone());
-        let token = jsonwebtoken::encode(&header, &carried, &self.key.encoding).ok()?;
+        let token = self.key.sign(&Value::Object(carried))?;
         let token = HeaderValue::from_str(&token).ok()?;
         self.signed.put(key, token.clone(), self.ttl / 2);
         Some(token)

@@ -5,7 +5,7 @@ use http::HeaderValue;
 use serde_json::{Map, Value};
 
 /// Scopes granted: `scope` (space-separated, OAuth 2) and `scp` (an array or a string).
-pub(super) fn scopes(claims: &Map<String, Value>) -> Vec<String> {
+pub fn scopes(claims: &Map<String, Value>) -> Vec<String> {
     let mut out = Vec::new();
     for claim in ["scope", "scp"] {
         match claims.get(claim) {
@@ -18,14 +18,14 @@ pub(super) fn scopes(claims: &Map<String, Value>) -> Vec<String> {
 }
 
 /// A claim at a dotted path (`realm_access.roles`).
-pub(super) fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
+pub fn lookup<'a>(claims: &'a Map<String, Value>, path: &[String]) -> Option<&'a Value> {
     let (first, rest) = path.split_first()?;
     rest.iter()
         .try_fold(claims.get(first)?, |v, key| v.get(key))
 }
 
 /// The strings of a claim that is a string or an array of strings.
-pub(super) fn strings(value: Option<&Value>) -> Vec<String> {
+pub fn strings(value: Option<&Value>) -> Vec<String> {
     match value {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) => items
@@ -38,7 +38,7 @@ pub(super) fn strings(value: Option<&Value>) -> Vec<String> {
 
 /// A claim as an upstream header value: strings as they are, numbers and booleans printed,
 /// arrays of those joined with commas. Objects, and values a header cannot carry, are skipped.
-pub(super) fn header_value(value: &Value) -> Option<HeaderValue> {
+pub fn header_value(value: &Value) -> Option<HeaderValue> {
     let text = match value {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),

@@ -10,7 +10,7 @@
 //! a signature check. Entries verified with a JWKS key also record the key set's generation, so
 //! removing a key from the JWKS revokes the tokens it signed.
 
-mod claims;
+pub mod claims;
 pub mod jwks;
 mod keys;
 mod settings;

@@ -1,0 +1,62 @@
+// An OpenID provider for the identity tests: npm's `oidc-provider` (a certified OpenID Connect
+// implementation), on loopback. `node oidc_provider.mjs PORT [JWKS]`; `PYLON_NODE_MODULES`
+// names the node_modules `make test` installs under target/. JWKS, when given, is the public
+// key set of the client `pylon-jwt` (private_key_jwt). Clients: `svc` gets client credentials
+// tokens, `pylon` (client_secret_basic), `pylon-post` (client_secret_post) and `pylon-jwt`
+// introspect them. Access tokens are opaque, bound to the resource asked (`aud`), valid 300 s,
+// or 2 s for `urn:short`. `GET /_introspections` counts the introspection calls made.
+const root = process.env.PYLON_NODE_MODULES;
+const { default: Provider } = await import(`${root}/oidc-provider/lib/index.js`);
+
+const port = Number(process.argv[2]);
+const issuer = `http://127.0.0.1:${port}`;
+const machine = { grant_types: ['client_credentials'], redirect_uris: [], response_types: [] };
+const clients = [
+  { client_id: 'svc', client_secret: 'svc-secret', ...machine },
+  { client_id: 'pylon', client_secret: 'pylon-secret', ...machine },
+  { client_id: 'pylon-post', client_secret: 'pylon-post-secret', token_endpoint_auth_method: 'client_secret_post', ...machine },
+];
+if (process.argv[3]) {
+  clients.push({
+    client_id: 'pylon-jwt', token_endpoint_auth_method: 'private_key_jwt',
+    token_endpoint_auth_signing_alg: 'ES256', jwks: JSON.parse(process.argv[3]), ...machine,
+  });
+}
+
+const provider = new Provider(issuer, {
+  clients,
+  scopes: ['orders:read', 'orders:write'],
+  features: {
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    devInteractions: { enabled: false },
+    resourceIndicators: {
+      enabled: true,
+      defaultResource: () => 'urn:orders',
+      useGrantedResource: () => true,
+      getResourceServerInfo: (ctx, resource) => ({
+        scope: 'orders:read orders:write',
+        audience: resource,
+        accessTokenTTL: resource === 'urn:short' ? 2 : 300,
+        accessTokenFormat: 'opaque',
+      }),
+    },
+  },
+});
+
+// Why a request was refused, for the test's output.
+for (const event of ['introspection.error', 'grant.error', 'server_error']) {
+  provider.on(event, (ctx, err) => console.log(`${event}: ${err.message} ${err.error_description ?? ''}`));
+}
+
+let introspections = 0;
+provider.use(async (ctx, next) => {
+  if (ctx.path === '/_introspections') {
+    ctx.body = String(introspections);
+    return;
+  }
+  if (ctx.path === '/token/introspection') introspections += 1;
+  await next();
+});
+provider.listen(port, '127.0.0.1', () => console.log('listening'));

@@ -9,7 +9,8 @@ median. One `RESULT` line is printed per scenario and proxy.
 Scenarios: plain, policies (pylon with 1,000 routes against nginx's plain proxy), limits
 (pylon with a local and a Redis rate limit against pylon without), resilience (a circuit
 breaker, max_inflight and slow start on the target against pylon without), traffic (a 90/10
-split and a 10% mirror against pylon's plain route), transforms (CORS
+split and a 10% mirror against pylon's plain route), identity (a cached introspection hit,
+hmac_auth and an upstream_jwt identity against a JWT route), transforms (CORS
 with a header transform, a 1 KiB JSON edit, 10 KiB gzip, each beside the same route without),
 latency
 (fixed arrival rate at 50% of nginx's peak, corrected for coordinated omission), connections
@@ -55,7 +56,7 @@ FD_LIMIT = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 if FD_LIMIT == resource.RLIM_INFINITY:
     FD_LIMIT = 1 << 20
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", min(10000, (FD_LIMIT - 1000) // 2)))
-SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,traffic,transforms,tls,latency,saturation,cpu,connections,large,grpc,websocket,cache,instructions").split(",")
+SCENARIOS = os.environ.get("BENCH_SCENARIOS", "plain,policies,limits,resilience,traffic,identity,transforms,tls,latency,saturation,cpu,connections,large,grpc,websocket,cache,instructions").split(",")
 # The `cpu` scenario's fixed rate, the same for every proxy.
 CPU_RATE = int(os.environ.get("BENCH_CPU_RATE", "8000"))
 # The light row of `latency`.
@@ -107,6 +108,88 @@ def hs256(claims, secret):
 
 
 TOKEN = hs256({"sub": "bench@example.com", "exp": int(time.time()) + 86400, "tenant": "acme"}, JWT_SECRET)
+# The `identity` scenario: an introspection endpoint (always active; the gateway asks it once),
+# an HMAC secret and the requests of each route.
+INTROSPECT = 18030
+HMAC_SECRET = "bench-hmac-secret"
+HMAC_PATH = "/id/hmac/x"
+
+
+def hmac_headers():
+    """A request to HMAC_PATH signed as Kong's hmac-auth clients sign it (the route's skew is
+    long enough for the whole run)."""
+    date = time.strftime("%a, %d %b %Y %H:%M:%S GMT", time.gmtime())
+    text = f"date: {date}\nGET {HMAC_PATH} HTTP/1.1"
+    sig = base64.b64encode(hmac.new(HMAC_SECRET.encode(), text.encode(), hashlib.sha256).digest()).decode()
+    return (f"date: {date}", f'authorization: hmac username="ident", algorithm="hmac-sha256", headers="date request-line", signature="{sig}"')
+
+
+IDENTITY_ROUTES = """
+[consumers.ident]
+jwt_subject = "bench@example.com"
+hmac_secret = "%s"
+groups = ["gold"]
+
+[policies.id-jwt]
+kind = "jwt"
+algorithms = ["HS256"]
+secret = "%s"
+consumer_claim = "sub"
+
+[policies.id-introspect]
+kind = "oauth2_introspection"
+endpoint = "http://127.0.0.1:%d/introspect"
+client_id = "pylon"
+client_secret = "bench"
+cache_ttl = "1h"
+
+[policies.id-hmac]
+kind = "hmac_auth"
+algorithms = ["hmac-sha256"]
+clock_skew = "3h"
+enforce_headers = ["date", "request-line"]
+
+[policies.id-sign]
+kind = "upstream_jwt"
+key = "file:%%s/identity.key"
+algorithm = "ES256"
+
+[[routes]]
+name = "id-jwt"
+paths = ["/id/jwt/"]
+upstream = "backend"
+policies = ["id-jwt"]
+
+[[routes]]
+name = "id-introspect"
+paths = ["/id/introspect/"]
+upstream = "backend"
+policies = ["id-introspect"]
+
+[[routes]]
+name = "id-hmac"
+paths = ["/id/hmac/"]
+upstream = "backend"
+policies = ["id-hmac"]
+
+[[routes]]
+name = "id-sign"
+paths = ["/id/sign/"]
+upstream = "backend"
+policies = ["id-jwt", "id-sign"]
+""" % (HMAC_SECRET, JWT_SECRET, INTROSPECT)
+# The introspection endpoint: `active` for any token, for a day.
+INTROSPECT_SERVER = """
+import http.server, json, sys, time
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def log_message(self, *a): pass
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("content-length") or 0))
+        body = json.dumps({"active": True, "sub": "bench@example.com", "scope": "orders:read", "exp": int(time.time()) + 86400}).encode()
+        self.send_response(200); self.send_header("content-type", "application/json"); self.send_header("content-length", str(len(body))); self.end_headers(); self.wfile.write(body)
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
 # What every `policies` request carries: the token, and an Origin the CORS policy allows.
 POLICY_HEADERS = (f"authorization: Bearer {TOKEN}", "origin: https://app.example.com")
 
@@ -395,6 +478,10 @@ def configs(tmp):
         for part in ("bench.pem", "bench.key"):
             with open(f"{tmp}/{part}") as f:
                 out.write(f.read())
+    # The `identity` scenario's signing key (upstream_jwt).
+    subprocess.run(["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{tmp}/identity.key"],
+                   check=True, capture_output=True)
+    write(os.path.join(tmp, "introspect.py"), INTROSPECT_SERVER)
     os.makedirs(os.path.join(tmp, "www"))
     with open(os.path.join(tmp, "www", "large"), "wb") as f:
         f.write(os.urandom(1 << 20))
@@ -566,7 +653,7 @@ targets = ["127.0.0.1:%d"]
 name = "resilient"
 paths = ["/resilient/"]
 upstream = "resilient"
-""" % (REDIS, UPSTREAM, RESILIENCE) + TRANSFORMS + CRS_ROUTE + GRPC_ROUTE % GRPC_UPSTREAM + WS_ROUTE % WS_UPSTREAM + CACHE_ROUTE + TRAFFIC_ROUTES)
+""" % (REDIS, UPSTREAM, RESILIENCE) + TRANSFORMS + CRS_ROUTE + GRPC_ROUTE % GRPC_UPSTREAM + WS_ROUTE % WS_UPSTREAM + CACHE_ROUTE + TRAFFIC_ROUTES + IDENTITY_ROUTES % tmp)
     write(os.path.join(tmp, "nginx-callgrind.conf"), f"""
 master_process off; daemon off; pid {tmp}/nginx-callgrind.pid; error_log /dev/null;
 events {{ worker_connections 1000; }}
@@ -897,6 +984,7 @@ def main():
                                                   "-b", f"127.0.0.1:{UPSTREAM}", "-s", "malloc,256m",
                                                   "-n", f"{tmp}/varnish", "-p", "thread_pools=1"], PROXY_CPU).pid
         PIDS["pingora-ws"] = procs.start("pingora-ws", [BARE, f"127.0.0.1:{PORTS['pingora-ws']}", f"127.0.0.1:{WS_UPSTREAM}"], PROXY_CPU).pid
+        procs.start("introspect", ["python3", f"{tmp}/introspect.py", str(INTROSPECT)], LOAD_CPU)
         procs.start("redis", ["redis-server", "--port", str(REDIS), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], LOAD_CPU)
         PIDS["nginx"] = procs.start("nginx", ["nginx", "-c", f"{tmp}/nginx.conf", "-p", tmp], PROXY_CPU).pid
         PIDS["haproxy"] = procs.start("haproxy", ["haproxy", "-f", f"{tmp}/haproxy.cfg"], PROXY_CPU).pid
@@ -905,7 +993,7 @@ def main():
         # One Go thread running Go code, as the other proxies have one worker each.
         PIDS["caddy"] = procs.start("caddy", [CADDY, "run", "--adapter", "caddyfile", "--config", f"{tmp}/Caddyfile"], PROXY_CPU,
                                     env={**os.environ, "GOMAXPROCS": str(THREADS), "HOME": tmp}).pid
-        for variant in ["local-limit", "cluster-limit", "resilient", "prefix", "prefix-query", "waf", "waf-crs", "cors-transform", "json-plain", "json-edit", "text-plain", "text-gzip", "split", "mirror"]:
+        for variant in ["local-limit", "cluster-limit", "resilient", "prefix", "prefix-query", "waf", "waf-crs", "cors-transform", "json-plain", "json-edit", "text-plain", "text-gzip", "split", "mirror", "id-jwt", "id-introspect", "id-hmac", "id-sign"]:
             PIDS[f"pylon-{variant}"] = PIDS["pylon"]
         PIDS["pylon-1000-routes"] = procs.start("pylon-1000-routes", [PYLON, "-c", f"{tmp}/pylon-1000.toml"], PROXY_CPU).pid
         if BASELINE:
@@ -959,6 +1047,14 @@ def main():
             print("## traffic: pylon's plain route against a 90/10 split over two pools and the plain route mirroring 10% to a third pool (all the same upstream)", flush=True)
             paths = {"pylon": "/", "pylon-split": "/split/x", "pylon-mirror": "/mirror/x"}
             report("traffic", alternate(list(paths), lambda p: wrk(PORTS["pylon"], paths[p])), reference="pylon")
+        if "identity" in SCENARIOS:
+            print("## identity: a route with a JWT policy against a cached oauth2_introspection hit, hmac_auth, and the JWT route signing an upstream_jwt identity", flush=True)
+            bearer = (f"authorization: Bearer {TOKEN}",)
+            runs = {"pylon-id-jwt": ("/id/jwt/x", bearer), "pylon-id-introspect": ("/id/introspect/x", ("authorization: Bearer opaque-bench-token",)),
+                    "pylon-id-hmac": (HMAC_PATH, hmac_headers()), "pylon-id-sign": ("/id/sign/x", bearer)}
+            for path, headers in runs.values():
+                subprocess.run(["curl", "-sf", "-o", "/dev/null", *[a for h in headers for a in ("-H", h)], f"http://127.0.0.1:{PORTS['pylon']}{path}"], check=True)
+            report("identity", alternate(list(runs), lambda p: wrk(PORTS["pylon"], runs[p][0], headers=runs[p][1])), reference="pylon-id-jwt")
         if "transforms" in SCENARIOS:
             print("## transforms: pylon's plain route against CORS with a header transform, a JSON body edit of 1 KiB and gzip of 10 KiB, each beside the same route without it", flush=True)
             runs = TRANSFORM_RUNS

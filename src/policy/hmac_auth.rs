@@ -10,6 +10,7 @@
 //! `validate_body`, a signed `digest: SHA-256=<base64>` (or SHA-512) must match the body, read
 //! before the request goes upstream. With `replay_protection`, a signature seen within the
 //! skew window is refused (per process: a replay to another gateway of a fleet is not seen).
+//! HMAC is RustCrypto's `hmac` (its `verify_slice` compares in constant time).
 
 use super::auth::{Auth, Authenticator, Found};
 use super::Kind;
@@ -21,13 +22,11 @@ use crate::filter::{gather_body, Context, Reply};
 use async_trait::async_trait;
 use base64::Engine;
 use bytes::{Bytes, BytesMut};
+use hmac::Hmac as Mac;
 use http::{HeaderName, HeaderValue};
-use openssl::hash::MessageDigest;
-use openssl::pkey::{PKey, Private};
-use openssl::sign::Signer;
 use pingora::http::RequestHeader;
 use serde::{Deserialize, Serialize};
-use sha2::Digest;
+use sha2::{Digest, Sha256, Sha384, Sha512};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -75,12 +74,36 @@ fn default_max_body() -> ConfSize {
     ConfSize(1 << 20)
 }
 
-fn digest_of(algorithm: &str) -> Option<MessageDigest> {
+/// The hash an `algorithm` names.
+#[derive(Clone, Copy)]
+enum Hash {
+    Sha256,
+    Sha384,
+    Sha512,
+}
+
+fn digest_of(algorithm: &str) -> Option<Hash> {
     match algorithm {
-        "hmac-sha256" => Some(MessageDigest::sha256()),
-        "hmac-sha384" => Some(MessageDigest::sha384()),
-        "hmac-sha512" => Some(MessageDigest::sha512()),
+        "hmac-sha256" => Some(Hash::Sha256),
+        "hmac-sha384" => Some(Hash::Sha384),
+        "hmac-sha512" => Some(Hash::Sha512),
         _ => None,
+    }
+}
+
+/// Whether `signature` is the HMAC of `text` under `secret`, compared in constant time.
+fn verify_mac(hash: Hash, secret: &[u8], text: &[u8], signature: &[u8]) -> bool {
+    fn check<M: hmac::Mac + hmac::digest::KeyInit>(secret: &[u8], text: &[u8], sig: &[u8]) -> bool {
+        let Ok(mut mac) = <M as hmac::digest::KeyInit>::new_from_slice(secret) else {
+            return false;
+        };
+        mac.update(text);
+        mac.verify_slice(sig).is_ok()
+    }
+    match hash {
+        Hash::Sha256 => check::<Mac<Sha256>>(secret, text, signature),
+        Hash::Sha384 => check::<Mac<Sha384>>(secret, text, signature),
+        Hash::Sha512 => check::<Mac<Sha512>>(secret, text, signature),
     }
 }
 
@@ -122,8 +145,7 @@ impl Spec for HmacSpec {
         let mut secrets = HashMap::new();
         for (name, consumer) in &cx.config.consumers {
             if let Some(secret) = &consumer.hmac_secret {
-                let key = PKey::hmac(secret.get_ref().expose().as_bytes())
-                    .map_err(|e| format!("consumer `{name}`: hmac_secret: {e}"))?;
+                let key = Secret::from(secret.get_ref().expose().as_bytes());
                 secrets.insert(name.clone(), (cx.consumer(name)?, key));
             }
         }
@@ -151,15 +173,25 @@ impl Spec for HmacSpec {
     }
 }
 
-/// Signatures seen within the skew window (replay protection), kept across reloads.
-#[derive(Default)]
-pub struct Seen(Mutex<HashMap<[u8; 32], SystemTime>>);
+/// Signatures seen within the skew window (replay protection), kept across reloads; sharded
+/// by the signature's digest so that requests do not queue on one lock.
+pub struct Seen(Box<[Mutex<Expiries>]>);
+
+/// Signature digests and until when each is remembered.
+type Expiries = HashMap<[u8; 32], SystemTime>;
+
+impl Default for Seen {
+    fn default() -> Seen {
+        Seen((0..16).map(|_| Mutex::default()).collect())
+    }
+}
 
 impl Seen {
     /// Record a signature good until `until`: false when it was already there.
     fn first(&self, signature: &[u8], until: SystemTime) -> bool {
-        let key: [u8; 32] = sha2::Sha256::digest(signature).into();
-        let mut seen = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key: [u8; 32] = Sha256::digest(signature).into();
+        let shard = &self.0[usize::from(key[0]) % self.0.len()];
+        let mut seen = shard.lock().unwrap_or_else(|e| e.into_inner());
         let now = SystemTime::now();
         if seen.len() > 4096 {
             seen.retain(|_, t| *t > now);
@@ -183,7 +215,7 @@ pub struct Hmac {
     max_body: usize,
     replay: Option<Arc<Seen>>,
     forward_credentials: bool,
-    secrets: HashMap<String, (Arc<Consumer>, PKey<Private>)>,
+    secrets: HashMap<String, (Arc<Consumer>, Secret)>,
     anonymous: Option<Arc<Consumer>>,
 }
 
@@ -250,9 +282,18 @@ fn signing_string(req: &RequestHeader, headers: &[String]) -> Option<String> {
     Some(lines?.join("\n"))
 }
 
+/// An HMAC secret's bytes, out of `Debug` and logs.
+struct Secret(Box<[u8]>);
+
+impl From<&[u8]> for Secret {
+    fn from(bytes: &[u8]) -> Secret {
+        Secret(bytes.into())
+    }
+}
+
 /// The body digest `digest` (`SHA-256=<base64>` or `SHA-512=<base64>`) asks for, to check.
 struct BodyDigest {
-    algorithm: MessageDigest,
+    algorithm: Hash,
     expected: Vec<u8>,
     body: BytesMut,
 }
@@ -298,11 +339,7 @@ impl Hmac {
         let presented = base64::engine::general_purpose::STANDARD
             .decode(&c.signature)
             .map_err(|_| "invalid_signature")?;
-        let mut signer = Signer::new(digest, key).map_err(|_| "invalid_signature")?;
-        let expected = signer
-            .sign_oneshot_to_vec(text.as_bytes())
-            .map_err(|_| "invalid_signature")?;
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], &presented[..])) {
+        if !verify_mac(digest, &key.0, text.as_bytes(), &presented) {
             return Err("invalid_signature");
         }
         if let Some(seen) = &self.replay {
@@ -322,8 +359,8 @@ fn body_digest(req: &RequestHeader) -> Option<BodyDigest> {
     let value = req.headers.get("digest")?.to_str().ok()?;
     let (name, encoded) = value.trim().split_once('=')?;
     let algorithm = match name.to_ascii_uppercase().as_str() {
-        "SHA-256" => MessageDigest::sha256(),
-        "SHA-512" => MessageDigest::sha512(),
+        "SHA-256" => Hash::Sha256,
+        "SHA-512" => Hash::Sha512,
         _ => return None,
     };
     let expected = base64::engine::general_purpose::STANDARD
@@ -398,8 +435,11 @@ impl Authenticator for Hmac {
         let Some(digest) = cx.state.remove::<BodyDigest>() else {
             return Ok(());
         };
-        let actual = openssl::hash::hash(digest.algorithm, &digest.body)
-            .map_err(|_| Reply::error(error::UNAUTHORIZED))?;
+        let actual = match digest.algorithm {
+            Hash::Sha512 => Sha512::digest(&digest.body).to_vec(),
+            Hash::Sha384 => Sha384::digest(&digest.body).to_vec(),
+            Hash::Sha256 => Sha256::digest(&digest.body).to_vec(),
+        };
         if !bool::from(subtle::ConstantTimeEq::ct_eq(
             &actual[..],
             &digest.expected[..],

@@ -420,3 +420,37 @@ fn a_split_the_gateway_cannot_build_is_refused_with_its_place() {
         assert!(err.contains("pylon.toml:"), "{err}");
     }
 }
+
+#[test]
+fn a_backend_at_its_max_inflight_gives_its_turn_to_the_other() {
+    let a = echo("a", &[]);
+    let b = echo("b", &["--delay", "1s"]);
+    let split = r#"[{ upstream = "a", weight = 50 }, { upstream = "b", weight = 50 }]"#;
+    let admin = free_port();
+    let gw = gateway_with_server(
+        "max_connections_per_ip = 5000\n",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[upstreams.a]\ntargets = [\"{}\"]\n\n[upstreams.b]\ntargets = [\"{}\"]\nmax_inflight = 2\n\n[[routes]]\nname = \"r\"\nsplit = {split}\n",
+            a.addr, b.addr
+        ),
+    );
+    wait_for_port(admin);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(20));
+    let threads: Vec<_> = (0..20)
+        .map(|_| {
+            let (barrier, url) = (barrier.clone(), gw.url("/x"));
+            std::thread::spawn(move || {
+                barrier.wait();
+                get(&url).status
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert!(
+        hits(&b) <= 2 && hits(&a) >= 18,
+        "a {} b {}",
+        hits(&a),
+        hits(&b)
+    );
+}

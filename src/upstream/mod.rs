@@ -389,10 +389,16 @@ impl Upstream {
         self.backends().get_backend().len()
     }
 
-    /// Whether some target could take a request now: in rotation, and its breaker not open
-    /// (one whose time is up takes the next request as a probe). Walks the pool (a split asks
-    /// it of the backend it picked).
+    /// Whether the pool could take a request now: under its `max_inflight`, with a target in
+    /// rotation whose breaker is not open (one whose time is up takes the next request as a
+    /// probe). Walks the pool (a split asks it of the backend it picked).
     pub fn available(&self) -> bool {
+        let full = self
+            .max_inflight
+            .is_some_and(|max| self.state.inflight.load(Ordering::Relaxed) >= max);
+        if full {
+            return false;
+        }
         let now = now_ms();
         self.backends()
             .get_backend()

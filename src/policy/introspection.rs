@@ -189,14 +189,7 @@ impl Spec for IntrospectionSpec {
 
     fn compile(&self, cx: &mut Compile<'_, '_>) -> Result<Compiled, String> {
         let c = &self.config;
-        let mut consumers = HashMap::new();
-        for (name, consumer) in &cx.config.consumers {
-            let known = cx.consumer(name)?;
-            consumers.insert(name.clone(), Arc::clone(&known));
-            if let Some(subject) = &consumer.jwt_subject {
-                consumers.insert(subject.get_ref().clone(), known);
-            }
-        }
+        let consumers = cx.consumers_by_subject()?;
         let settings = serde_json::to_string(c).map_err(|e| e.to_string())?;
         let cache = cx
             .keeper
@@ -385,13 +378,7 @@ impl Introspection {
             Some(c) => Arc::clone(c),
             None => Arc::new(Consumer::new(name, Vec::new())),
         };
-        let headers: Vec<_> = self
-            .headers
-            .iter()
-            .filter_map(|(header, claim)| {
-                Some((header.clone(), claims::header_value(said.get(claim)?)?))
-            })
-            .collect();
+        let headers = claims::headers(&said, &self.headers);
         let mut identity = Identity::of(consumer);
         identity.claims = Some(headers.into());
         identity.jwt = Some(Arc::new(said));

@@ -30,6 +30,7 @@ pub mod introspection;
 pub mod ip_filter;
 pub mod jwt;
 pub mod limit_key;
+pub mod oidc;
 pub mod rate_limit;
 pub mod registry;
 pub mod request_limits;
@@ -198,6 +199,19 @@ impl Compile<'_, '_> {
             .get(name)
             .cloned()
             .ok_or_else(|| format!("consumer `{name}` is not defined"))
+    }
+
+    /// Every consumer by its name and by its `jwt_subject`: who a token's subject is.
+    pub fn consumers_by_subject(&self) -> Result<HashMap<String, Arc<Consumer>>, String> {
+        let mut by = HashMap::new();
+        for (name, consumer) in &self.config.consumers {
+            let known = self.consumer(name)?;
+            by.insert(name.clone(), Arc::clone(&known));
+            if let Some(subject) = &consumer.jwt_subject {
+                by.insert(subject.get_ref().clone(), known);
+            }
+        }
+        Ok(by)
     }
 
     /// An auth policy's `anonymous` consumer, when it names one.

@@ -12,6 +12,7 @@ pub const KINDS: &[Kind] = &[
     super::ext_authz::KIND,
     super::upstream_jwt::KIND,
     super::introspection::KIND,
+    super::oidc::KIND,
     super::acl::KIND,
     super::rate_limit::KIND,
     super::concurrency::KIND,

@@ -1,7 +1,9 @@
 // An OpenID provider for the identity tests: npm's `oidc-provider` (a certified OpenID Connect
-// implementation), on loopback. `node oidc_provider.mjs PORT [JWKS]`; `PYLON_NODE_MODULES`
-// names the node_modules `make test` installs under target/. JWKS, when given, is the public
-// key set of the client `pylon-jwt` (private_key_jwt). Clients: `svc` gets client credentials
+// implementation), on loopback. `node oidc_provider.mjs PORT [JWKS] [REDIRECT_URI]`;
+// `PYLON_NODE_MODULES` names the node_modules `make test` installs under target/. JWKS, when
+// given (or `-`), is the public key set of the client `pylon-jwt` (private_key_jwt);
+// REDIRECT_URI registers the web client `pylon-web` (code flow, its login form the provider's
+// development one: any login, any password). Clients: `svc` gets client credentials
 // tokens, `pylon` (client_secret_basic), `pylon-post` (client_secret_post) and `pylon-jwt`
 // introspect them. Access tokens are opaque, bound to the resource asked (`aud`), valid 300 s,
 // or 2 s for `urn:short`. `GET /_introspections` counts the introspection calls made.
@@ -16,21 +18,35 @@ const clients = [
   { client_id: 'pylon', client_secret: 'pylon-secret', ...machine },
   { client_id: 'pylon-post', client_secret: 'pylon-post-secret', token_endpoint_auth_method: 'client_secret_post', ...machine },
 ];
-if (process.argv[3]) {
+if (process.argv[3] && process.argv[3] !== '-') {
   clients.push({
     client_id: 'pylon-jwt', token_endpoint_auth_method: 'private_key_jwt',
     token_endpoint_auth_signing_alg: 'ES256', jwks: JSON.parse(process.argv[3]), ...machine,
   });
 }
 
+if (process.argv[4]) {
+  clients.push({
+    client_id: 'pylon-web', client_secret: 'pylon-web-secret',
+    grant_types: ['authorization_code', 'refresh_token'], response_types: ['code'],
+    redirect_uris: [process.argv[4]], post_logout_redirect_uris: [process.argv[4].replace(/\/oauth\/callback$/, '/')],
+  });
+}
+
 const provider = new Provider(issuer, {
   clients,
-  scopes: ['orders:read', 'orders:write'],
+  findAccount: (ctx, id) => ({
+    accountId: id,
+    claims: () => ({ sub: id, email: `${id}@example.com`, name: `User ${id}` }),
+  }),
+  claims: { openid: ['sub'], email: ['email'], profile: ['name'] },
+  conformIdTokenClaims: false,
+  scopes: ['openid', 'email', 'profile', 'offline_access', 'orders:read', 'orders:write'],
   features: {
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
-    devInteractions: { enabled: false },
+    devInteractions: { enabled: true },
     resourceIndicators: {
       enabled: true,
       defaultResource: () => 'urn:orders',

@@ -58,6 +58,17 @@ pub fn header_value(value: &Value) -> Option<HeaderValue> {
     HeaderValue::from_str(&text).ok()
 }
 
+/// The upstream headers `wanted` (header, claim) that `claims` has values for.
+pub fn headers(
+    claims: &Map<String, Value>,
+    wanted: &[(http::HeaderName, String)],
+) -> Vec<(http::HeaderName, HeaderValue)> {
+    wanted
+        .iter()
+        .filter_map(|(header, claim)| Some((header.clone(), header_value(claims.get(claim)?)?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

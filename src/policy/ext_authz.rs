@@ -113,7 +113,7 @@ fn parse(src: &mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>> {
     if config.on_error != "deny" && config.on_error != "allow" {
         return Err(bad("`on_error` is \"deny\" or \"allow\"".into()));
     }
-    if !config.path.starts_with('/') {
+    if !config.path.starts_with('/') || config.path.parse::<http::uri::PathAndQuery>().is_err() {
         return Err(bad("`path` starts with `/`".into()));
     }
     let headers = names(&config.headers, "headers").map_err(bad)?;
@@ -213,9 +213,11 @@ pub struct ExtAuthz {
 
 impl ExtAuthz {
     /// The check to send for `req`.
-    fn check(&self, req: &RequestHeader, cx: &Context) -> RequestHeader {
-        let mut check = RequestHeader::build(req.method.clone(), self.path.as_bytes(), None)
-            .unwrap_or_else(|_| RequestHeader::build("GET", b"/", None).expect("a plain request"));
+    /// The check to send for `req`; `None` only if the request cannot be built (the path is
+    /// checked at load), which is handled as the service being unreachable.
+    fn check(&self, req: &RequestHeader, cx: &Context) -> Option<RequestHeader> {
+        let mut check =
+            RequestHeader::build(req.method.clone(), self.path.as_bytes(), None).ok()?;
         for name in self.headers.iter() {
             for value in req.headers.get_all(name) {
                 let _ = check.append_header(name.clone(), value.clone());
@@ -241,7 +243,7 @@ impl ExtAuthz {
                 let _ = check.insert_header(name, value);
             }
         }
-        check
+        Some(check)
     }
 
     /// The key a decision is remembered by.
@@ -373,7 +375,9 @@ impl Filter for ExtAuthz {
     }
 
     async fn request(&self, req: &RequestHeader, cx: &mut Context) -> Result<(), Reply> {
-        let check = self.check(req, cx);
+        let Some(check) = self.check(req, cx) else {
+            return self.apply(None, cx);
+        };
         if self.max_body > 0 {
             cx.state.insert(Pending {
                 check,

@@ -327,22 +327,7 @@ impl Introspection {
                 ));
             }
         }
-        let answer = request
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("accept", "application/json")
-            .body(body)
-            .send()
-            .await
-            .ok()?;
-        if !answer.status().is_success() {
-            log::warn!(
-                "{}: the introspection endpoint answered {}",
-                self.name,
-                answer.status()
-            );
-            return None;
-        }
-        let said: Map<String, Value> = serde_json::from_slice(&answer.bytes().await.ok()?).ok()?;
+        let said: Map<String, Value> = post_form(request, body, &self.name).await?;
         Some(self.outcome(said))
     }
 
@@ -388,6 +373,27 @@ impl Introspection {
         identity.jwt = Some(Arc::new(said));
         (Outcome::Granted(identity), keep(self.cache_ttl))
     }
+}
+
+/// POST a form to an OAuth endpoint (introspection, token) and read its JSON answer; `None`
+/// when it cannot be reached or does not answer 2xx (logged under `policy`).
+pub async fn post_form<T: serde::de::DeserializeOwned>(
+    request: reqwest::RequestBuilder,
+    body: String,
+    policy: &str,
+) -> Option<T> {
+    let answer = request
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("accept", "application/json")
+        .body(body)
+        .send()
+        .await
+        .ok()?;
+    if !answer.status().is_success() {
+        log::warn!("{policy}: {} answered {}", answer.url(), answer.status());
+        return None;
+    }
+    serde_json::from_slice(&answer.bytes().await.ok()?).ok()
 }
 
 #[async_trait]

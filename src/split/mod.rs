@@ -309,14 +309,15 @@ impl Split {
     /// The backend a sticky key falls on: its hash placed over the weights now, so a change of
     /// weights moves only the keys between the old and new boundaries.
     fn hashed(&self, key: &[u8]) -> Option<usize> {
-        let weights = self.state.weights();
-        let total: u64 = weights.iter().map(|w| u64::from(*w)).sum();
+        // Read from the atomics in place: no allocation per request.
+        let weight = |i: usize| u64::from(self.state.weight(i));
+        let total: u64 = (0..self.backends.len()).map(weight).sum();
         if total == 0 {
             return None;
         }
         let mut at = stable_hash(&[key]) % total;
-        weights.iter().position(|w| {
-            let w = u64::from(*w);
+        (0..self.backends.len()).find(|&i| {
+            let w = weight(i);
             if at < w {
                 return true;
             }

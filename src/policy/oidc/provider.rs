@@ -4,6 +4,7 @@
 //! Discovery (`ISSUER/.well-known/openid-configuration`) and the JWKS are fetched on first use
 //! and kept; a token whose `kid` the set does not know refetches the set, at most once a minute.
 
+use super::super::introspection::post_form;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
@@ -156,20 +157,8 @@ impl Provider {
         let id: String = form_urlencoded::byte_serialize(self.client_id.as_bytes()).collect();
         let secret: String =
             form_urlencoded::byte_serialize(self.client_secret.as_bytes()).collect();
-        let answer = self
-            .http
-            .post(endpoint)
-            .basic_auth(id, Some(secret))
-            .header("content-type", "application/x-www-form-urlencoded")
-            .header("accept", "application/json")
-            .body(body)
-            .send()
-            .await
-            .ok()?;
-        if !answer.status().is_success() {
-            return None;
-        }
-        serde_json::from_slice(&answer.bytes().await.ok()?).ok()
+        let request = self.http.post(endpoint).basic_auth(id, Some(secret));
+        post_form(request, body, "oidc").await
     }
 
     /// Exchange an authorization code (with its PKCE verifier).

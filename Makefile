@@ -62,12 +62,14 @@ $(PY_MARK): Makefile $(TEST_MARK)
 	@touch $@
 
 # npm packages the tests use, kept under target/: what the browser tests bundle into their
-# pages (Google's gRPC-Web client, esbuild) and the OpenID provider of the identity tests. npm comes with Node.js where Node.js came from its own packages.
+# pages (Google's gRPC-Web client, esbuild), the OpenID provider of the identity tests and
+# playwright-core, which drives Debian's Chromium through a login. npm comes with Node.js where
+# Node.js came from its own packages.
 NODE_MARK := target/node/.installed
 
 $(NODE_MARK): Makefile $(TEST_MARK)
 	@command -v npm >/dev/null || .ci/apt-ensure nodejs npm
-	@npm install --silent --no-audit --no-fund --prefix target/node grpc-web@1.5.0 esbuild@0.28.2 oidc-provider@9.13.3
+	@npm install --silent --no-audit --no-fund --prefix target/node grpc-web@1.5.0 esbuild@0.28.2 oidc-provider@9.13.3 playwright-core@1.65.1
 	@touch $@
 
 # The HTTP caching conformance suite (../shared/conformance/cache-tests, read-only there), copied

@@ -33,6 +33,7 @@ pub mod pipeline;
 pub mod plumbing;
 pub mod policy;
 pub mod proxy;
+pub mod redis_link;
 pub mod reload;
 pub mod reply;
 pub mod request_ctx;

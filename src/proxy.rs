@@ -256,6 +256,15 @@ impl ProxyHttp for Gateway {
             cx.pending = Some(Reply::error(error::UPSTREAM_TIMEOUT));
             return Error::e_explain(HTTPStatus(504), "the request's deadline passed");
         };
+        if attempts.retrying() {
+            if let Some(route) = route.as_deref().filter(|r| r.chain.has(Phases::RETRY)) {
+                if let Err(reply) = route.chain.retry(cx).await {
+                    let status = reply.status;
+                    cx.pending = Some(reply);
+                    return Error::e_explain(HTTPStatus(status), "a filter answered the retry");
+                }
+            }
+        }
         let req = session.req_header();
         let key = match &upstream.hash_on {
             Some(h) => h.key(req, cx.peek_client_ip(&req.headers)),
@@ -436,12 +445,19 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        match ctx.route_with(Phases::UPSTREAM_RESPONSE) {
-            Some(route) => route
-                .chain
-                .upstream_response(upstream_response, &mut ctx.cx),
-            None => Ok(()),
+        let Some(route) = ctx.route_with(Phases::UPSTREAM_RESPONSE) else {
+            return Ok(());
+        };
+        ctx.cx.body_replayable = replay(session).body_whole;
+        let asked = route
+            .chain
+            .upstream_response(upstream_response, &mut ctx.cx);
+        if let (Err(e), Some(upstream)) = (&asked, ctx.upstream.as_deref()) {
+            if e.retry() {
+                crate::upstream::attempt::count_retry(upstream, "filter");
+            }
         }
+        asked
     }
 
     fn upstream_response_body_filter(

@@ -4,63 +4,12 @@
 
 mod common;
 use base64::Engine;
-use common::node::node_server;
+use common::idp::Idp;
 use common::*;
 use openssl::ec::{EcGroup, EcKey};
 use openssl::pkey::PKey;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
-
-struct Idp {
-    _proc: Proc,
-    port: u16,
-}
-
-impl Idp {
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// A client credentials token of `svc` for `resource` with `scope`.
-    fn token(&self, resource: &str, scope: &str) -> String {
-        let basic = base64::engine::general_purpose::STANDARD.encode("svc:svc-secret");
-        let resp = request(
-            "POST",
-            &self.url("/token"),
-            &[
-                ("authorization", &format!("Basic {basic}")),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
-            Some(&format!(
-                "grant_type=client_credentials&scope={scope}&resource={resource}"
-            )),
-        );
-        assert_eq!(resp.status, 200, "{}", resp.body);
-        resp.json()["access_token"].as_str().unwrap().to_string()
-    }
-
-    fn revoke(&self, token: &str) {
-        let basic = base64::engine::general_purpose::STANDARD.encode("svc:svc-secret");
-        let resp = request(
-            "POST",
-            &self.url("/token/revocation"),
-            &[
-                ("authorization", &format!("Basic {basic}")),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
-            Some(&format!("token={token}")),
-        );
-        assert_eq!(resp.status, 200, "{}", resp.body);
-    }
-
-    fn introspections(&self) -> u64 {
-        get(&self.url("/_introspections"))
-            .body
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
 
 fn b64url(data: &[u8]) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(data)
@@ -101,10 +50,7 @@ fn client_key() -> (String, String) {
 fn start() -> (Idp, Gateway, u16, Echo) {
     let (pem, jwks) = client_key();
     let port = free_port();
-    let idp = Idp {
-        _proc: node_server("oidc_provider.mjs", &[&port.to_string(), &jwks]),
-        port,
-    };
+    let idp = Idp::start(port, Some(&jwks), None, 300);
     let key = scratch().join("client.pem");
     std::fs::write(&key, pem).unwrap();
     let e = echo("e", &[]);
@@ -193,7 +139,7 @@ fn tokens_are_checked_at_the_issuer_and_each_answer_is_remembered() {
 
     // Revoked before its first use.
     let revoked = idp.token("urn:orders", "orders:read");
-    idp.revoke(&revoked);
+    idp.revoke(&revoked, "svc", "svc-secret");
     let refused = bearer(&gw, "/basic", &revoked);
     assert_eq!(refused.status, 401);
     assert!(refused

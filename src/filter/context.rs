@@ -72,6 +72,9 @@ pub struct Context {
     /// A gRPC call (`content-type: application/grpc*`): the gateway's own answers are
     /// trailers-only gRPC responses.
     pub grpc: bool,
+    /// The request could be sent to a target again whole (its body, if any, all in Pingora's
+    /// retry buffer): set before the upstream-response filters run.
+    pub body_replayable: bool,
     /// The call's `grpc-status`, once known (a gRPC call only).
     pub grpc_status: Option<crate::grpc::Code>,
     /// How the route's cache served the request, once the answer goes out.

@@ -11,6 +11,9 @@
 //! 2. [`Filter::request_body`]: each chunk of the request body on its way upstream.
 //! 3. [`Filter::upstream_request`]: the header about to be sent to the target.
 //! 4. [`Filter::upstream_response`]: the target's response header, before anything is sent.
+//!    A filter may ask for another attempt here (an error with `retry` set, only when
+//!    [`Context::body_replayable`]); [`Filter::retry`] then prepares it before phase 3 runs
+//!    again.
 //! 5. [`Filter::response`]: the response header about to be sent to the client, for proxied
 //!    responses *and* for the gateway's own ([`crate::reply`]): errors, fixed answers.
 //! 6. [`Filter::response_body`]: each chunk of the response body to the client.
@@ -51,6 +54,7 @@ bitflags::bitflags! {
         const LOG = 1 << 6;
         const RESPONSE_TRAILERS = 1 << 7;
         const SERVE = 1 << 8;
+        const RETRY = 1 << 9;
     }
 }
 
@@ -186,6 +190,13 @@ pub trait Filter: Send + Sync {
         Ok(())
     }
 
+    /// The request goes to a target again (an earlier attempt failed, or an upstream-response
+    /// filter asked for another): prepare what the new attempt sends. `Err` answers the
+    /// request instead.
+    async fn retry(&self, _cx: &mut Context) -> Result<(), Reply> {
+        Ok(())
+    }
+
     /// The response header as it will be sent to the client, proxied or the gateway's own;
     /// `req` is the client's request (the answer may depend on its `Origin` or
     /// `Accept-Encoding`, even for a request that matched no route).
@@ -227,6 +238,7 @@ pub struct Chain {
     request_body: List,
     upstream_request: List,
     upstream_response: List,
+    retry: List,
     response: List,
     response_body: List,
     response_trailers: List,
@@ -252,6 +264,7 @@ impl Chain {
             request_body: phase(Phases::REQUEST_BODY),
             upstream_request: phase(Phases::UPSTREAM_REQUEST),
             upstream_response: phase(Phases::UPSTREAM_RESPONSE),
+            retry: phase(Phases::RETRY),
             response: phase(Phases::RESPONSE),
             response_body: phase(Phases::RESPONSE_BODY),
             response_trailers: phase(Phases::RESPONSE_TRAILERS),
@@ -280,6 +293,7 @@ impl Chain {
             Phases::REQUEST_BODY => &self.request_body,
             Phases::UPSTREAM_REQUEST => &self.upstream_request,
             Phases::UPSTREAM_RESPONSE => &self.upstream_response,
+            Phases::RETRY => &self.retry,
             Phases::RESPONSE => &self.response,
             Phases::RESPONSE_BODY => &self.response_body,
             Phases::RESPONSE_TRAILERS => &self.response_trailers,
@@ -327,6 +341,13 @@ impl Chain {
         self.upstream_response
             .iter()
             .try_for_each(|f| f.upstream_response(resp, cx))
+    }
+
+    pub async fn retry(&self, cx: &mut Context) -> Result<(), Reply> {
+        for f in self.retry.iter() {
+            f.retry(cx).await?;
+        }
+        Ok(())
     }
 
     pub fn response(

@@ -233,13 +233,32 @@ impl Spec for IntrospectionSpec {
 
 /// What an introspection said of a token.
 #[derive(Clone)]
-enum Outcome {
+pub enum Outcome {
     Granted(Identity),
     Refused(&'static str),
     Forbidden(&'static str),
 }
 
 type Flight = Arc<OnceCell<Option<Outcome>>>;
+
+/// Remembered answers, by keyed token digest: kept across reloads by their owner.
+pub type Answers = Verified<Outcome>;
+
+/// What an `oidc` route's bearer tokens are checked with: its provider's endpoint and client.
+pub struct AtProvider<'a> {
+    pub name: &'a str,
+    pub endpoint: &'a str,
+    pub issuer: &'a str,
+    pub client_id: &'a str,
+    pub client_secret: &'a str,
+    pub consumer_claim: &'a str,
+    /// Audiences the token must name one of (any, if empty).
+    pub audience: Vec<String>,
+    pub headers: Arc<[(HeaderName, String)]>,
+    pub consumers: HashMap<String, Arc<Consumer>>,
+    pub answers: Arc<Answers>,
+    pub timeout: Duration,
+}
 
 pub struct Introspection {
     name: Arc<str>,
@@ -270,6 +289,49 @@ fn now_secs() -> u64 {
 }
 
 impl Introspection {
+    /// Introspection at an OpenID provider (`oidc`'s opaque bearer tokens): its client's
+    /// `client_secret_basic` credentials, no scope asked, answers remembered for
+    /// a minute (granted) or ten seconds (refused).
+    pub fn at_provider(p: AtProvider<'_>) -> Introspection {
+        let pair = format!("{}:{}", form(p.client_id), form(p.client_secret));
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
+        let basic = HeaderValue::from_str(&format!("Basic {encoded}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("Basic"));
+        Introspection {
+            name: p.name.into(),
+            endpoint: p.endpoint.into(),
+            issuer: p.issuer.into(),
+            client_id: p.client_id.into(),
+            client_auth: Arc::new(ClientAuth::Basic(basic)),
+            audience: p.audience,
+            required_scopes: Vec::new(),
+            cache_ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+            consumer_claim: p.consumer_claim.into(),
+            headers: p.headers,
+            owned: Box::default(),
+            forward_credentials: false,
+            anonymous: None,
+            consumers: p.consumers,
+            cache: p.answers,
+            inflight: Mutex::default(),
+            http: reqwest::Client::builder()
+                .timeout(p.timeout)
+                .build()
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Who `token` is, as the endpoint says (remembered, or asked once).
+    pub async fn check(&self, token: &[u8]) -> Auth {
+        match self.judge(token).await {
+            Some(Outcome::Granted(identity)) => Auth::Granted(identity),
+            Some(Outcome::Refused(why)) => Auth::Refused(why),
+            Some(Outcome::Forbidden(why)) => Auth::Forbidden(why),
+            None => Auth::Unavailable,
+        }
+    }
+
     /// The outcome for `token`: remembered, or asked once however many ask at once. `None`
     /// when the endpoint could not answer.
     async fn judge(&self, token: &[u8]) -> Option<Outcome> {
@@ -410,13 +472,7 @@ impl Authenticator for Introspection {
         let token = super::auth::authorization(req, b"bearer ")?;
         let found =
             (!self.forward_credentials).then_some(Found::Header(http::header::AUTHORIZATION));
-        let auth = match self.judge(token).await {
-            Some(Outcome::Granted(identity)) => Auth::Granted(identity),
-            Some(Outcome::Refused(why)) => Auth::Refused(why),
-            Some(Outcome::Forbidden(why)) => Auth::Forbidden(why),
-            None => Auth::Unavailable,
-        };
-        Some((auth, found))
+        Some((self.check(token).await, found))
     }
 
     fn challenge(&self, reason: &str) -> HeaderValue {

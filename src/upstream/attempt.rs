@@ -202,6 +202,11 @@ impl Attempts {
         }
     }
 
+    /// Whether an attempt was made before the next one.
+    pub fn retrying(&self) -> bool {
+        self.count > 0
+    }
+
     /// Attempts were made and none got an answer (connect failures, timeouts, resets).
     pub fn unanswered(&self) -> bool {
         self.count > 0 && self.took.is_none()

@@ -3,6 +3,7 @@
 
 pub mod browser;
 pub mod daemon;
+pub mod idp;
 pub mod node;
 pub mod pki;
 pub mod raw;

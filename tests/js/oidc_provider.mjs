@@ -1,16 +1,21 @@
 // An OpenID provider for the identity tests: npm's `oidc-provider` (a certified OpenID Connect
-// implementation), on loopback. `node oidc_provider.mjs PORT [JWKS] [REDIRECT_URI]`;
+// implementation), on loopback. `node oidc_provider.mjs PORT [JWKS] [REDIRECT_URI] [WEB_TTL]`;
 // `PYLON_NODE_MODULES` names the node_modules `make test` installs under target/. JWKS, when
 // given (or `-`), is the public key set of the client `pylon-jwt` (private_key_jwt);
 // REDIRECT_URI registers the web client `pylon-web` (code flow, its login form the provider's
-// development one: any login, any password). Clients: `svc` gets client credentials
+// development one: any login, any password), its access tokens valid WEB_TTL seconds (300), with
+// refresh tokens rotated on every use (a reused one revokes the session, as strict providers
+// do). Clients: `svc` gets client credentials
 // tokens, `pylon` (client_secret_basic), `pylon-post` (client_secret_post) and `pylon-jwt`
 // introspect them. Access tokens are opaque, bound to the resource asked (`aud`), valid 300 s,
-// or 2 s for `urn:short`. `GET /_introspections` counts the introspection calls made.
+// or 2 s for `urn:short`; JWTs for `urn:jwt*`. `GET /_introspections` and `GET /_refreshes`
+// count the introspections and refresh-token grants made; `GET /_forget?token=T` ends an access
+// token early (a revocation would end its whole grant).
 const root = process.env.PYLON_NODE_MODULES;
 const { default: Provider } = await import(`${root}/oidc-provider/lib/index.js`);
 
 const port = Number(process.argv[2]);
+const webTtl = Number(process.argv[5] || 300);
 const issuer = `http://127.0.0.1:${port}`;
 const machine = { grant_types: ['client_credentials'], redirect_uris: [], response_types: [] };
 const clients = [
@@ -41,6 +46,8 @@ const provider = new Provider(issuer, {
   }),
   claims: { openid: ['sub'], email: ['email'], profile: ['name'] },
   conformIdTokenClaims: false,
+  issueRefreshToken: (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  rotateRefreshToken: true,
   scopes: ['openid', 'email', 'profile', 'offline_access', 'orders:read', 'orders:write'],
   features: {
     clientCredentials: { enabled: true },
@@ -51,11 +58,11 @@ const provider = new Provider(issuer, {
       enabled: true,
       defaultResource: () => 'urn:orders',
       useGrantedResource: () => true,
-      getResourceServerInfo: (ctx, resource) => ({
+      getResourceServerInfo: (ctx, resource, client) => ({
         scope: 'orders:read orders:write',
         audience: resource,
-        accessTokenTTL: resource === 'urn:short' ? 2 : 300,
-        accessTokenFormat: 'opaque',
+        accessTokenTTL: client.clientId === 'pylon-web' ? webTtl : (resource === 'urn:short' ? 2 : 300),
+        accessTokenFormat: resource.startsWith('urn:jwt') ? 'jwt' : 'opaque',
       }),
     },
   },
@@ -67,9 +74,20 @@ for (const event of ['introspection.error', 'grant.error', 'server_error']) {
 }
 
 let introspections = 0;
+let refreshes = 0;
+provider.on('grant.success', (ctx) => {
+  if (ctx.oidc.params.grant_type === 'refresh_token') refreshes += 1;
+});
 provider.use(async (ctx, next) => {
-  if (ctx.path === '/_introspections') {
-    ctx.body = String(introspections);
+  if (ctx.path === '/_forget') {
+    // An access token ended early at the provider, its grant (and refresh token) kept.
+    const token = await provider.AccessToken.find(ctx.query.token);
+    if (token) await token.destroy();
+    ctx.body = token ? 'forgotten' : 'unknown';
+    return;
+  }
+  if (ctx.path === '/_introspections' || ctx.path === '/_refreshes') {
+    ctx.body = String(ctx.path === '/_refreshes' ? refreshes : introspections);
     return;
   }
   if (ctx.path === '/token/introspection') introspections += 1;

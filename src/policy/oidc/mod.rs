@@ -1,39 +1,44 @@
 //! `oidc`: the relying party for browser routes (OpenID Connect, authorization code flow with
 //! PKCE, `state` and `nonce`), holding the user's session so the services behind need not.
 //!
-//! A request with a valid session cookie (`session.rs`: sealed, split when large) gets the
-//! session's identity: the consumer from `consumer_claim` of the ID token, the claims for
-//! `claims_to_headers` and templates, the access token upstream with `forward_access_token`.
-//! An access token about to expire is refreshed first (the new cookie goes on the answer).
-//! Without a session, a browser navigation is redirected to the provider (the login attempt's
-//! `state`, `nonce`, PKCE verifier and return path sealed in a short-lived cookie); any other
-//! request gets 401. `redirect_path` takes the provider's answer: the state checked, the code
-//! exchanged, the ID token verified (`provider.rs`), the session set, back to where the user
-//! was going. `logout_path` ends the session and, when the provider has one, goes on to its
-//! end-session endpoint.
+//! A request with a valid session gets the session's identity: the consumer from
+//! `consumer_claim` of the ID token, the claims for `claims_to_headers` and templates, the
+//! access token upstream with `forward_access_token`. Sessions live in a sealed cookie or in
+//! Redis (`store.rs`). An access token about to expire is refreshed first, and once more when
+//! the upstream answers 401 to it (the request then sent again with the new one); the new
+//! cookie goes on the answer. Without a session, a browser navigation is sent to the
+//! provider's login (`flow.rs`); an API call gets 401, or with `bearer = true` may bring an
+//! access token of the provider instead (`bearer.rs`).
 
+mod bearer;
+mod flow;
 mod provider;
-mod session;
+mod seal;
+mod store;
 
+use super::introspection::Introspection;
 use super::jwt::claims;
 use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
-use crate::config::{ConfDuration, ConfTimeout, ConfigError, Secret};
+use crate::config::{ConfDuration, ConfTimeout, ConfigError, RedisNodes, Secret};
 use crate::consumer::{Consumer, Identity};
 use crate::error;
 use crate::filter::{Body, Context, Filter, Phases, Reply};
+use crate::redis_link::RedisLink;
 use async_trait::async_trait;
 use base64::Engine;
 use http::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::{Error, ErrorType::HTTPStatus};
 use provider::Provider;
+use seal::Sealer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use session::Sealer;
-use sha2::Digest;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use store::{CookieStore, RedisStore, Session, Store};
+use tokio::sync::OnceCell;
 
 pub const KIND: Kind = Kind {
     name: "oidc",
@@ -54,16 +59,27 @@ pub struct OidcConfig {
     pub post_logout_redirect: Option<String>,
     #[serde(default = "default_scopes")]
     pub scopes: Vec<String>,
-    /// 64 hex characters: the key that seals session cookies.
+    /// 64 hex characters: the key that seals session cookies (and sessions in Redis).
     pub cookie_secret: Secret,
     #[serde(default = "default_cookie_name")]
     pub cookie_name: String,
     /// The longest a session lasts, refreshes included.
     #[serde(default = "default_session_ttl")]
     pub session_ttl: ConfDuration,
+    /// Sessions in Redis (a URL) or a Redis Cluster (its nodes' URLs), shared by a fleet;
+    /// without it, in the cookie.
+    pub session_redis: Option<RedisNodes>,
+    #[serde(default = "default_redis_timeout")]
+    pub session_redis_timeout: ConfTimeout,
     /// Send the session's access token upstream as `Authorization: Bearer`.
     #[serde(default)]
     pub forward_access_token: bool,
+    /// API clients may bring a provider's access token instead of a session.
+    #[serde(default)]
+    pub bearer: bool,
+    /// Audiences a bearer token must name one of (any, if empty).
+    #[serde(default)]
+    pub bearer_audience: Vec<String>,
     #[serde(default = "default_consumer_claim")]
     pub consumer_claim: String,
     #[serde(default)]
@@ -86,6 +102,9 @@ fn default_cookie_name() -> String {
 }
 fn default_session_ttl() -> ConfDuration {
     ConfDuration(Duration::from_secs(8 * 3600))
+}
+fn default_redis_timeout() -> ConfTimeout {
+    ConfTimeout(Duration::from_millis(500))
 }
 fn default_consumer_claim() -> String {
     "sub".into()
@@ -117,6 +136,11 @@ fn parse(src: &mut Source<'_, '_>) -> Result<Arc<dyn Spec>, Vec<ConfigError>> {
     if !config.scopes.iter().any(|s| s == "openid") {
         bad("`scopes` must include `openid`".into());
     }
+    if let Some(nodes) = &config.session_redis {
+        if let Err(e) = RedisLink::check(None, nodes.urls(), "session_redis URL") {
+            bad(e);
+        }
+    }
     let mut headers = Vec::new();
     for (claim, header) in &config.claims_to_headers {
         match HeaderName::try_from(header.as_str()) {
@@ -143,7 +167,8 @@ impl Spec for OidcSpec {
     fn compile(&self, cx: &mut Compile<'_, '_>) -> Result<Compiled, String> {
         let c = &self.config;
         let consumers = cx.consumers_by_subject()?;
-        // The provider's discovery and keys outlive a reload that keeps the settings.
+        // The provider's discovery, keys, refreshes and bearer answers outlive a reload that
+        // keeps the settings; so does the connection to the session store.
         let settings = (
             c.issuer.clone(),
             c.client_id.clone(),
@@ -157,13 +182,41 @@ impl Spec for OidcSpec {
                 c.timeout.0,
             )
         })?;
+        let sealer = Arc::new(Sealer::from_hex(c.cookie_secret.expose())?);
+        let name = c.cookie_name.clone();
+        let store: Box<dyn Store> = match &c.session_redis {
+            None => Box::new(CookieStore {
+                sealer: sealer.clone(),
+                name,
+            }),
+            Some(nodes) => {
+                let timeout = c.session_redis_timeout.0;
+                let redis =
+                    cx.keeper
+                        .keep("oidc_redis", cx.name, (nodes.clone(), timeout), || {
+                            let urls = nodes.urls();
+                            match urls {
+                                [one] => RedisLink::new(Some(one), &[], timeout),
+                                seeds => RedisLink::new(None, seeds, timeout),
+                            }
+                        })?;
+                Box::new(RedisStore {
+                    sealer: sealer.clone(),
+                    name,
+                    redis,
+                    timeout,
+                })
+            }
+        };
         let mut owned: Vec<HeaderName> = self.headers.iter().map(|(h, _)| h.clone()).collect();
-        if c.forward_access_token {
+        if c.forward_access_token || c.bearer {
             owned.push(http::header::AUTHORIZATION);
         }
         Ok(Compiled::Filter(Arc::new(Oidc {
+            name: cx.name.to_string(),
             provider,
-            sealer: Sealer::from_hex(c.cookie_secret.expose())?,
+            sealer,
+            store,
             client_id: c.client_id.clone(),
             redirect_path: c.redirect_path.clone(),
             logout_path: c.logout_path.clone(),
@@ -172,45 +225,46 @@ impl Spec for OidcSpec {
             cookie: c.cookie_name.clone(),
             session_ttl: c.session_ttl.0,
             forward_access_token: c.forward_access_token,
+            bearer: c.bearer,
+            bearer_audience: c.bearer_audience.clone(),
+            introspection: OnceCell::new(),
             consumer_claim: c.consumer_claim.clone(),
             headers: Arc::clone(&self.headers),
             owned: owned.into(),
             consumers,
+            timeout: c.timeout.0,
         })))
     }
 }
 
-/// A session, as its cookie holds it.
-#[derive(Serialize, Deserialize)]
-struct Session {
-    claims: Map<String, Value>,
-    access_token: String,
-    refresh_token: Option<String>,
-    id_token: Option<String>,
-    /// When the access token expires (seconds since the epoch).
-    access_until: u64,
-    /// When the session ends, whatever refreshes happen.
-    until: u64,
-}
-
-/// A login under way: what the provider's answer must match.
-#[derive(Serialize, Deserialize)]
-struct Attempt {
-    state: String,
-    nonce: String,
-    verifier: String,
-    return_to: String,
+/// Where a request stands with an upstream 401.
+#[derive(Default, PartialEq)]
+enum Renewal {
+    #[default]
+    None,
+    /// The upstream refused the access token: refresh, and send the request again.
+    Asked,
+    /// Done once; never again for this request.
+    Done,
 }
 
 /// What the request phase leaves for the later ones.
+#[derive(Default)]
 struct Granted {
-    access_token: String,
+    /// The session (none for a bearer token).
+    session: Option<Session>,
+    /// The client's own access token (`bearer = true`).
+    bearer: Option<String>,
     set_cookies: Vec<HeaderValue>,
+    renewal: Renewal,
+    tls: bool,
 }
 
 pub struct Oidc {
+    name: String,
     provider: Arc<Provider>,
-    sealer: Sealer,
+    sealer: Arc<Sealer>,
+    store: Box<dyn Store>,
     client_id: String,
     redirect_path: String,
     logout_path: String,
@@ -219,16 +273,27 @@ pub struct Oidc {
     cookie: String,
     session_ttl: Duration,
     forward_access_token: bool,
+    bearer: bool,
+    bearer_audience: Vec<String>,
+    introspection: OnceCell<Introspection>,
     consumer_claim: String,
     headers: Arc<[(HeaderName, String)]>,
     owned: Box<[HeaderName]>,
     consumers: HashMap<String, Arc<Consumer>>,
+    timeout: Duration,
 }
 
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// When an access token given now for `expires_in` seconds expires, and when to refresh it:
+/// 30 seconds before, or a quarter of its life before for a short-lived one.
+fn lifetime(now: u64, expires_in: Option<u64>) -> (u64, u64) {
+    let life = expires_in.unwrap_or(300);
+    (now + life, now + life - (life / 4).min(30))
 }
 
 fn random_token() -> String {
@@ -296,191 +361,83 @@ impl Oidc {
         Some(identity)
     }
 
-    /// The session of the request's cookie, refreshed when its access token is about to end.
-    async fn session(&self, req: &RequestHeader, tls: bool) -> Option<(Session, Vec<HeaderValue>)> {
-        let plain = self.sealer.read(&req.headers, &self.cookie)?;
-        let mut session: Session = serde_json::from_slice(&plain).ok()?;
+    /// Store `session`: the cookies that name it, living as long as it does.
+    async fn keep(&self, session: &mut Session, tls: bool) -> Option<Vec<HeaderValue>> {
+        let left = session.until.saturating_sub(now());
+        let attributes = format!("{}; Max-Age={left}", self.attributes(tls));
+        self.store.save(session, &attributes).await
+    }
+
+    /// The request's session, refreshed when its access token is due. `Err`: the store did
+    /// not answer.
+    async fn current(
+        &self,
+        req: &RequestHeader,
+        tls: bool,
+    ) -> Result<Option<(Session, Vec<HeaderValue>)>, ()> {
+        let Some(session) = self.store.load(&req.headers).await? else {
+            return Ok(None);
+        };
         let now = now();
         if session.until <= now {
-            return None;
+            return Ok(None);
         }
-        if session.access_until > now + 30 {
-            return Some((session, Vec::new()));
+        if now < session.refresh_at {
+            return Ok(Some((session, Vec::new())));
         }
-        let tokens = self
-            .provider
-            .refresh(session.refresh_token.as_deref()?)
-            .await?;
-        session.access_token = tokens.access_token;
-        session.access_until = now + tokens.expires_in.unwrap_or(300);
+        Ok(self.renew(session, tls, false).await)
+    }
+
+    /// The session with new tokens (and the cookies that now name it); without new ones, the
+    /// session as it was while its access token lasts, unless the upstream refused that
+    /// (`refused`). Once per refresh token across the fleet (`store.rs`, `provider.rs`).
+    async fn renew(
+        &self,
+        session: Session,
+        tls: bool,
+        refused: bool,
+    ) -> Option<(Session, Vec<HeaderValue>)> {
+        let as_was = |s: Session| (!refused && now() < s.access_until).then(|| (s, Vec::new()));
+        let Some(refresh) = session.refresh_token.clone() else {
+            return as_was(session);
+        };
+        if !self.store.claim(&session).await {
+            return match self.store.renewed(&session).await {
+                Some(newer) => Some((newer, Vec::new())),
+                None => as_was(session),
+            };
+        }
+        let Some(tokens) = self.provider.refresh(&refresh).await else {
+            self.store.release(&session).await;
+            return as_was(session);
+        };
+        let now = now();
+        let mut next = session;
+        (next.access_until, next.refresh_at) = lifetime(now, tokens.expires_in);
+        next.access_token = tokens.access_token;
         if let Some(refresh) = tokens.refresh_token {
-            session.refresh_token = Some(refresh);
+            next.refresh_token = Some(refresh);
         }
         if let Some(id_token) = tokens.id_token {
             if let Some(claims) = self.provider.verify_id_token(&id_token, None).await {
-                session.claims = claims;
-                session.id_token = Some(id_token);
+                next.claims = claims;
+                next.id_token = Some(id_token);
             }
         }
-        let cookies = self.store(&session, tls)?;
-        Some((session, cookies))
-    }
-
-    fn store(&self, session: &Session, tls: bool) -> Option<Vec<HeaderValue>> {
-        let plain = serde_json::to_vec(session).ok()?;
-        self.sealer
-            .cookies(&self.cookie, &plain, &self.attributes(tls))
-    }
-
-    /// Off to the provider's login, remembering where the user was going.
-    async fn login(&self, req: &RequestHeader, tls: bool) -> Reply {
-        let Some(discovery) = self.provider.discovery().await else {
-            return Reply::error(error::UPSTREAM_UNAVAILABLE);
-        };
-        let attempt = Attempt {
-            state: random_token(),
-            nonce: random_token(),
-            verifier: random_token(),
-            return_to: String::from_utf8_lossy(req.raw_path()).into_owned(),
-        };
-        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(sha2::Sha256::digest(attempt.verifier.as_bytes()));
-        let redirect_uri = format!("{}{}", Self::origin(req, tls), self.redirect_path);
-        let query = form_urlencoded::Serializer::new(String::new())
-            .append_pair("response_type", "code")
-            .append_pair("client_id", &self.client_id)
-            .append_pair("redirect_uri", &redirect_uri)
-            .append_pair("scope", &self.scope)
-            .append_pair("state", &attempt.state)
-            .append_pair("nonce", &attempt.nonce)
-            .append_pair("code_challenge", &challenge)
-            .append_pair("code_challenge_method", "S256")
-            .finish();
-        let sep = if discovery.authorization_endpoint.contains('?') {
-            '&'
-        } else {
-            '?'
-        };
-        let location = format!("{}{sep}{query}", discovery.authorization_endpoint);
-        let sealed = serde_json::to_vec(&attempt)
-            .ok()
-            .and_then(|plain| self.sealer.seal(&self.attempt_cookie(), &plain));
-        let Some(sealed) = sealed else {
-            return Reply::error(error::UPSTREAM_UNAVAILABLE);
-        };
-        let cookie = format!(
-            "{}={sealed}; {}; Max-Age=600",
-            self.attempt_cookie(),
-            self.attributes(tls)
-        );
-        redirect(
-            &location,
-            HeaderValue::from_str(&cookie).into_iter().collect(),
-        )
-    }
-
-    /// The provider's answer: checked, exchanged, turned into a session.
-    async fn callback(&self, req: &RequestHeader, tls: bool) -> Reply {
-        let query: HashMap<String, String> =
-            form_urlencoded::parse(req.uri.query().unwrap_or("").as_bytes())
-                .into_owned()
-                .collect();
-        let name = self.attempt_cookie();
-        let attempt: Option<Attempt> = crate::headers::cookie(&req.headers, &name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| self.sealer.open(&name, v))
-            .and_then(|plain| serde_json::from_slice(&plain).ok());
-        let (Some(attempt), Some(code), Some(state)) =
-            (attempt, query.get("code"), query.get("state"))
-        else {
-            return Reply::error(error::UNAUTHORIZED);
-        };
-        if !bool::from(subtle::ConstantTimeEq::ct_eq(
-            state.as_bytes(),
-            attempt.state.as_bytes(),
-        )) {
-            return Reply::error(error::UNAUTHORIZED);
-        }
-        let redirect_uri = format!("{}{}", Self::origin(req, tls), self.redirect_path);
-        let Some(tokens) = self
-            .provider
-            .exchange(code, &redirect_uri, &attempt.verifier)
-            .await
-        else {
-            return Reply::error(error::UNAUTHORIZED);
-        };
-        let Some(id_token) = tokens.id_token.clone() else {
-            return Reply::error(error::UNAUTHORIZED);
-        };
-        let Some(claims) = self
-            .provider
-            .verify_id_token(&id_token, Some(&attempt.nonce))
-            .await
-        else {
-            return Reply::error(error::UNAUTHORIZED);
-        };
-        let now = now();
-        let session = Session {
-            claims,
-            access_token: tokens.access_token,
-            refresh_token: tokens.refresh_token,
-            id_token: Some(id_token),
-            access_until: now + tokens.expires_in.unwrap_or(300),
-            until: now + self.session_ttl.as_secs(),
-        };
-        let Some(mut cookies) = self.store(&session, tls) else {
-            return Reply::error(error::UNAUTHORIZED);
-        };
-        cookies.extend(
-            session::clear(&name, &self.attributes(tls))
-                .into_iter()
-                .take(1),
-        );
-        // Only a path of this site: never an open redirect.
-        let back = match attempt.return_to.starts_with('/') && !attempt.return_to.starts_with("//")
-        {
-            true => attempt.return_to,
-            false => "/".to_string(),
-        };
-        redirect(&back, cookies)
-    }
-
-    /// The session ends here, and at the provider when it says how.
-    async fn logout(&self, req: &RequestHeader, tls: bool) -> Reply {
-        let id_token = self
-            .sealer
-            .read(&req.headers, &self.cookie)
-            .and_then(|plain| serde_json::from_slice::<Session>(&plain).ok())
-            .and_then(|s| s.id_token);
-        let cookies = session::clear(&self.cookie, &self.attributes(tls));
-        let after = self
-            .post_logout_redirect
-            .clone()
-            .unwrap_or_else(|| "/".into());
-        let end = self
-            .provider
-            .discovery()
-            .await
-            .and_then(|d| d.end_session_endpoint.clone());
-        let location = match (end, id_token) {
-            (Some(end), Some(hint)) => {
-                let query = form_urlencoded::Serializer::new(String::new())
-                    .append_pair("id_token_hint", &hint)
-                    .append_pair("client_id", &self.client_id)
-                    .append_pair("post_logout_redirect_uri", &after)
-                    .finish();
-                format!("{end}?{query}")
-            }
-            _ => after,
-        };
-        redirect(&location, cookies)
+        // Not kept (the store down): this request still goes on with the new token.
+        let cookies = self.keep(&mut next, tls).await.unwrap_or_default();
+        Some((next, cookies))
     }
 }
 
 #[async_trait]
 impl Filter for Oidc {
     fn phases(&self) -> Phases {
-        Phases::REQUEST | Phases::UPSTREAM_REQUEST | Phases::RESPONSE
+        let mut phases = Phases::REQUEST | Phases::UPSTREAM_REQUEST | Phases::RESPONSE;
+        if self.forward_access_token {
+            phases |= Phases::UPSTREAM_RESPONSE | Phases::RETRY;
+        }
+        phases
     }
 
     async fn request(&self, req: &RequestHeader, cx: &mut Context) -> Result<(), Reply> {
@@ -492,14 +449,27 @@ impl Filter for Oidc {
         if path == self.logout_path {
             return Err(self.logout(req, tls).await);
         }
-        if let Some((session, set_cookies)) = self.session(req, tls).await {
-            if let Some(identity) = self.identity(&session.claims) {
-                cx.identity = identity;
-                cx.state.insert(Granted {
-                    access_token: session.access_token,
-                    set_cookies,
-                });
-                return Ok(());
+        match self.current(req, tls).await {
+            Err(()) => return Err(Reply::error(error::UPSTREAM_UNAVAILABLE)),
+            Ok(Some((session, set_cookies))) => {
+                if let Some(identity) = self.identity(&session.claims) {
+                    cx.identity = identity;
+                    cx.state.insert(Granted {
+                        session: Some(session),
+                        bearer: None,
+                        set_cookies,
+                        renewal: Renewal::None,
+                        tls,
+                    });
+                    return Ok(());
+                }
+            }
+            Ok(None) => {}
+        }
+        if self.bearer {
+            let token = super::auth::authorization(req, b"bearer ");
+            if let Some(token) = token.and_then(|t| std::str::from_utf8(t).ok()) {
+                return self.bearer(token, cx).await;
             }
         }
         if Self::navigation(req) {
@@ -518,7 +488,11 @@ impl Filter for Oidc {
             .state
             .get::<Granted>()
             .filter(|_| self.forward_access_token)
-            .and_then(|g| HeaderValue::from_str(&format!("Bearer {}", g.access_token)).ok());
+            .and_then(|g| {
+                let session = g.session.as_ref().map(|s| s.access_token.as_str());
+                session.or(g.bearer.as_deref())
+            })
+            .and_then(|t| HeaderValue::from_str(&format!("Bearer {t}")).ok());
         // The session cookies are the gateway's: the services behind never see them.
         let cookie = req
             .headers
@@ -561,6 +535,58 @@ impl Filter for Oidc {
         })
     }
 
+    /// The upstream refused the session's access token (revoked, or expired early): once,
+    /// refresh it and send the request again, if it can be sent whole.
+    fn upstream_response(
+        &self,
+        resp: &mut ResponseHeader,
+        cx: &mut Context,
+    ) -> pingora::Result<()> {
+        if resp.status != http::StatusCode::UNAUTHORIZED || !cx.body_replayable {
+            return Ok(());
+        }
+        let Some(granted) = cx.state.get_mut::<Granted>() else {
+            return Ok(());
+        };
+        let renewable = granted
+            .session
+            .as_ref()
+            .is_some_and(|s| s.refresh_token.is_some());
+        if !renewable || granted.renewal != Renewal::None {
+            return Ok(());
+        }
+        granted.renewal = Renewal::Asked;
+        let mut e = Error::explain(HTTPStatus(401), "the upstream refused the access token");
+        e.set_retry(true);
+        Err(e)
+    }
+
+    async fn retry(&self, cx: &mut Context) -> Result<(), Reply> {
+        let Some(granted) = cx.state.get_mut::<Granted>() else {
+            return Ok(());
+        };
+        if granted.renewal != Renewal::Asked {
+            return Ok(());
+        }
+        granted.renewal = Renewal::Done;
+        let Some(session) = granted.session.take() else {
+            return Ok(());
+        };
+        match self.renew(session, granted.tls, true).await {
+            Some((session, cookies)) => {
+                granted.session = Some(session);
+                granted.set_cookies = cookies;
+                Ok(())
+            }
+            None => {
+                // The session cannot go on: its cookies go, and the client logs in again.
+                granted.set_cookies = seal::clear(&self.cookie, &self.attributes(granted.tls));
+                super::auth::refused(cx, "oidc", "session_refused");
+                Err(Reply::error(error::UNAUTHORIZED))
+            }
+        }
+    }
+
     fn response(
         &self,
         _req: &RequestHeader,
@@ -573,5 +599,18 @@ impl Filter for Oidc {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::lifetime;
+
+    #[test]
+    fn a_token_is_refreshed_30_seconds_or_a_quarter_of_its_life_before_it_ends() {
+        assert_eq!(lifetime(1000, Some(300)), (1300, 1270));
+        assert_eq!(lifetime(1000, Some(40)), (1040, 1030));
+        assert_eq!(lifetime(1000, Some(4)), (1004, 1003));
+        assert_eq!(lifetime(1000, None), (1300, 1270));
     }
 }

@@ -3,13 +3,20 @@
 //!
 //! Discovery (`ISSUER/.well-known/openid-configuration`) and the JWKS are fetched on first use
 //! and kept; a token whose `kid` the set does not know refetches the set, at most once a minute.
+//!
+//! A refresh token is used once, however many requests find its session due at once: the
+//! first asks, the others wait for its answer, and the answer is remembered for a minute for
+//! the requests still carrying the old cookie. (A provider that rotates refresh tokens takes
+//! a second use of one as theft and revokes the session.)
 
-use super::super::introspection::post_form;
+use super::super::introspection::{post_form, Answers};
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
-use std::sync::Mutex;
+use sha2::Digest;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::OnceCell;
 
@@ -20,10 +27,11 @@ pub struct Discovery {
     pub token_endpoint: String,
     pub jwks_uri: String,
     pub end_session_endpoint: Option<String>,
+    pub introspection_endpoint: Option<String>,
 }
 
 /// What the token endpoint answers.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 pub struct Tokens {
     pub access_token: String,
     pub id_token: Option<String>,
@@ -38,7 +46,19 @@ pub struct Provider {
     http: reqwest::Client,
     discovery: OnceCell<Discovery>,
     keys: Mutex<(Option<JwkSet>, Option<Instant>)>,
+    /// Refreshes by the digest of their refresh token: under way, or answered lately.
+    refreshes: Mutex<HashMap<[u8; 32], (Instant, Refresh)>>,
+    /// What the introspection endpoint said of bearer tokens (`bearer = true`).
+    pub answers: Arc<Answers>,
 }
+
+type Refresh = Arc<OnceCell<Option<Tokens>>>;
+
+/// How long a refresh's answer is kept for the requests that still carry the old token.
+const REMEMBER: Duration = Duration::from_secs(60);
+/// How long a failed refresh is its answer (a revoked refresh token is not asked again and
+/// again by every request with its cookie).
+const FAILED: Duration = Duration::from_secs(5);
 
 impl Provider {
     pub fn new(
@@ -59,6 +79,8 @@ impl Provider {
             http,
             discovery: OnceCell::new(),
             keys: Mutex::new((None, None)),
+            refreshes: Mutex::default(),
+            answers: Arc::new(Answers::new(100_000)),
         })
     }
 
@@ -113,12 +135,27 @@ impl Provider {
         key
     }
 
-    /// An ID token's claims, once its signature, issuer, audience, expiry and `nonce` hold.
+    /// An ID token's claims, once its signature, issuer, audience (the client), expiry and
+    /// `nonce` hold.
     pub async fn verify_id_token(
         &self,
         token: &str,
         nonce: Option<&str>,
     ) -> Option<Map<String, Value>> {
+        let claims = self
+            .verify(token, std::slice::from_ref(&self.client_id))
+            .await?;
+        if let Some(nonce) = nonce {
+            if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
+                return None;
+            }
+        }
+        Some(claims)
+    }
+
+    /// A JWT's claims, once its signature by one of the provider's keys, its issuer, expiry
+    /// and audience (one of `audience`, unless empty) hold.
+    pub async fn verify(&self, token: &str, audience: &[String]) -> Option<Map<String, Value>> {
         let header = decode_header(token).ok()?;
         if !matches!(
             header.alg,
@@ -135,17 +172,14 @@ impl Provider {
         let key = self.key(header.kid.as_deref()).await?;
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[&self.discovery().await?.issuer]);
-        validation.set_audience(&[&self.client_id]);
-        validation.leeway = 30;
-        let claims = decode::<Map<String, Value>>(token, &key, &validation)
-            .ok()?
-            .claims;
-        if let Some(nonce) = nonce {
-            if claims.get("nonce").and_then(Value::as_str) != Some(nonce) {
-                return None;
-            }
+        match audience.is_empty() {
+            false => validation.set_audience(audience),
+            true => validation.validate_aud = false,
         }
-        Some(claims)
+        validation.leeway = 30;
+        decode::<Map<String, Value>>(token, &key, &validation)
+            .ok()
+            .map(|t| t.claims)
     }
 
     /// A call to the token endpoint with the client's credentials (`client_secret_basic`).
@@ -172,12 +206,39 @@ impl Provider {
         .await
     }
 
-    /// New tokens for a refresh token.
+    /// New tokens for a refresh token: asked once, the answer shared by every request that
+    /// asks with the same token within a minute.
     pub async fn refresh(&self, refresh_token: &str) -> Option<Tokens> {
-        self.token_call(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-        ])
-        .await
+        let key: [u8; 32] = sha2::Sha256::digest(refresh_token.as_bytes()).into();
+        let flight = {
+            let mut refreshes = self.refreshes.lock().unwrap_or_else(|e| e.into_inner());
+            // A failure is kept a few seconds only: the provider may be back.
+            refreshes.retain(|_, (at, f)| match f.get() {
+                Some(None) => at.elapsed() < FAILED,
+                _ => at.elapsed() < REMEMBER,
+            });
+            Arc::clone(
+                &refreshes
+                    .entry(key)
+                    .or_insert_with(|| (Instant::now(), Refresh::default()))
+                    .1,
+            )
+        };
+        let tokens = flight
+            .get_or_init(|| async {
+                self.token_call(&[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", refresh_token),
+                ])
+                .await
+            })
+            .await
+            .clone();
+        tokens
+    }
+
+    /// The client's credentials, for the provider's introspection endpoint.
+    pub fn credentials(&self) -> (&str, &str) {
+        (&self.client_id, &self.client_secret)
     }
 }

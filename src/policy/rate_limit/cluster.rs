@@ -15,55 +15,8 @@
 //! decides) while keys on the live nodes go on being counted.
 
 use super::window::{self, Outcome};
-use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClient;
-use redis::cluster_async::ClusterConnection;
+use crate::redis_link::RedisLink;
 use std::time::Duration;
-use tokio::sync::OnceCell;
-
-/// How the store reaches Redis.
-enum Endpoint {
-    Single(redis::Client),
-    Cluster(Box<ClusterClient>),
-}
-
-/// The shared connection of either kind.
-#[derive(Clone)]
-enum Link {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl ConnectionLike for Link {
-    fn req_packed_command<'a>(
-        &'a mut self,
-        cmd: &'a redis::Cmd,
-    ) -> redis::RedisFuture<'a, redis::Value> {
-        match self {
-            Link::Single(c) => c.req_packed_command(cmd),
-            Link::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a redis::Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
-        match self {
-            Link::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Link::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Link::Single(c) => c.get_db(),
-            Link::Cluster(c) => c.get_db(),
-        }
-    }
-}
 
 const SCRIPT: &str = r"
 local w = tonumber(ARGV[1])
@@ -95,22 +48,19 @@ return {allowed, p, c, into}
 
 pub struct ClusterWindows {
     pub timeout: Duration,
-    endpoint: Endpoint,
-    connection: OnceCell<Link>,
+    redis: RedisLink,
     script: redis::Script,
 }
 
 impl ClusterWindows {
     /// Check the addresses while the file is read.
     pub fn check(url: Option<&str>, seeds: &[String]) -> Result<(), String> {
-        if let Some(url) = url {
-            redis::Client::open(url).map_err(|e| format!("invalid redis_url {url:?}: {e}"))?;
-        }
-        for seed in seeds {
-            redis::Client::open(seed.as_str())
-                .map_err(|e| format!("invalid redis_cluster node {seed:?}: {e}"))?;
-        }
-        Ok(())
+        let what = if url.is_some() {
+            "redis_url"
+        } else {
+            "redis_cluster node"
+        };
+        RedisLink::check(url, seeds, what)
     }
 
     /// A store on one endpoint (`url`), else on the cluster of `seeds`.
@@ -119,25 +69,9 @@ impl ClusterWindows {
         seeds: &[String],
         timeout: Duration,
     ) -> Result<ClusterWindows, String> {
-        let endpoint = match url {
-            Some(url) => Endpoint::Single(
-                redis::Client::open(url).map_err(|e| format!("invalid redis_url: {e}"))?,
-            ),
-            None => Endpoint::Cluster(Box::new(
-                ClusterClient::builder(seeds.iter().map(String::as_str))
-                    .connection_timeout(Duration::from_secs(1))
-                    .response_timeout(timeout)
-                    .retries(1)
-                    .min_retry_wait(10)
-                    .max_retry_wait(100)
-                    .build()
-                    .map_err(|e| format!("invalid redis_cluster: {e}"))?,
-            )),
-        };
         Ok(ClusterWindows {
             timeout,
-            endpoint,
-            connection: OnceCell::new(),
+            redis: RedisLink::new(url, seeds, timeout)?,
             script: redis::Script::new(SCRIPT),
         })
     }
@@ -146,7 +80,7 @@ impl ClusterWindows {
     /// slow (over `store_timeout`) or answering nonsense.
     pub async fn hit(&self, key: &str, window_ms: u64, allowance: u64) -> Result<Outcome, String> {
         let call = async {
-            let mut link = self.connection().await?;
+            let mut link = self.redis.link().await?;
             let (allowed, prev, curr, into): (u8, u64, u64, u64) = self
                 .script
                 .key(key)
@@ -169,33 +103,5 @@ impl ClusterWindows {
         tokio::time::timeout(self.timeout, call)
             .await
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
-    }
-
-    /// The shared connection, set up on first use (inside the proxy's runtime). Both kinds
-    /// connect lazily and reconnect by themselves.
-    async fn connection(&self) -> Result<Link, String> {
-        self.connection
-            .get_or_try_init(|| async {
-                match &self.endpoint {
-                    Endpoint::Single(client) => {
-                        let config = ConnectionManagerConfig::new()
-                            .set_connection_timeout(Some(Duration::from_secs(1)))
-                            .set_number_of_retries(1)
-                            .set_max_delay(Duration::from_millis(500));
-                        ConnectionManager::new_lazy_with_config(client.clone(), config)
-                            .map(Link::Single)
-                            .map_err(|e| e.to_string())
-                    }
-                    // Connected in the background: a request's `store_timeout` bounds its own
-                    // call, never the setup that later requests need.
-                    Endpoint::Cluster(client) => Ok(Link::Cluster(
-                        client.get_pending_async_connection_with_config(
-                            redis::cluster::ClusterConfig::new(),
-                        ),
-                    )),
-                }
-            })
-            .await
-            .cloned()
     }
 }

@@ -1,6 +1,7 @@
 //! `oidc` sessions over time, against a real OpenID provider (npm's oidc-provider, tests/js)
 //! that rotates refresh tokens and takes a reused one as theft: a due access token refreshed
-//! once however many requests find it due, on one gateway or a fleet sharing Redis; the
+//! once however many requests find it due, on one gateway or a fleet sharing Redis or a Redis
+//! Cluster; the
 //! session's end; an upstream 401 refreshing the token and the request sent again; a refresh
 //! that fails ending the session; bearer tokens on the same route (`bearer = true`).
 
@@ -235,6 +236,48 @@ fn a_fleet_shares_sessions_in_redis_and_refreshes_each_once() {
     drop(redis);
     let down = send("GET", &a.url("/app/data"), &cookie, None, "text/html");
     assert_eq!(down.status, 503, "{}", down.body);
+}
+
+#[test]
+fn on_a_redis_cluster_a_session_is_the_fleets_until_a_logout_anywhere() {
+    let e = echo("e", &[]);
+    let cluster = RedisCluster::start();
+    let nodes: Vec<String> = RedisCluster::urls_of(&cluster.ports)
+        .iter()
+        .map(|u| format!("\"{u}\""))
+        .collect();
+    let idp_port = free_port();
+    let issuer = format!("http://127.0.0.1:{idp_port}");
+    let extra = format!("session_redis = [{}]\n", nodes.join(", "));
+    let a = gateway(&config(&e.addr, &issuer, &extra));
+    let b = gateway(&config(&e.addr, &issuer, &extra));
+    let idp = Idp::start(idp_port, None, Some(&a.url("/oauth/callback")), 4);
+    let mut browser = Browser::default();
+    let page = a.url("/app/page");
+    let first = token_of(&browser.login(&page, &issuer, "frank"));
+    let cookie = browser.cookie(&page);
+    let on_b = send("GET", &b.url("/app/x"), &cookie, None, "application/json");
+    assert_eq!(token_of(&on_b), first);
+
+    std::thread::sleep(Duration::from_millis(3500));
+    let answers = at_once(&[a.url("/app/data"), b.url("/app/data")], &cookie, 5);
+    let second = token_of(&answers[0]);
+    assert_ne!(second, first);
+    assert!(answers.iter().all(|answer| token_of(answer) == second));
+    assert_eq!(idp.refreshes(), 1);
+
+    assert_eq!(
+        send("GET", &a.url("/logout"), &cookie, None, "text/html").status,
+        302
+    );
+    let gone = send(
+        "GET",
+        &b.url("/app/data"),
+        &cookie,
+        None,
+        "application/json",
+    );
+    assert_eq!(gone.status, 401);
 }
 
 #[test]

@@ -18,7 +18,7 @@ TEST_MARK := target/.apt-test-installed
 # grpcio-tools' protoc for their stubs), kept under target/.
 PY_MARK := target/py/.installed
 # What `make bench` compares against and loads with (nghttp2-client: h2load, for gRPC).
-BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind openssl modsecurity-crs python3-pip nghttp2-client varnish curl
+BENCH_PKGS := nginx haproxy wrk util-linux procps redis-server valgrind openssl modsecurity-crs python3-pip python3-cryptography nghttp2-client varnish curl
 APT_MARK := target/.apt-installed
 BENCH_MARK := target/.apt-bench-installed
 

@@ -10,7 +10,7 @@ Scenarios: plain, policies (pylon with 1,000 routes against nginx's plain proxy)
 (pylon with a local and a Redis rate limit against pylon without), resilience (a circuit
 breaker, max_inflight and slow start on the target against pylon without), traffic (a 90/10
 split and a 10% mirror against pylon's plain route), identity (a cached introspection hit,
-hmac_auth and an upstream_jwt identity against a JWT route), transforms (CORS
+an oidc session cookie, hmac_auth and an upstream_jwt identity against a JWT route), transforms (CORS
 with a header transform, a 1 KiB JSON edit, 10 KiB gzip, each beside the same route without),
 latency
 (fixed arrival rate at 50% of nginx's peak, corrected for coordinated omission), connections
@@ -37,6 +37,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PYLON = os.path.join(ROOT, "target", "release", "pylon")
@@ -124,6 +126,29 @@ def hmac_headers():
     return (f"date: {date}", f'authorization: hmac username="ident", algorithm="hmac-sha256", headers="date request-line", signature="{sig}"')
 
 
+OIDC_KEY = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+
+def oidc_cookie():
+    """A session cookie as the `oidc` policy seals it after a login (AES-256-GCM under the
+    policy's `cookie_secret`, the cookie's name as associated data), valid for the run."""
+    now = int(time.time())
+    session = {"claims": {"sub": "bench@example.com", "email": "bench@example.com", "tenant": "acme",
+                          "iss": "http://127.0.0.1:%d" % INTROSPECT, "aud": "pylon", "exp": now + 86400},
+               "access_token": "bench-access-token", "refresh_token": None, "id_token": None,
+               "access_until": now + 86400, "refresh_at": now + 86000, "until": now + 86400}
+    nonce = os.urandom(12)
+    sealed = AESGCM(bytes.fromhex(OIDC_KEY)).encrypt(nonce, json.dumps(session).encode(), b"pylon_session")
+    return "cookie: pylon_session=" + b64url(nonce + sealed)
+
+
+def identity_runs():
+    """The identity scenario's routes: each one's path and headers."""
+    bearer = (f"authorization: Bearer {TOKEN}",)
+    return {"pylon-id-jwt": ("/id/jwt/x", bearer), "pylon-id-introspect": ("/id/introspect/x", ("authorization: Bearer opaque-bench-token",)),
+            "pylon-id-oidc": ("/id/oidc/x", (oidc_cookie(),)), "pylon-id-hmac": (HMAC_PATH, hmac_headers()), "pylon-id-sign": ("/id/sign/x", bearer)}
+
+
 IDENTITY_ROUTES = """
 [consumers.ident]
 jwt_subject = "bench@example.com"
@@ -142,6 +167,13 @@ endpoint = "http://127.0.0.1:%d/introspect"
 client_id = "pylon"
 client_secret = "bench"
 cache_ttl = "1h"
+
+[policies.id-oidc]
+kind = "oidc"
+issuer = "http://127.0.0.1:%d"
+client_id = "pylon"
+client_secret = "bench"
+cookie_secret = "%s"
 
 [policies.id-hmac]
 kind = "hmac_auth"
@@ -167,6 +199,12 @@ upstream = "backend"
 policies = ["id-introspect"]
 
 [[routes]]
+name = "id-oidc"
+paths = ["/id/oidc/"]
+upstream = "backend"
+policies = ["id-oidc"]
+
+[[routes]]
 name = "id-hmac"
 paths = ["/id/hmac/"]
 upstream = "backend"
@@ -177,7 +215,7 @@ name = "id-sign"
 paths = ["/id/sign/"]
 upstream = "backend"
 policies = ["id-jwt", "id-sign"]
-""" % (HMAC_SECRET, JWT_SECRET, INTROSPECT)
+""" % (HMAC_SECRET, JWT_SECRET, INTROSPECT, INTROSPECT, OIDC_KEY)
 # The introspection endpoint: `active` for any token, for a day.
 INTROSPECT_SERVER = """
 import http.server, json, sys, time
@@ -678,7 +716,7 @@ upstream = "backend"
         plain = f.read()
     resilient = plain.replace(f'targets = ["127.0.0.1:{UPSTREAM}"]', f'targets = ["127.0.0.1:{UPSTREAM}"]\n' + RESILIENCE)
     write(os.path.join(tmp, "pylon-callgrind-resilient.toml"), resilient)
-    write(os.path.join(tmp, "pylon-callgrind-transforms.toml"), plain + TRANSFORMS + TRAFFIC_ROUTES)
+    write(os.path.join(tmp, "pylon-callgrind-transforms.toml"), plain + TRANSFORMS + TRAFFIC_ROUTES + IDENTITY_ROUTES % tmp)
     routes = "".join(f'\n[[routes]]\nname = "svc{i}"\npaths = ["/svc{i}/"]\nupstream = "backend"\n' for i in range(999))
     policies = """
 [consumers.bench]
@@ -993,7 +1031,7 @@ def main():
         # One Go thread running Go code, as the other proxies have one worker each.
         PIDS["caddy"] = procs.start("caddy", [CADDY, "run", "--adapter", "caddyfile", "--config", f"{tmp}/Caddyfile"], PROXY_CPU,
                                     env={**os.environ, "GOMAXPROCS": str(THREADS), "HOME": tmp}).pid
-        for variant in ["local-limit", "cluster-limit", "resilient", "prefix", "prefix-query", "waf", "waf-crs", "cors-transform", "json-plain", "json-edit", "text-plain", "text-gzip", "split", "mirror", "id-jwt", "id-introspect", "id-hmac", "id-sign"]:
+        for variant in ["local-limit", "cluster-limit", "resilient", "prefix", "prefix-query", "waf", "waf-crs", "cors-transform", "json-plain", "json-edit", "text-plain", "text-gzip", "split", "mirror", "id-jwt", "id-introspect", "id-oidc", "id-hmac", "id-sign"]:
             PIDS[f"pylon-{variant}"] = PIDS["pylon"]
         PIDS["pylon-1000-routes"] = procs.start("pylon-1000-routes", [PYLON, "-c", f"{tmp}/pylon-1000.toml"], PROXY_CPU).pid
         if BASELINE:
@@ -1048,10 +1086,8 @@ def main():
             paths = {"pylon": "/", "pylon-split": "/split/x", "pylon-mirror": "/mirror/x"}
             report("traffic", alternate(list(paths), lambda p: wrk(PORTS["pylon"], paths[p])), reference="pylon")
         if "identity" in SCENARIOS:
-            print("## identity: a route with a JWT policy against a cached oauth2_introspection hit, hmac_auth, and the JWT route signing an upstream_jwt identity", flush=True)
-            bearer = (f"authorization: Bearer {TOKEN}",)
-            runs = {"pylon-id-jwt": ("/id/jwt/x", bearer), "pylon-id-introspect": ("/id/introspect/x", ("authorization: Bearer opaque-bench-token",)),
-                    "pylon-id-hmac": (HMAC_PATH, hmac_headers()), "pylon-id-sign": ("/id/sign/x", bearer)}
+            print("## identity: a route with a JWT policy against a cached oauth2_introspection hit, an oidc session cookie, hmac_auth, and the JWT route signing an upstream_jwt identity", flush=True)
+            runs = identity_runs()
             for path, headers in runs.values():
                 subprocess.run(["curl", "-sf", "-o", "/dev/null", *[a for h in headers for a in ("-H", h)], f"http://127.0.0.1:{PORTS['pylon']}{path}"], check=True)
             report("identity", alternate(list(runs), lambda p: wrk(PORTS["pylon"], runs[p][0], headers=runs[p][1])), reference="pylon-id-jwt")
@@ -1140,6 +1176,9 @@ def main():
             # The traffic scenario's split and mirror routes.
             for p, path in [("pylon-split", "/split/x"), ("pylon-mirror", "/mirror/x")]:
                 res[p] = instructions(p, transforms, CALLGRIND_PORTS["pylon"], tmp, path)
+            # The identity scenario's routes.
+            for p, (path, headers) in identity_runs().items():
+                res[p] = instructions(p, transforms, CALLGRIND_PORTS["pylon"], tmp, path, headers)
             report("instructions", res, key="instr_per_request")
     finally:
         procs.stop_all()

@@ -176,11 +176,14 @@ fn mutating_calls_need_the_token() {
     );
 }
 
+/// Policies with passwords in their Redis URLs and a client secret: none may show.
+const REDIS_PASSWORDS: &str = "\n[policies.rl]\nkind = \"rate_limit\"\nlimit = 10\nwindow = \"1s\"\nscope = \"cluster\"\nredis_url = \"redis://:hunter2@127.0.0.1:9/0\"\n\n[policies.login]\nkind = \"oidc\"\nissuer = \"http://127.0.0.1:9\"\nclient_id = \"web\"\nclient_secret = \"hunter3\"\ncookie_secret = \"00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"\nsession_redis = [\"redis://:hunter4@127.0.0.1:9\", \"redis://:hunter4@127.0.0.1:10\"]\n";
+
 #[test]
 fn config_is_shown_with_secrets_redacted() {
     let port = free_port();
     let _gw = gateway(&format!(
-        "{}[upstreams.pool]\ntargets = [\"127.0.0.1:9\"]\nread_timeout = \"2s\"\n[[routes]]\nname = \"r\"\nupstream = \"pool\"\n",
+        "{}[upstreams.pool]\ntargets = [\"127.0.0.1:9\"]\nread_timeout = \"2s\"\n[[routes]]\nname = \"r\"\nupstream = \"pool\"\n{REDIS_PASSWORDS}",
         admin(port, "")
     ));
     wait_for_port(port);
@@ -193,6 +196,8 @@ fn config_is_shown_with_secrets_redacted() {
     );
     let v = r.json();
     assert_eq!(v["admin"]["token"], "<redacted>");
+    assert!(!r.body.contains("hunter"), "a password leaked: {}", r.body);
+    assert!(r.body.contains("redis://***@127.0.0.1:9/0"), "{}", r.body);
     assert_eq!(v["routes"][0]["name"], "r");
     assert_eq!(v["upstreams"]["pool"]["targets"][0], "127.0.0.1:9");
     assert_eq!(v["upstreams"]["pool"]["read_timeout"], "2s");

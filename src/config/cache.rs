@@ -35,8 +35,8 @@ impl Default for CacheConfig {
 }
 
 /// One Redis, or the nodes of a Redis Cluster (any one of which carries a published message
-/// to every subscriber on the cluster).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+/// to every subscriber on the cluster). Shown without passwords.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(
     untagged,
     expecting = "a Redis URL, or a list of a Redis Cluster's node URLs"
@@ -44,6 +44,15 @@ impl Default for CacheConfig {
 pub enum RedisNodes {
     One(String),
     Seeds(Vec<String>),
+}
+
+impl Serialize for RedisNodes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RedisNodes::One(url) => s.serialize_str(&redacted_url(url)),
+            RedisNodes::Seeds(urls) => serialize_urls(urls, s),
+        }
+    }
 }
 
 impl RedisNodes {

@@ -30,7 +30,7 @@ pub use cache::{CacheConfig, RedisNodes};
 pub use consumers::*;
 pub use pattern::{PathSpec, Pattern};
 pub use routes::*;
-pub use secret::Secret;
+pub use secret::{redacted_url, serialize_url, serialize_urls, Secret};
 pub use server::*;
 pub use split::{CanaryConfig, MirrorConfig, SplitBackendConfig, SplitMatchConfig};
 pub use telemetry::*;

@@ -44,6 +44,27 @@ impl Serialize for Secret {
     }
 }
 
+/// A URL without its credentials (`redis://***@host:port/0`): what logs and `GET /config`
+/// show of an address that may carry a password.
+pub fn redacted_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// `serialize_with` for an optional URL setting: shown without its credentials.
+pub fn serialize_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    url.as_deref().map(redacted_url).serialize(s)
+}
+
+/// `serialize_with` for a list of URLs: shown without their credentials.
+pub fn serialize_urls<S: Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(urls.iter().map(|u| redacted_url(u)))
+}
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let spec = String::deserialize(d)?;
@@ -69,5 +90,17 @@ mod tests {
         let spec = format!("file:{}", path.display());
         assert_eq!(Secret::resolve(&spec).unwrap().expose(), "from-file");
         assert!(!format!("{:?}", Secret::resolve("hidden").unwrap()).contains("hidden"));
+    }
+
+    #[test]
+    fn passwords_in_urls_are_not_shown() {
+        assert_eq!(
+            redacted_url("redis://:s3cret@10.0.0.1:6379/0"),
+            "redis://***@10.0.0.1:6379/0"
+        );
+        assert_eq!(
+            redacted_url("redis://10.0.0.1:6379/0"),
+            "redis://10.0.0.1:6379/0"
+        );
     }
 }

@@ -16,7 +16,7 @@ impl Oidc {
         let auth = match token.split('.').count() {
             3 => match self.provider.verify(token, &self.bearer_audience).await {
                 Some(claims) => self
-                    .identity(&claims)
+                    .identity(&claims.into())
                     .map_or(Auth::Refused("no_consumer"), Auth::Granted),
                 None => Auth::Refused("invalid_token"),
             },

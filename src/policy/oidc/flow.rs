@@ -54,13 +54,13 @@ impl Oidc {
         let location = format!("{}{sep}{query}", discovery.authorization_endpoint);
         let sealed = serde_json::to_vec(&attempt)
             .ok()
-            .and_then(|plain| self.sealer.seal(&self.attempt_cookie(), &plain));
+            .and_then(|plain| self.sealer.seal(&self.attempt, &plain));
         let Some(sealed) = sealed else {
             return Reply::error(error::UPSTREAM_UNAVAILABLE);
         };
         let cookie = format!(
             "{}={sealed}; {}; Max-Age=600",
-            self.attempt_cookie(),
+            self.attempt,
             self.attributes(tls)
         );
         redirect(
@@ -75,10 +75,10 @@ impl Oidc {
             form_urlencoded::parse(req.uri.query().unwrap_or("").as_bytes())
                 .into_owned()
                 .collect();
-        let name = self.attempt_cookie();
-        let attempt: Option<Attempt> = crate::headers::cookie(&req.headers, &name)
+        let name = &self.attempt;
+        let attempt: Option<Attempt> = crate::headers::cookie(&req.headers, name)
             .and_then(|v| std::str::from_utf8(v).ok())
-            .and_then(|v| self.sealer.open(&name, v))
+            .and_then(|v| self.sealer.open(name, v))
             .and_then(|plain| serde_json::from_slice(&plain).ok());
         let (Some(attempt), Some(code), Some(state)) =
             (attempt, query.get("code"), query.get("state"))
@@ -112,7 +112,7 @@ impl Oidc {
         let now = now();
         let (access_until, refresh_at) = super::lifetime(now, tokens.expires_in);
         let mut session = Session {
-            claims,
+            claims: claims.into(),
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token,
             id_token: Some(id_token),
@@ -125,7 +125,7 @@ impl Oidc {
             return Reply::error(error::UPSTREAM_UNAVAILABLE);
         };
         cookies.extend(
-            seal::clear(&name, &self.attributes(tls))
+            seal::clear(name, &self.attributes(tls))
                 .into_iter()
                 .take(1),
         );
@@ -155,7 +155,7 @@ impl Oidc {
             .discovery()
             .await
             .and_then(|d| d.end_session_endpoint.clone());
-        let location = match (end, session.and_then(|s| s.id_token)) {
+        let location = match (end, session.and_then(|s| s.id_token.clone())) {
             (Some(end), Some(hint)) => {
                 let query = form_urlencoded::Serializer::new(String::new())
                     .append_pair("id_token_hint", &hint)

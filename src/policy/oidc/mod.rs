@@ -18,6 +18,7 @@ mod store;
 
 use super::introspection::Introspection;
 use super::jwt::claims;
+use super::verified::Verified;
 use super::Kind;
 use super::{Compile, Compiled, Source, Spec};
 use crate::config::{ConfDuration, ConfTimeout, ConfigError, RedisNodes, Secret};
@@ -185,10 +186,14 @@ impl Spec for OidcSpec {
         let sealer = Arc::new(Sealer::from_hex(c.cookie_secret.expose())?);
         let name = c.cookie_name.clone();
         let store: Box<dyn Store> = match &c.session_redis {
-            None => Box::new(CookieStore {
-                sealer: sealer.clone(),
-                name,
-            }),
+            None => {
+                // Opened cookies outlive a reload that keeps the key.
+                let key = c.cookie_secret.expose().to_string();
+                let opened = cx.keeper.keep("oidc_sessions", cx.name, key, || {
+                    Ok::<_, String>(Verified::new(100_000))
+                })?;
+                Box::new(CookieStore::new(sealer.clone(), name, opened))
+            }
             Some(nodes) => {
                 let timeout = c.session_redis_timeout.0;
                 let redis =
@@ -223,6 +228,8 @@ impl Spec for OidcSpec {
             post_logout_redirect: c.post_logout_redirect.clone(),
             scope: c.scopes.join(" "),
             cookie: c.cookie_name.clone(),
+            parts: seal::part_names(&c.cookie_name)[1..].into(),
+            attempt: format!("{}_login", c.cookie_name),
             session_ttl: c.session_ttl.0,
             forward_access_token: c.forward_access_token,
             bearer: c.bearer,
@@ -252,7 +259,7 @@ enum Renewal {
 #[derive(Default)]
 struct Granted {
     /// The session (none for a bearer token).
-    session: Option<Session>,
+    session: Option<Arc<Session>>,
     /// The client's own access token (`bearer = true`).
     bearer: Option<String>,
     set_cookies: Vec<HeaderValue>,
@@ -271,6 +278,9 @@ pub struct Oidc {
     post_logout_redirect: Option<String>,
     scope: String,
     cookie: String,
+    /// The names of the session cookie's other parts, and of the login attempt's cookie.
+    parts: Box<[String]>,
+    attempt: String,
     session_ttl: Duration,
     forward_access_token: bool,
     bearer: bool,
@@ -325,10 +335,6 @@ impl Oidc {
         format!("Path=/; HttpOnly; SameSite=Lax{secure}")
     }
 
-    fn attempt_cookie(&self) -> String {
-        format!("{}_login", self.cookie)
-    }
-
     /// `scheme://host` of the request, for the redirect URI.
     fn origin(req: &RequestHeader, tls: bool) -> String {
         let host = crate::headers::request_host(req).unwrap_or("localhost");
@@ -347,7 +353,7 @@ impl Oidc {
             && (header("sec-fetch-mode") == "navigate" || header("accept").contains("text/html"))
     }
 
-    fn identity(&self, claims: &Map<String, Value>) -> Option<Identity> {
+    fn identity(&self, claims: &Arc<Map<String, Value>>) -> Option<Identity> {
         let name = claims.get(&self.consumer_claim)?.as_str()?;
         let consumer = match self.consumers.get(name) {
             Some(c) => Arc::clone(c),
@@ -357,7 +363,7 @@ impl Oidc {
         let mut identity = Identity::of(consumer);
         identity.authenticated = true;
         identity.claims = Some(headers.into());
-        identity.jwt = Some(Arc::new(claims.clone()));
+        identity.jwt = Some(Arc::clone(claims));
         Some(identity)
     }
 
@@ -374,7 +380,7 @@ impl Oidc {
         &self,
         req: &RequestHeader,
         tls: bool,
-    ) -> Result<Option<(Session, Vec<HeaderValue>)>, ()> {
+    ) -> Result<Option<(Arc<Session>, Vec<HeaderValue>)>, ()> {
         let Some(session) = self.store.load(&req.headers).await? else {
             return Ok(None);
         };
@@ -393,11 +399,12 @@ impl Oidc {
     /// (`refused`). Once per refresh token across the fleet (`store.rs`, `provider.rs`).
     async fn renew(
         &self,
-        session: Session,
+        session: Arc<Session>,
         tls: bool,
         refused: bool,
-    ) -> Option<(Session, Vec<HeaderValue>)> {
-        let as_was = |s: Session| (!refused && now() < s.access_until).then(|| (s, Vec::new()));
+    ) -> Option<(Arc<Session>, Vec<HeaderValue>)> {
+        let as_was =
+            |s: Arc<Session>| (!refused && now() < s.access_until).then(|| (s, Vec::new()));
         let Some(refresh) = session.refresh_token.clone() else {
             return as_was(session);
         };
@@ -412,7 +419,7 @@ impl Oidc {
             return as_was(session);
         };
         let now = now();
-        let mut next = session;
+        let mut next = Session::clone(&session);
         (next.access_until, next.refresh_at) = lifetime(now, tokens.expires_in);
         next.access_token = tokens.access_token;
         if let Some(refresh) = tokens.refresh_token {
@@ -420,13 +427,13 @@ impl Oidc {
         }
         if let Some(id_token) = tokens.id_token {
             if let Some(claims) = self.provider.verify_id_token(&id_token, None).await {
-                next.claims = claims;
+                next.claims = Arc::new(claims);
                 next.id_token = Some(id_token);
             }
         }
         // Not kept (the store down): this request still goes on with the new token.
         let cookies = self.keep(&mut next, tls).await.unwrap_or_default();
-        Some((next, cookies))
+        Some((Arc::new(next), cookies))
     }
 }
 
@@ -504,8 +511,8 @@ impl Filter for Oidc {
                     .filter(|pair| {
                         let name = pair.split('=').next().unwrap_or("");
                         name != self.cookie
-                            && !name.starts_with(&format!("{}.", self.cookie))
-                            && name != self.attempt_cookie()
+                            && !self.parts.iter().any(|p| p == name)
+                            && name != self.attempt
                     })
                     .collect::<Vec<_>>()
                     .join("; ")

@@ -9,6 +9,7 @@
 use base64::Engine;
 use http::{HeaderMap, HeaderValue};
 use openssl::symm::{decrypt_aead, encrypt_aead, Cipher};
+use std::borrow::Cow;
 
 /// The most of a sealed value one cookie carries.
 const PART: usize = 3800;
@@ -90,26 +91,34 @@ impl Sealer {
         }
         Some(out)
     }
-
-    /// The value stored as cookie `name` (its parts joined), opened; `None` when absent,
-    /// changed or sealed under another key.
-    pub fn read(&self, headers: &HeaderMap, name: &str) -> Option<Vec<u8>> {
-        let mut sealed = String::new();
-        for i in 0..MAX_PARTS {
-            match crate::headers::cookie(headers, &part_name(name, i)) {
-                Some(part) if !part.is_empty() => sealed.push_str(std::str::from_utf8(part).ok()?),
-                _ => break,
-            }
-        }
-        if sealed.is_empty() {
-            return None;
-        }
-        self.open(name, &sealed)
-    }
 }
 
-/// The cookie name of part `i`: `NAME`, then `NAME.1`, `NAME.2`, ...
-pub fn part_name(name: &str, i: usize) -> String {
+/// The cookie names of a value's parts: `NAME`, then `NAME.1`, `NAME.2`, ...
+pub fn part_names(name: &str) -> Box<[String]> {
+    (0..MAX_PARTS).map(|i| part_name(name, i)).collect()
+}
+
+/// The sealed value of the cookie whose parts are named `parts`, its parts joined (borrowed
+/// when there is one); `None` when absent.
+pub fn sealed<'h>(headers: &'h HeaderMap, parts: &[String]) -> Option<Cow<'h, str>> {
+    let part = |name: &str| {
+        crate::headers::cookie(headers, name)
+            .filter(|p| !p.is_empty())
+            .and_then(|p| std::str::from_utf8(p).ok())
+    };
+    let first = part(parts.first()?)?;
+    let Some(second) = parts.get(1).and_then(|n| part(n)) else {
+        return Some(Cow::Borrowed(first));
+    };
+    let mut joined = format!("{first}{second}");
+    for more in parts[2..].iter().map_while(|n| part(n)) {
+        joined.push_str(more);
+    }
+    Some(Cow::Owned(joined))
+}
+
+/// The cookie name of part `i`.
+fn part_name(name: &str, i: usize) -> String {
     match i {
         0 => name.to_string(),
         i => format!("{name}.{i}"),
@@ -159,6 +168,10 @@ mod tests {
         assert!(Sealer::from_hex("short").is_err());
     }
 
+    fn read(s: &Sealer, headers: &HeaderMap) -> Option<Vec<u8>> {
+        s.open("sess", &sealed(headers, &part_names("sess"))?)
+    }
+
     #[test]
     fn a_large_value_is_split_over_cookies_and_read_back_whole() {
         let s = Sealer::from_hex(KEY).unwrap();
@@ -169,10 +182,10 @@ mod tests {
             .filter(|c| !c.to_str().unwrap().contains("Max-Age=0"))
             .count();
         assert!(live >= 3, "{live} parts");
-        assert_eq!(s.read(&request_with(&set), "sess").unwrap(), big);
+        assert_eq!(read(&s, &request_with(&set)).unwrap(), big);
         let small = s.cookies("sess", b"small", "Path=/").unwrap();
-        assert_eq!(s.read(&request_with(&small), "sess").unwrap(), b"small");
-        assert!(s.read(&HeaderMap::new(), "sess").is_none());
+        assert_eq!(read(&s, &request_with(&small)).unwrap(), b"small");
+        assert!(read(&s, &HeaderMap::new()).is_none());
         assert_eq!(clear("sess", "Path=/").len(), MAX_PARTS);
     }
 }

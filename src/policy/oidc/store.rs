@@ -6,7 +6,8 @@
 //! lost". In Redis, the gateway that begins a refresh claims it for a few seconds (`SET NX`);
 //! another that finds it claimed waits for what the first stores.
 
-use super::seal::Sealer;
+use super::seal::{self, Sealer};
+use crate::policy::verified::{self, Verified};
 use crate::redis_link::RedisLink;
 use async_trait::async_trait;
 use http::{HeaderMap, HeaderValue};
@@ -18,7 +19,7 @@ use std::time::Duration;
 /// A session: who the user is and the provider's tokens.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Session {
-    pub claims: Map<String, Value>,
+    pub claims: Arc<Map<String, Value>>,
     pub access_token: String,
     pub refresh_token: Option<String>,
     pub id_token: Option<String>,
@@ -38,7 +39,7 @@ pub struct Session {
 pub trait Store: Send + Sync {
     /// The session the request's cookies name: `None` when there is none, or it was changed
     /// or is gone; `Err` when the store did not answer.
-    async fn load(&self, headers: &HeaderMap) -> Result<Option<Session>, ()>;
+    async fn load(&self, headers: &HeaderMap) -> Result<Option<Arc<Session>>, ()>;
 
     /// Keep `session` (given an id if new): the `Set-Cookie` values that name it, with
     /// `attributes`. `None` when it could not be kept.
@@ -56,24 +57,61 @@ pub trait Store: Send + Sync {
     async fn release(&self, _session: &Session) {}
 
     /// What another gateway's refresh of `session` stored, once it has (`None`: not soon).
-    async fn renewed(&self, _session: &Session) -> Option<Session> {
+    async fn renewed(&self, _session: &Session) -> Option<Arc<Session>> {
         None
     }
 }
 
-/// The session in its cookie, sealed (split over several when large).
+/// The session in its cookie, sealed (split over several when large). A cookie opened is
+/// remembered (by a keyed digest of its whole value, as `jwt` remembers tokens) until its
+/// access token is due, so a session's later requests skip the decryption and the parse.
 pub struct CookieStore {
     pub sealer: Arc<Sealer>,
     pub name: String,
+    parts: Box<[String]>,
+    opened: Arc<Verified<Arc<Session>>>,
+}
+
+/// The longest an opened cookie is remembered.
+const OPENED_TTL: u64 = 300;
+
+impl CookieStore {
+    pub fn new(sealer: Arc<Sealer>, name: String, opened: Arc<Verified<Arc<Session>>>) -> Self {
+        CookieStore {
+            parts: seal::part_names(&name),
+            sealer,
+            name,
+            opened,
+        }
+    }
 }
 
 #[async_trait]
 impl Store for CookieStore {
-    async fn load(&self, headers: &HeaderMap) -> Result<Option<Session>, ()> {
-        Ok(self
+    async fn load(&self, headers: &HeaderMap) -> Result<Option<Arc<Session>>, ()> {
+        let Some(sealed) = seal::sealed(headers, &self.parts) else {
+            return Ok(None);
+        };
+        let key = verified::digest(&[self.name.as_bytes(), sealed.as_bytes()]);
+        if let Some(session) = self.opened.get(&key) {
+            return Ok(Some(session));
+        }
+        let session: Option<Arc<Session>> = self
             .sealer
-            .read(headers, &self.name)
-            .and_then(|plain| serde_json::from_slice(&plain).ok()))
+            .open(&self.name, &sealed)
+            .and_then(|plain| serde_json::from_slice(&plain).ok())
+            .map(Arc::new);
+        if let Some(session) = &session {
+            let due = session
+                .refresh_at
+                .saturating_sub(super::now())
+                .min(OPENED_TTL);
+            if due > 0 {
+                self.opened
+                    .put(key, Arc::clone(session), Duration::from_secs(due));
+            }
+        }
+        Ok(session)
     }
 
     async fn save(&self, session: &mut Session, attributes: &str) -> Option<Vec<HeaderValue>> {
@@ -126,7 +164,7 @@ impl RedisStore {
         .await
     }
 
-    async fn get(&self, id: &str) -> Result<Option<Session>, ()> {
+    async fn get(&self, id: &str) -> Result<Option<Arc<Session>>, ()> {
         let key = key(id);
         let sealed: Option<String> = self.call(redis::cmd("GET").arg(&key)).await?;
         let session = sealed
@@ -134,7 +172,7 @@ impl RedisStore {
             .and_then(|plain| serde_json::from_slice::<Session>(&plain).ok())
             .map(|mut s| {
                 s.id = Some(id.to_string());
-                s
+                Arc::new(s)
             });
         Ok(session)
     }
@@ -142,7 +180,7 @@ impl RedisStore {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn load(&self, headers: &HeaderMap) -> Result<Option<Session>, ()> {
+    async fn load(&self, headers: &HeaderMap) -> Result<Option<Arc<Session>>, ()> {
         let id = crate::headers::cookie(headers, &self.name)
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| self.sealer.open(&self.name, v))
@@ -217,7 +255,7 @@ impl Store for RedisStore {
         }
     }
 
-    async fn renewed(&self, session: &Session) -> Option<Session> {
+    async fn renewed(&self, session: &Session) -> Option<Arc<Session>> {
         let id = session.id.as_deref()?;
         let deadline = tokio::time::Instant::now() + WAIT;
         while tokio::time::Instant::now() < deadline {

@@ -51,9 +51,10 @@ pub struct RateLimitConfig {
     #[serde(default)]
     pub scope: LimitScope,
     /// The Redis shared by the gateways of a cluster (`scope = "cluster"`).
+    #[serde(serialize_with = "crate::config::serialize_url")]
     pub redis_url: Option<String>,
     /// Instead of `redis_url`: seed nodes of a Redis Cluster.
-    #[serde(default)]
+    #[serde(default, serialize_with = "crate::config::serialize_urls")]
     pub redis_cluster: Vec<String>,
     /// How long a request waits for Redis before `on_store_error` decides.
     #[serde(default = "default_store_timeout")]

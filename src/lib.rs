@@ -9,6 +9,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod aggregate;
+pub mod cert_expiry;
 pub mod client_addr;
 pub mod clock;
 pub mod config;

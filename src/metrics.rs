@@ -59,6 +59,7 @@ pub struct Metrics {
     pub mirror_requests: IntCounterVec,
     pub websocket_open: IntGaugeVec,
     pub websocket_total: IntCounterVec,
+    pub tls_expiry: IntGaugeVec,
 }
 
 fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
@@ -156,6 +157,11 @@ impl Metrics {
                 "pylon_split_requests_total",
                 "Requests of a route with a split, by the backend (upstream) that took them",
                 &["route", "backend"],
+            ),
+            tls_expiry: gauges(
+                "pylon_tls_certificate_expiry_timestamp_seconds",
+                "When each certificate a TLS listener serves expires (its notAfter, Unix time)",
+                &["listener", "name"],
             ),
             split_weight: gauges(
                 "pylon_split_weight",

@@ -10,6 +10,7 @@ use crate::config::{Config, Diagnostics, ServerConfig};
 use crate::load;
 use crate::metrics::METRICS;
 use crate::runtime::{SharedSnapshot, Snapshot};
+use crate::tls::accept::LiveListeners;
 use async_trait::async_trait;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -88,11 +89,17 @@ fn try_reload(
     }
     let routes = next.router.len();
     snapshot.store(Arc::new(next));
+    crate::cert_expiry::publish(&snapshot.listeners());
     Ok(routes)
 }
 
 /// `[server]` keys a reload applies: the rest are read once, at start.
-const RELOADED_SERVER_KEYS: [&str; 3] = ["global_policies", "trusted_proxies", "tls"];
+const RELOADED_SERVER_KEYS: [&str; 4] = [
+    "global_policies",
+    "trusted_proxies",
+    "tls",
+    "cert_expiry_warning",
+];
 
 /// The `[server]` keys that differ between `running` and `next` and only a restart applies,
 /// as `server.KEY`.

@@ -170,6 +170,13 @@ impl LiveListeners for ArcSwap<Snapshot> {
     fn listener(&self, listen: &str) -> Option<Arc<ListenerTls>> {
         self.load().tls.get(listen).cloned()
     }
+
+    fn listeners(&self) -> Vec<(String, Arc<ListenerTls>)> {
+        let snapshot = self.load();
+        let all = snapshot.tls.iter();
+        all.map(|(listen, tls)| (listen.clone(), Arc::clone(tls)))
+            .collect()
+    }
 }
 
 /// Every TLS listener's certificates, read from their files now. A listener the new
@@ -181,7 +188,7 @@ fn compile_tls(
 ) -> HashMap<String, Arc<ListenerTls>> {
     let mut tls = HashMap::new();
     for listener in &config.server.tls {
-        match ListenerTls::compile(listener) {
+        match ListenerTls::compile(listener, config.server.cert_expiry_warning.0) {
             Ok(compiled) => {
                 tls.insert(listener.listen.get_ref().clone(), Arc::new(compiled));
             }

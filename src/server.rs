@@ -2,6 +2,7 @@
 
 use crate::access_log::{AccessLog, Reopener};
 use crate::admin::Admin;
+use crate::cert_expiry::ExpiryWatch;
 use crate::config::Config;
 use crate::conn_cap::ConnectionCap;
 use crate::keepalive::{KeepAlive, Timeouts};
@@ -189,6 +190,12 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pyl
     server.add_service(background_service(
         "cache disk tiers",
         DiskStarter {
+            live: Arc::clone(&shared) as _,
+        },
+    ));
+    server.add_service(background_service(
+        "certificate expiry",
+        ExpiryWatch {
             live: Arc::clone(&shared) as _,
         },
     ));

@@ -381,3 +381,63 @@ fn check_names_the_certificate_file_at_fault() {
         "{stderr}"
     );
 }
+
+/// A certificate's notAfter in seconds since the epoch, read from its file.
+fn not_after(cert: &Path) -> i64 {
+    let cert = openssl::x509::X509::from_pem(&std::fs::read(cert).unwrap()).unwrap();
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).unwrap();
+    let diff = epoch.diff(cert.not_after()).unwrap();
+    i64::from(diff.days) * 86_400 + i64::from(diff.secs)
+}
+
+#[test]
+fn each_certificates_expiry_is_a_metric_and_a_near_one_a_warning() {
+    let dir = scratch();
+    let ca = Ca::new(&dir, "expiry");
+    let short = ca.server_for_days("short", "short.example.com", &["short.example.com"], 5);
+    let long = ca.server_for_days("long", "long.example.com", &["long.example.com"], 60);
+    let echo = echo("tls-expiry", &[]);
+    let (port, admin) = (free_port(), free_port());
+    let server = format!(
+        "cert_expiry_warning = \"14d\"\n\n[[server.tls]]\nlisten = \"127.0.0.1:{port}\"\ncertificates = [{}, {}]\n",
+        cert_entry(None, &short),
+        cert_entry(None, &long)
+    );
+    let rest = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n{}",
+        echo_route(&echo, "")
+    );
+    let gw = gateway_with_server(&server, &rest);
+    wait_for_port(admin);
+    let series = |name: &str| {
+        format!("pylon_tls_certificate_expiry_timestamp_seconds{{listener=\"127.0.0.1:{port}\",name=\"{name}\"}}")
+    };
+    wait_until(Duration::from_secs(5), "the expiry gauges", || {
+        metric(admin, &series("long.example.com")) > 0.0
+    });
+    assert_eq!(
+        metric(admin, &series("short.example.com")) as i64,
+        not_after(&short.cert)
+    );
+    assert_eq!(
+        metric(admin, &series("long.example.com")) as i64,
+        not_after(&long.cert)
+    );
+    let log = std::fs::read_to_string(gw.dir.join("pylon.log")).unwrap();
+    assert!(log.contains("(short.example.com) on 127.0.0.1:"), "{log}");
+    // Five days less the seconds since it was issued.
+    assert!(
+        log.contains("expires in 4 days") || log.contains("expires in 5 days"),
+        "{log}"
+    );
+    assert!(!log.contains("(long.example.com)"), "{log}");
+
+    // Renewed in place: a reload reads the new notAfter, and warns no more.
+    let renewed = ca.server_for_days("short", "short.example.com", &["short.example.com"], 90);
+    gw.signal("HUP");
+    wait_until(Duration::from_secs(10), "the renewed expiry", || {
+        metric(admin, &series("short.example.com")) as i64 == not_after(&renewed.cert)
+    });
+    let log = std::fs::read_to_string(gw.dir.join("pylon.log")).unwrap();
+    assert_eq!(log.matches("(short.example.com) on").count(), 1, "{log}");
+}

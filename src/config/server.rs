@@ -50,6 +50,10 @@ pub struct ServerConfig {
     /// TLS listeners (`[[server.tls]]`), each with its certificates.
     #[serde(default)]
     pub tls: Vec<TlsListenerConfig>,
+    /// A certificate in use that expires sooner than this is warned of in the log, at load
+    /// and daily.
+    #[serde(default = "default_cert_expiry_warning")]
+    pub cert_expiry_warning: ConfDuration,
 }
 
 /// One `[[server.tls]]` listener: an address, its certificates by server name, and how it
@@ -124,6 +128,7 @@ impl Default for ServerConfig {
             watch: false,
             global_policies: Vec::new(),
             tls: Vec::new(),
+            cert_expiry_warning: default_cert_expiry_warning(),
         }
     }
 }
@@ -143,6 +148,9 @@ fn default_pid_file() -> String {
 }
 fn default_upgrade_sock() -> String {
     "/tmp/pylon_upgrade.sock".into()
+}
+fn default_cert_expiry_warning() -> ConfDuration {
+    ConfDuration(Duration::from_secs(14 * 24 * 3600))
 }
 fn default_grace_period() -> ConfDuration {
     ConfDuration(Duration::from_secs(30))

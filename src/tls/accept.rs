@@ -17,6 +17,9 @@ use std::sync::Arc;
 pub trait LiveListeners: Send + Sync + 'static {
     /// The certificates and client checks of the listener at `listen`.
     fn listener(&self, listen: &str) -> Option<Arc<ListenerTls>>;
+
+    /// Every listener's, by address.
+    fn listeners(&self) -> Vec<(String, Arc<ListenerTls>)>;
 }
 
 /// One listener's handshakes. Each reads the listener's certificates from the configuration

@@ -21,12 +21,32 @@ use certs::{Certificates, Certified};
 use openssl::nid::Nid;
 use openssl::ssl::{SslRef, SslVerifyMode};
 use openssl::x509::store::X509StoreBuilder;
-use openssl::x509::{X509Ref, X509VerifyResult, X509};
+use openssl::x509::{X509VerifyResult, X509};
+use std::time::Duration;
+
+/// One certificate a listener serves, and when it expires.
+pub struct Expiry {
+    /// What it is for: its first server name, else its file.
+    pub name: String,
+    pub file: String,
+    /// Its `notAfter`, in seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// A certificate time in seconds since the epoch.
+fn unix_time(time: &openssl::asn1::Asn1TimeRef) -> Option<i64> {
+    let epoch = openssl::asn1::Asn1Time::from_unix(0).ok()?;
+    let diff = epoch.diff(time).ok()?;
+    Some(i64::from(diff.days) * 86_400 + i64::from(diff.secs))
+}
 
 /// What one TLS listener needs per handshake, compiled from its `[[server.tls]]` entry.
 pub struct ListenerTls {
     pub certificates: Certificates,
     pub clients: Option<ClientCheck>,
+    /// When each certificate expires, and how long before to warn (`cert_expiry.rs`).
+    pub expiries: Box<[Expiry]>,
+    pub warn_within: Duration,
 }
 
 /// How a listener verifies client certificates (mTLS).
@@ -57,9 +77,13 @@ impl ClientCheck {
 impl ListenerTls {
     /// Read and check a listener's certificates, keys and client CAs. Every problem is
     /// reported at the key that names the file, and names the file.
-    pub fn compile(config: &TlsListenerConfig) -> Result<ListenerTls, Vec<ConfigError>> {
+    pub fn compile(
+        config: &TlsListenerConfig,
+        warn_within: Duration,
+    ) -> Result<ListenerTls, Vec<ConfigError>> {
         let mut errors = Vec::new();
         let mut list = Vec::new();
+        let mut expiries = Vec::new();
         for entry in config.certificates.get_ref() {
             for host in entry.hosts.iter().flatten() {
                 if !certs::valid_host(host.get_ref()) {
@@ -84,11 +108,18 @@ impl ListenerTls {
                     continue;
                 }
             };
-            warn_if_expired(&loaded.chain[0], entry.cert.get_ref());
-            let names = match &entry.hosts {
+            let names: Vec<String> = match &entry.hosts {
                 Some(hosts) => hosts.iter().map(|h| h.get_ref().clone()).collect(),
                 None => loaded.names(),
             };
+            let file = entry.cert.get_ref().clone();
+            if let Some(not_after) = unix_time(loaded.chain[0].not_after()) {
+                expiries.push(Expiry {
+                    name: names.first().cloned().unwrap_or_else(|| file.clone()),
+                    file,
+                    not_after,
+                });
+            }
             list.push((loaded, names));
         }
         let count = config.certificates.get_ref().len();
@@ -140,6 +171,8 @@ impl ListenerTls {
         Ok(ListenerTls {
             certificates: Certificates::new(list, default),
             clients,
+            expiries: expiries.into(),
+            warn_within,
         })
     }
 
@@ -160,16 +193,6 @@ impl ListenerTls {
             clients.apply(ssl)?;
         }
         Ok(())
-    }
-}
-
-fn warn_if_expired(cert: &X509Ref, path: &str) {
-    let expired = openssl::asn1::Asn1Time::days_from_now(0)
-        .ok()
-        .and_then(|now| cert.not_after().compare(&now).ok())
-        .is_some_and(|order| order.is_lt());
-    if expired {
-        log::warn!("certificate {path:?} has expired: clients will refuse it");
     }
 }
 

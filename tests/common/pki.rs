@@ -48,7 +48,7 @@ fn name(cn: &str) -> openssl::x509::X509Name {
     name.build()
 }
 
-fn builder(cn: &str, key: &PKey<Private>) -> X509Builder {
+fn builder(cn: &str, key: &PKey<Private>, days: u32) -> X509Builder {
     let name = name(cn);
     let mut b = X509Builder::new().unwrap();
     b.set_version(2).unwrap();
@@ -59,7 +59,7 @@ fn builder(cn: &str, key: &PKey<Private>) -> X509Builder {
     b.set_pubkey(key).unwrap();
     b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
         .unwrap();
-    b.set_not_after(&Asn1Time::days_from_now(30).unwrap())
+    b.set_not_after(&Asn1Time::days_from_now(days).unwrap())
         .unwrap();
     b
 }
@@ -67,7 +67,7 @@ fn builder(cn: &str, key: &PKey<Private>) -> X509Builder {
 impl Ca {
     pub fn new(dir: &Path, cn: &str) -> Ca {
         let key = key();
-        let mut b = builder(cn, &key);
+        let mut b = builder(cn, &key, 30);
         b.set_issuer_name(&name(cn)).unwrap();
         b.append_extension(BasicConstraints::new().critical().ca().build().unwrap())
             .unwrap();
@@ -95,17 +95,22 @@ impl Ca {
     /// A server certificate for `names` (DNS names), with `cn` as its common name, written as
     /// `<file>.pem` and `<file>.key`.
     pub fn server(&self, file: &str, cn: &str, names: &[&str]) -> Issued {
-        self.issue(file, cn, names, false)
+        self.issue(file, cn, names, false, 30)
+    }
+
+    /// A server certificate valid for `days` from now.
+    pub fn server_for_days(&self, file: &str, cn: &str, names: &[&str], days: u32) -> Issued {
+        self.issue(file, cn, names, false, days)
     }
 
     /// A client certificate for `cn`.
     pub fn client(&self, file: &str, cn: &str) -> Issued {
-        self.issue(file, cn, &[], true)
+        self.issue(file, cn, &[], true, 30)
     }
 
-    fn issue(&self, file: &str, cn: &str, names: &[&str], client: bool) -> Issued {
+    fn issue(&self, file: &str, cn: &str, names: &[&str], client: bool, days: u32) -> Issued {
         let key = key();
-        let mut b = builder(cn, &key);
+        let mut b = builder(cn, &key, days);
         b.set_issuer_name(self.cert.subject_name()).unwrap();
         b.append_extension(BasicConstraints::new().build().unwrap())
             .unwrap();

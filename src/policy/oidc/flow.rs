@@ -124,11 +124,7 @@ impl Oidc {
         let Some(mut cookies) = self.keep(&mut session, tls).await else {
             return Reply::error(error::UPSTREAM_UNAVAILABLE);
         };
-        cookies.extend(
-            seal::clear(name, &self.attributes(tls))
-                .into_iter()
-                .take(1),
-        );
+        cookies.extend(seal::clear(name, &self.attributes(tls)).into_iter().take(1));
         // Only a path of this site: never an open redirect.
         let back = match attempt.return_to.starts_with('/') && !attempt.return_to.starts_with("//")
         {

@@ -82,6 +82,33 @@ fn authorized(token: &Secret, session: &ServerSession) -> bool {
 }
 
 impl Admin {
+    /// `GET /explain?method=&url=&header=name:value...`: how the running config routes it.
+    fn explain(&self, req: &pingora::http::RequestHeader) -> Response<Vec<u8>> {
+        let (mut method, mut url, mut headers) = (String::from("GET"), None, Vec::new());
+        let query = req.uri.query().unwrap_or("").as_bytes();
+        for (key, value) in form_urlencoded::parse(query) {
+            match &*key {
+                "method" => method = value.into_owned(),
+                "url" => url = Some(value.into_owned()),
+                "header" => headers.push(value.into_owned()),
+                _ => {}
+            }
+        }
+        let Some(url) = url else {
+            return error(StatusCode::BAD_REQUEST, "bad_request", "`url` is required");
+        };
+        let snapshot = self.snapshot.load();
+        let probe = crate::router::explain::Probe {
+            method: &method,
+            url: &url,
+            headers: &headers,
+        };
+        match crate::router::explain::explain(&snapshot.router, &snapshot.checked.config, &probe) {
+            Ok(answer) => json_response(StatusCode::OK, answer),
+            Err(why) => error(StatusCode::BAD_REQUEST, "bad_request", &why),
+        }
+    }
+
     fn readyz(&self) -> Response<Vec<u8>> {
         use std::sync::atomic::Ordering;
         if self.ready.load(Ordering::Acquire) {
@@ -358,6 +385,7 @@ impl ServeHttp for Admin {
                     .collect();
                 json_response(StatusCode::OK, json!({ "keys": keys }))
             }
+            ("GET", ["explain"]) => self.explain(session.req_header()),
             ("POST", ["reload"]) => self.reload().await,
             ("POST", ["cache", "purge"]) => self.purge(session).await,
             ("GET", ["routes", name, "split"]) => match self.split(name) {
@@ -373,7 +401,8 @@ impl ServeHttp for Admin {
             }
             (
                 _,
-                ["healthz" | "readyz" | "metrics" | "upstreams" | "reload" | "config" | "jwks"],
+                ["healthz" | "readyz" | "metrics" | "upstreams" | "reload" | "config" | "jwks"
+                | "explain"],
             )
             | (_, ["cache", "purge"])
             | (_, ["routes", _, "split"]) => error(

@@ -1,4 +1,4 @@
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 use pylon::config::{self, LogLevel};
 use pylon::load;
 use pylon::runtime::Snapshot;
@@ -25,6 +25,105 @@ struct Cli {
     /// Run in the background, writing `server.pid_file`.
     #[arg(short = 'd', long = "daemon")]
     daemon: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Which route a request takes in a configuration and why: the near misses, the policy
+    /// chain, the upstream and the path after rewrite.
+    Explain(Explain),
+}
+
+#[derive(Args, Debug)]
+struct Explain {
+    /// The TOML configuration file.
+    #[arg(short = 'c', long = "conf", default_value = "conf/pylon.toml")]
+    conf: PathBuf,
+    /// The request's method.
+    method: Option<String>,
+    /// The request's URL (`http://host/path?query`) or path.
+    url: Option<String>,
+    /// A request header, `name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// Check a TOML table of `[[expect]]` requests (`method`, `url`, `headers`, `route`)
+    /// instead: exit 1 when a request takes another route.
+    #[arg(long)]
+    expect: Option<PathBuf>,
+    /// Print the answer as JSON (as `GET /explain` gives it).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Read, check and compile a configuration file; its errors (with `file:line:col`) printed.
+fn compile(conf: &std::path::Path) -> Option<(load::Checked, Snapshot)> {
+    let checked = match load::load(conf) {
+        Ok(c) => c,
+        Err(diagnostics) => {
+            eprintln!("{diagnostics}");
+            return None;
+        }
+    };
+    match Snapshot::build(&checked, None) {
+        Ok(snapshot) => Some((checked, snapshot)),
+        Err(errors) => {
+            let source = &checked.config.source;
+            eprintln!("{}", config::Diagnostics::new(source, errors));
+            None
+        }
+    }
+}
+
+/// `pylon explain`: 0 when explained (or every expectation held), 1 otherwise.
+fn explain(args: &Explain) -> ExitCode {
+    use pylon::router::explain::{self, Probe};
+    let Some((checked, snapshot)) = compile(&args.conf) else {
+        return ExitCode::FAILURE;
+    };
+    let config = &checked.config;
+    if let Some(table) = &args.expect {
+        let text = match std::fs::read_to_string(table) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("{}: {e}", table.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        return match explain::expect(&snapshot.router, config, &text) {
+            Ok((report, all)) => {
+                print!("{report}");
+                if all {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", table.display());
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let (Some(method), Some(url)) = (&args.method, &args.url) else {
+        eprintln!("pylon explain -c FILE METHOD URL [-H 'name: value']..., or --expect FILE");
+        return ExitCode::FAILURE;
+    };
+    let probe = Probe {
+        method,
+        url,
+        headers: &args.headers,
+    };
+    match explain::explain(&snapshot.router, config, &probe) {
+        Ok(answer) if args.json => println!("{answer:#}"),
+        Ok(answer) => print!("{}", explain::text(&answer)),
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 /// Every connection, client's or target's, is a file descriptor: take as many as the system
@@ -52,22 +151,11 @@ fn main() -> ExitCode {
     unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
     raise_fd_limit();
     let cli = Cli::parse();
-    let checked = match load::load(&cli.conf) {
-        Ok(c) => c,
-        Err(diagnostics) => {
-            eprintln!("{diagnostics}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let snapshot = match Snapshot::build(&checked, None) {
-        Ok(s) => s,
-        Err(errors) => {
-            eprintln!(
-                "{}",
-                config::Diagnostics::new(&checked.config.source, errors)
-            );
-            return ExitCode::FAILURE;
-        }
+    if let Some(Command::Explain(args)) = &cli.command {
+        return explain(args);
+    }
+    let Some((checked, snapshot)) = compile(&cli.conf) else {
+        return ExitCode::FAILURE;
     };
     let config = checked.config;
     if cli.test {

@@ -23,6 +23,11 @@ impl Pattern {
     }
 
     /// The compiled regex, or why it does not compile.
+    /// The pattern as written.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     pub fn regex(&self) -> Result<&regex::Regex, &str> {
         self.compiled.as_ref().map_err(String::as_str)
     }

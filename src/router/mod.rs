@@ -10,6 +10,7 @@
 //! (exact, then regex, then the longest prefix); then the most header conditions; then a method
 //! list over none; then the first in the file.
 
+pub mod explain;
 mod normalize;
 mod radix;
 mod route;

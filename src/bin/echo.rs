@@ -6,9 +6,9 @@
 //! this file, read at each request, so a test can make a live target fail and recover),
 //! `--upgrade-delay` (wait before a 101). WebSocket upgrades are accepted and echo their
 //! bytes. `GET /_hits` answers how many requests (besides health checks) it has served.
-//! `/_reply?type=T&body=B&repeat=N&gzip=1&header=name:value` answers with that body (`B`
+//! `/_reply?type=T&body=B&repeat=N&gzip=1&header=name:value&delay_ms=D` answers with that body (`B`
 //! repeated `N` times, gzipped with `gzip=1`), content type and headers, so tests can shape
-//! exactly what the gateway receives. With `--tls-cert`/`--tls-key` it serves TLS (h2 and
+//! exactly what the gateway receives (after `D` ms with `delay_ms`). With `--tls-cert`/`--tls-key` it serves TLS (h2 and
 //! HTTP/1.1 by ALPN; `--no-h2` for HTTP/1.1 only); answers say which `version` they came by.
 
 use bytes::Bytes;
@@ -110,7 +110,14 @@ async fn handle(
     }
     args.hits.fetch_add(1, Ordering::Relaxed);
     if req.uri().path() == "/_reply" {
-        return Ok(reply(req.uri().query().unwrap_or("")));
+        let query = req.uri().query().unwrap_or("");
+        let delay = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "delay_ms")
+            .and_then(|(_, v)| v.parse().ok());
+        if let Some(ms) = delay {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        return Ok(reply(query));
     }
     if is_websocket(&req) {
         if let Some(d) = args.upgrade_delay {

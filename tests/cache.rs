@@ -247,13 +247,13 @@ fn an_unsafe_method_invalidates_and_an_arriving_age_counts() {
 #[test]
 fn a_stale_entry_is_served_while_it_refreshes_and_when_no_target_can_answer() {
     // While a slow upstream refreshes it: the stale entry at once.
-    let slow = echo("slow", &["--delay", "2s"]);
+    let slow = echo("slow", &[]);
     let gw = cached(&slow, "", &[], "");
     let url = reply(
         &gw,
         "swr",
         &["cache-control:max-age=1,stale-while-revalidate=30"],
-    );
+    ) + "&delay_ms=2000";
     get(&url);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let started = std::time::Instant::now();

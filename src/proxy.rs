@@ -256,15 +256,7 @@ impl ProxyHttp for Gateway {
             cx.pending = Some(Reply::error(error::UPSTREAM_TIMEOUT));
             return Error::e_explain(HTTPStatus(504), "the request's deadline passed");
         };
-        if attempts.retrying() {
-            if let Some(route) = route.as_deref().filter(|r| r.chain.has(Phases::RETRY)) {
-                if let Err(reply) = route.chain.retry(cx).await {
-                    let status = reply.status;
-                    cx.pending = Some(reply);
-                    return Error::e_explain(HTTPStatus(status), "a filter answered the retry");
-                }
-            }
-        }
+        crate::request_ctx::prepare_retry(route.as_deref(), attempts, cx).await?;
         let req = session.req_header();
         let key = match &upstream.hash_on {
             Some(h) => h.key(req, cx.peek_client_ip(&req.headers)),
@@ -445,19 +437,7 @@ impl ProxyHttp for Gateway {
                 }
             }
         }
-        let Some(route) = ctx.route_with(Phases::UPSTREAM_RESPONSE) else {
-            return Ok(());
-        };
-        ctx.cx.body_replayable = replay(session).body_whole;
-        let asked = route
-            .chain
-            .upstream_response(upstream_response, &mut ctx.cx);
-        if let (Err(e), Some(upstream)) = (&asked, ctx.upstream.as_deref()) {
-            if e.retry() {
-                crate::upstream::attempt::count_retry(upstream, "filter");
-            }
-        }
-        asked
+        ctx.upstream_response(upstream_response, replay(session).body_whole)
     }
 
     fn upstream_response_body_filter(

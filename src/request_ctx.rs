@@ -86,6 +86,26 @@ impl RequestCtx {
         self.route.as_ref().filter(|r| r.chain.has(phase)).cloned()
     }
 
+    /// The route's upstream-response filters on the target's answer; `body_replayable` says
+    /// whether they may ask for another attempt (counted as a retry of the upstream's).
+    pub fn upstream_response(
+        &mut self,
+        resp: &mut ResponseHeader,
+        body_replayable: bool,
+    ) -> Result<()> {
+        let Some(route) = self.route_with(Phases::UPSTREAM_RESPONSE) else {
+            return Ok(());
+        };
+        self.cx.body_replayable = body_replayable;
+        let asked = route.chain.upstream_response(resp, &mut self.cx);
+        if let (Err(e), Some(upstream)) = (&asked, self.upstream.as_deref()) {
+            if e.retry() {
+                crate::upstream::attempt::count_retry(upstream, "filter");
+            }
+        }
+        asked
+    }
+
     /// The chain whose response phases apply to this request (its route's, or the global
     /// policies' when it matched none), beside the context the filters take.
     pub fn answering(&mut self) -> (Option<&Chain>, &mut Context) {
@@ -200,4 +220,22 @@ impl RequestCtx {
         let (chain, cx) = self.answering();
         reply::send(session, chain, cx, reply).await
     }
+}
+
+/// Before another attempt at the upstream, the route's filters prepare it
+/// ([`crate::filter::Filter::retry`]); one that answers instead ends the request with its reply.
+pub async fn prepare_retry(
+    route: Option<&Route>,
+    attempts: &Attempts,
+    cx: &mut Context,
+) -> Result<()> {
+    let Some(route) = route.filter(|r| attempts.retrying() && r.chain.has(Phases::RETRY)) else {
+        return Ok(());
+    };
+    if let Err(reply) = route.chain.retry(cx).await {
+        let status = reply.status;
+        cx.pending = Some(reply);
+        return Error::e_explain(HTTPStatus(status), "a filter answered the retry");
+    }
+    Ok(())
 }

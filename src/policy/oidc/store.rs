@@ -3,8 +3,10 @@
 //!
 //! A fleet must refresh a session once: a provider that rotates refresh tokens takes a second
 //! use of the old one as theft and revokes the whole grant, which is how sessions get "randomly
-//! lost". In Redis, the gateway that begins a refresh claims it for a few seconds (`SET NX`);
-//! another that finds it claimed waits for what the first stores.
+//! lost". In Redis, the gateway that begins a refresh claims that refresh token for a few
+//! seconds (`SET NX`); another that finds it claimed waits for what the first stores. The claim
+//! names the token, not the session, and outlives the refresh: a gateway that read the session
+//! just before the new one was stored must not find the old token unclaimed and use it again.
 
 use super::seal::{self, Sealer};
 use crate::policy::verified::{self, Verified};
@@ -137,6 +139,14 @@ fn key(id: &str) -> String {
     format!("pylon:oidc:{{{id}}}")
 }
 
+/// The claim on a refresh of `session` with its current refresh token.
+fn claim_key(id: &str, session: &Session) -> String {
+    use sha2::Digest;
+    let token = session.refresh_token.as_deref().unwrap_or_default();
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    format!("{}:refresh:{}", key(id), hex::encode(&digest[..12]))
+}
+
 impl RedisStore {
     /// A call to Redis within the store's timeout; failures logged.
     async fn bounded<T>(
@@ -199,25 +209,9 @@ impl Store for RedisStore {
         let key = key(&id);
         let sealed = self.sealer.seal(&key, &serde_json::to_vec(session).ok()?)?;
         let left = session.until.saturating_sub(super::now()).max(1);
-        let mut pipe = redis::pipe();
-        pipe.atomic()
-            .cmd("SET")
-            .arg(&key)
-            .arg(sealed)
-            .arg("EX")
-            .arg(left)
-            .ignore()
-            .cmd("DEL")
-            .arg(format!("{key}:refresh"))
-            .ignore();
-        self.bounded(async {
-            let mut link = self.redis.link().await?;
-            pipe.query_async::<()>(&mut link)
-                .await
-                .map_err(|e| e.to_string())
-        })
-        .await
-        .ok()?;
+        self.call::<()>(redis::cmd("SET").arg(&key).arg(sealed).arg("EX").arg(left))
+            .await
+            .ok()?;
         let cookie = format!(
             "{}={}; {attributes}",
             self.name,
@@ -235,7 +229,7 @@ impl Store for RedisStore {
     async fn claim(&self, session: &Session) -> bool {
         let Some(id) = &session.id else { return true };
         let cmd = redis::cmd("SET")
-            .arg(format!("{}:refresh", key(id)))
+            .arg(claim_key(id, session))
             .arg(1)
             .arg("NX")
             .arg("PX")
@@ -250,7 +244,7 @@ impl Store for RedisStore {
     async fn release(&self, session: &Session) {
         if let Some(id) = &session.id {
             let _ = self
-                .call::<()>(redis::cmd("DEL").arg(format!("{}:refresh", key(id))))
+                .call::<()>(redis::cmd("DEL").arg(claim_key(id, session)))
                 .await;
         }
     }

@@ -9,7 +9,7 @@ use crate::metrics::METRICS;
 use crate::policy::cache::Purge;
 use crate::policy::cache::{fanout, LiveCaches};
 use crate::policy::upstream_jwt::PublicKey;
-use crate::reload;
+use crate::reload::{self, history, history::Trigger};
 use crate::runtime::SharedSnapshot;
 use crate::split::{self, Split};
 use async_trait::async_trait;
@@ -191,18 +191,29 @@ impl Admin {
         json_response(StatusCode::OK, serde_json::Value::Object(out))
     }
 
-    async fn reload(&self) -> Response<Vec<u8>> {
+    /// `POST /reload`, or with `?dry_run=1` what it would change, applying nothing.
+    async fn reload(&self, req: &pingora::http::RequestHeader) -> Response<Vec<u8>> {
+        let query = req.uri.query().unwrap_or("").as_bytes();
+        let dry_run = form_urlencoded::parse(query)
+            .any(|(k, v)| k == "dry_run" && !matches!(&*v, "0" | "false"));
         let (path, snapshot, running) = (
             self.config_path.clone(),
             Arc::clone(&self.snapshot),
             Arc::clone(&self.running),
         );
-        let result =
-            tokio::task::spawn_blocking(move || reload::reload(&path, &snapshot, &running)).await;
+        let result = tokio::task::spawn_blocking(move || {
+            if dry_run {
+                reload::dry_run(&path, &snapshot, &running)
+            } else {
+                reload::reload(&path, &snapshot, &running, Trigger::Admin)
+            }
+        })
+        .await;
         match result {
-            Ok(Ok(routes)) => json_response(
+            Ok(Ok((routes, changes))) => json_response(
                 StatusCode::OK,
-                json!({"status": "reloaded", "routes": routes}),
+                json!({"status": if dry_run { "valid" } else { "reloaded" },
+                       "dry_run": dry_run, "routes": routes, "changes": changes}),
             ),
             Ok(Err(diagnostics)) => json_response(
                 StatusCode::UNPROCESSABLE_ENTITY,
@@ -386,7 +397,10 @@ impl ServeHttp for Admin {
                 json_response(StatusCode::OK, json!({ "keys": keys }))
             }
             ("GET", ["explain"]) => self.explain(session.req_header()),
-            ("POST", ["reload"]) => self.reload().await,
+            ("POST", ["reload"]) => self.reload(session.req_header()).await,
+            ("GET", ["reloads"]) => {
+                json_response(StatusCode::OK, json!({ "reloads": history::recent() }))
+            }
             ("POST", ["cache", "purge"]) => self.purge(session).await,
             ("GET", ["routes", name, "split"]) => match self.split(name) {
                 Ok(split) => json_response(StatusCode::OK, split.view()),
@@ -401,8 +415,8 @@ impl ServeHttp for Admin {
             }
             (
                 _,
-                ["healthz" | "readyz" | "metrics" | "upstreams" | "reload" | "config" | "jwks"
-                | "explain"],
+                ["healthz" | "readyz" | "metrics" | "upstreams" | "reload" | "reloads" | "config"
+                | "jwks" | "explain"],
             )
             | (_, ["cache", "purge"])
             | (_, ["routes", _, "split"]) => error(

@@ -49,7 +49,7 @@ pub enum RedisNodes {
 impl Serialize for RedisNodes {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
-            RedisNodes::One(url) => s.serialize_str(&redacted_url(url)),
+            RedisNodes::One(url) => s.serialize_str(&shown_url(url)),
             RedisNodes::Seeds(urls) => serialize_urls(urls, s),
         }
     }

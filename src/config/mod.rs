@@ -30,7 +30,7 @@ pub use cache::{CacheConfig, RedisNodes};
 pub use consumers::*;
 pub use pattern::{PathSpec, Pattern};
 pub use routes::*;
-pub use secret::{redacted_url, serialize_url, serialize_urls, Secret};
+pub use secret::{comparable, redacted_url, serialize_url, serialize_urls, shown_url, Secret};
 pub use server::*;
 pub use split::{CanaryConfig, MirrorConfig, SplitBackendConfig, SplitMatchConfig};
 pub use telemetry::*;

@@ -3,7 +3,10 @@
 //! The value never appears in `Debug` output, logs or the admin API.
 
 use serde::{de, Deserialize, Deserializer, Serialize, Serializer};
+use std::cell::Cell;
 use std::fmt;
+use std::hash::Hasher;
+use std::sync::OnceLock;
 
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -40,8 +43,47 @@ impl fmt::Debug for Secret {
 /// Secrets leave the process only as this placeholder (`GET /config`).
 impl Serialize for Secret {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if COMPARING.get() {
+            return s.serialize_str(&digest(&self.0));
+        }
         s.serialize_str("<redacted>")
     }
+}
+
+thread_local! {
+    /// Set while [`comparable`] runs on this thread.
+    static COMPARING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Run `f` with every secret, and every URL that may carry a password, serialized as a keyed
+/// digest instead of its placeholder, so that two configurations differ where only a secret
+/// does (reload diffs). The key is drawn once per process, so a digest means nothing outside
+/// it; what `f` renders is for comparing, never for showing.
+pub fn comparable<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            COMPARING.set(false);
+        }
+    }
+    COMPARING.set(true);
+    let _reset = Reset;
+    f()
+}
+
+fn digest(value: &str) -> String {
+    static KEY: OnceLock<[u8; 16]> = OnceLock::new();
+    let mut h = siphasher::sip::SipHasher13::new_with_key(KEY.get_or_init(rand::random));
+    h.write(value.as_bytes());
+    format!("<digest {:016x}>", h.finish())
+}
+
+/// A URL as serialized: without its credentials, or its digest inside [`comparable`].
+pub fn shown_url(url: &str) -> String {
+    if COMPARING.get() {
+        return digest(url);
+    }
+    redacted_url(url)
 }
 
 /// A URL without its credentials (`redis://***@host:port/0`): what logs and `GET /config`
@@ -57,12 +99,12 @@ pub fn redacted_url(url: &str) -> String {
 
 /// `serialize_with` for an optional URL setting: shown without its credentials.
 pub fn serialize_url<S: Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    url.as_deref().map(redacted_url).serialize(s)
+    url.as_deref().map(shown_url).serialize(s)
 }
 
 /// `serialize_with` for a list of URLs: shown without their credentials.
 pub fn serialize_urls<S: Serializer>(urls: &[String], s: S) -> Result<S::Ok, S::Error> {
-    s.collect_seq(urls.iter().map(|u| redacted_url(u)))
+    s.collect_seq(urls.iter().map(|u| shown_url(u)))
 }
 
 impl<'de> Deserialize<'de> for Secret {

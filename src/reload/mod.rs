@@ -5,6 +5,12 @@
 //! its line and column and the running configuration stays. State that outlives a
 //! configuration (health, drains, counters, caches) is carried from the running snapshot to
 //! the next ([`crate::state`], [`Snapshot::build`]).
+//!
+//! Each reload is summed up as what it changes ([`diff`]), logged, and kept among the last ten
+//! ([`history`]); `POST /reload?dry_run=1` answers the same summary without applying it.
+
+pub mod diff;
+pub mod history;
 
 use crate::config::{Config, Diagnostics, ServerConfig};
 use crate::load;
@@ -12,6 +18,8 @@ use crate::metrics::METRICS;
 use crate::runtime::{SharedSnapshot, Snapshot};
 use crate::tls::accept::LiveListeners;
 use async_trait::async_trait;
+use diff::Diff;
+use history::{Record, Trigger};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use std::path::PathBuf;
@@ -46,51 +54,81 @@ impl Reloader {
 /// store an older file's snapshot last.
 static RELOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
-/// Load, validate and compile `path`, then swap the result in. Returns the number of routes.
-/// Counted in `pylon_config_reloads_total{result}`. Blocks: call it off the async runtime.
+/// Load, validate and compile `path`, then swap the result in: the number of routes and what
+/// changed. Counted in `pylon_config_reloads_total{result}`, logged, and kept in [`history`].
+/// Blocks: call it off the async runtime.
 pub fn reload(
     path: &std::path::Path,
     snapshot: &SharedSnapshot,
     running: &Config,
-) -> Result<usize, Diagnostics> {
+    trigger: Trigger,
+) -> Result<(usize, Diff), Diagnostics> {
     let _one_at_a_time = RELOADING.lock().unwrap_or_else(|p| p.into_inner());
-    let result = try_reload(path, snapshot, running);
+    let result = prepare(path, snapshot, running).map(|(next, diff)| {
+        let routes = next.router.len();
+        snapshot.store(Arc::new(next));
+        crate::cert_expiry::publish(&snapshot.listeners());
+        (routes, diff)
+    });
     let label = if result.is_ok() { "success" } else { "error" };
     METRICS.config_reloads.with_label_values(&[label]).inc();
+    let record = match &result {
+        Ok((routes, diff)) => {
+            log::info!("configuration reloaded: {routes} routes; {diff}");
+            if !diff.restart_needed.is_empty() {
+                log::warn!(
+                    "{}: {} changed; applied only after a restart or a binary upgrade (SIGUSR2)",
+                    path.display(),
+                    diff.restart_needed.join(", ")
+                );
+            }
+            Record::new(trigger, Ok((*routes, diff)))
+        }
+        Err(diagnostics) => {
+            let lines: Vec<String> = diagnostics.to_string().lines().map(String::from).collect();
+            for line in &lines {
+                log::error!("reload rejected, running configuration kept: {line}");
+            }
+            Record::new(trigger, Err(lines))
+        }
+    };
+    history::record(record);
     result
 }
 
-fn try_reload(
+/// What reloading `path` would change, without applying it: the file is loaded and compiled as
+/// a reload would, then dropped. Blocks: call it off the async runtime.
+pub fn dry_run(
     path: &std::path::Path,
     snapshot: &SharedSnapshot,
     running: &Config,
-) -> Result<usize, Diagnostics> {
+) -> Result<(usize, Diff), Diagnostics> {
+    prepare(path, snapshot, running).map(|(next, diff)| (next.router.len(), diff))
+}
+
+/// The next snapshot compiled from `path` (keeping the running one's state) and its diff.
+fn prepare(
+    path: &std::path::Path,
+    snapshot: &SharedSnapshot,
+    running: &Config,
+) -> Result<(Snapshot, Diff), Diagnostics> {
     let checked = load::load(path)?;
     let config = &checked.config;
     let current = snapshot.load_full();
     let next = Snapshot::build(&checked, Some(&current))
         .map_err(|e| Diagnostics::new(&config.source, e))?;
-    let mut restart = server_keys_needing_restart(&running.server, &config.server);
+    let mut diff = Diff::between(&current.checked, &checked);
+    diff.restart_needed = server_keys_needing_restart(&running.server, &config.server);
     for (section, changed) in [
         ("admin", config.admin != running.admin),
         ("log", config.log != running.log),
         ("tracing", config.tracing != running.tracing),
     ] {
         if changed {
-            restart.push(format!("[{section}]"));
+            diff.restart_needed.push(format!("[{section}]"));
         }
     }
-    if !restart.is_empty() {
-        log::warn!(
-            "{}: {} changed; applied only after a restart or a binary upgrade (SIGUSR2)",
-            path.display(),
-            restart.join(", ")
-        );
-    }
-    let routes = next.router.len();
-    snapshot.store(Arc::new(next));
-    crate::cert_expiry::publish(&snapshot.listeners());
-    Ok(routes)
+    Ok((next, diff))
 }
 
 /// `[server]` keys a reload applies: the rest are read once, at start.
@@ -165,16 +203,15 @@ impl BackgroundService for Reloader {
                 Arc::clone(&self.running),
             );
             // Reading the file and resolving target names block: keep them off the runtime.
-            let result =
-                tokio::task::spawn_blocking(move || reload(&path, &snapshot, &running)).await;
-            match result {
-                Ok(Ok(routes)) => log::info!("configuration reloaded: {routes} routes"),
-                Ok(Err(diagnostics)) => {
-                    for line in diagnostics.to_string().lines() {
-                        log::error!("reload rejected, running configuration kept: {line}");
-                    }
-                }
-                Err(e) => log::error!("reload failed: {e}"),
+            // The reload logs its own outcome.
+            let trigger = if by_signal {
+                Trigger::Signal
+            } else {
+                Trigger::Watch
+            };
+            let reloading = move || reload(&path, &snapshot, &running, trigger);
+            if let Err(e) = tokio::task::spawn_blocking(reloading).await {
+                log::error!("reload failed: {e}");
             }
         }
     }

@@ -5,6 +5,7 @@
 //! changes are refused.
 
 use crate::config::{Config, Secret};
+use crate::dashboard::{self, series::Series};
 use crate::metrics::METRICS;
 use crate::policy::cache::Purge;
 use crate::policy::cache::{fanout, LiveCaches};
@@ -32,6 +33,8 @@ pub struct Admin {
     /// Set once every pool finished its first health checks: from then on the process stays
     /// ready, across reloads (a new target waits for its own check instead).
     ready: std::sync::atomic::AtomicBool,
+    /// The dashboard's charts.
+    series: Arc<Series>,
 }
 
 impl Admin {
@@ -40,6 +43,7 @@ impl Admin {
         token: Option<Secret>,
         config_path: PathBuf,
         running: Config,
+        series: Arc<Series>,
     ) -> Self {
         Admin {
             snapshot,
@@ -48,8 +52,28 @@ impl Admin {
             running: Arc::new(running),
             scrape: std::sync::Mutex::new(()),
             ready: std::sync::atomic::AtomicBool::new(false),
+            series,
         }
     }
+}
+
+/// A file of the dashboard, which may load only its own files.
+fn ui(file: &str) -> Response<Vec<u8>> {
+    let Some((content_type, body)) = dashboard::asset(file) else {
+        return error(StatusCode::NOT_FOUND, "route_not_found", "no such file");
+    };
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .header(http::header::CACHE_CONTROL, "no-cache")
+        .header(
+            http::header::CONTENT_SECURITY_POLICY,
+            dashboard::CONTENT_SECURITY_POLICY,
+        )
+        .header(http::header::X_CONTENT_TYPE_OPTIONS, "nosniff")
+        .body(body.to_vec())
+        .unwrap_or_default()
 }
 
 fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Vec<u8>> {
@@ -398,6 +422,11 @@ impl ServeHttp for Admin {
             }
             ("GET", ["explain"]) => self.explain(session.req_header()),
             ("POST", ["reload"]) => self.reload(session.req_header()).await,
+            ("GET", ["ui", ..]) => ui(path.trim_start_matches("/ui").trim_start_matches('/')),
+            ("GET", ["stats"]) => json_response(
+                StatusCode::OK,
+                dashboard::stats(&self.series, &self.snapshot.load()),
+            ),
             ("GET", ["reloads"]) => {
                 json_response(StatusCode::OK, json!({ "reloads": history::recent() }))
             }
@@ -416,7 +445,7 @@ impl ServeHttp for Admin {
             (
                 _,
                 ["healthz" | "readyz" | "metrics" | "upstreams" | "reload" | "reloads" | "config"
-                | "jwks" | "explain"],
+                | "jwks" | "explain" | "stats" | "ui"],
             )
             | (_, ["cache", "purge"])
             | (_, ["routes", _, "split"]) => error(

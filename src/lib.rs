@@ -17,6 +17,7 @@ pub mod conform;
 pub mod conn_cap;
 pub mod connection;
 pub mod consumer;
+pub mod dashboard;
 pub mod deadline;
 pub mod error;
 pub mod filter;

@@ -5,6 +5,7 @@ use crate::admin::Admin;
 use crate::cert_expiry::ExpiryWatch;
 use crate::config::Config;
 use crate::conn_cap::ConnectionCap;
+use crate::dashboard::{sampler::Sampler, series::Series};
 use crate::keepalive::{KeepAlive, Timeouts};
 use crate::policy::cache::fanout::PurgeSubscriber;
 use crate::policy::cache::DiskStarter;
@@ -206,11 +207,21 @@ pub fn build(config: &Config, snapshot: Snapshot, mode: StartMode) -> Result<Pyl
         },
     ));
     if let Some(admin) = &config.admin {
+        // The dashboard's charts, sampled only where there is a dashboard to show them.
+        let series = Arc::new(Series::default());
+        server.add_service(background_service(
+            "dashboard sampler",
+            Sampler {
+                series: Arc::clone(&series),
+                snapshot: Arc::clone(&shared),
+            },
+        ));
         let app = Admin::new(
             Arc::clone(&shared),
             admin.token.clone(),
             config.source.path.clone(),
             config.clone(),
+            series,
         );
         let mut service = Service::new("admin".to_string(), HttpServer::new_app(app));
         service.add_tcp(admin.listen.get_ref());

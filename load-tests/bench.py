@@ -92,6 +92,14 @@ if BASELINE:
     PORTS.update({"pylon-before": 18015, "pylon-before-1000-routes": 18016})
 # The `instructions` scenario runs its own copy of each proxy under callgrind, on these ports.
 CALLGRIND_PORTS = {"nginx": 18011, "pingora": 18012, "pylon": 18013}
+# Every Pylon runs with an admin listener, so the dashboard's sampler runs as in production.
+ADMIN_PORTS = {"pylon": 18031, "pylon-1000-routes": 18032, "pylon-before": 18033,
+               "pylon-before-1000-routes": 18034, "callgrind": 18035, "callgrind-1000": 18036}
+
+
+def admin_block(name):
+    return f'\n[admin]\nlisten = "127.0.0.1:{ADMIN_PORTS[name]}"\n'
+
 POLICY_PATH = "/svc500/items?q=running+shoes&page=2"
 # The `policies` scenario sends a JWT; Pylon verifies it on every route (nginx ignores it).
 JWT_SECRET = "bench-jwt-secret-0123456789abcdef"
@@ -650,7 +658,7 @@ level = "error"
 targets = ["127.0.0.1:{UPSTREAM}"]
 """
     main = base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon"]}"]\nupgrade_sock = "{tmp}/u1.sock"')
-    main = main.replace("\n[log]", CONNECTION_CAP + tls_block(tmp) + "\n[log]", 1)
+    main = main.replace("\n[log]", CONNECTION_CAP + tls_block(tmp) + admin_block("pylon") + "\n[log]", 1)
     write(os.path.join(tmp, "pylon.toml"), main + """
 [[routes]]
 name = "all"
@@ -706,7 +714,7 @@ http {{
   }}
 }}
 """)
-    write(os.path.join(tmp, "pylon-callgrind.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{CALLGRIND_PORTS["pylon"]}"]\nupgrade_sock = "{tmp}/u3.sock"').replace("pylon.pid", "pylon-callgrind.pid") + """
+    write(os.path.join(tmp, "pylon-callgrind.toml"), base.replace("\n[log]", admin_block("callgrind") + "\n[log]", 1).replace("[server]", f'[server]\nlisten = ["127.0.0.1:{CALLGRIND_PORTS["pylon"]}"]\nupgrade_sock = "{tmp}/u3.sock"').replace("pylon.pid", "pylon-callgrind.pid") + """
 [[routes]]
 name = "all"
 upstream = "backend"
@@ -748,7 +756,7 @@ headers = { set = { "x-gateway" = "pylon" }, remove = ["x-debug"] }
 kind = "waf"
 engine = "libinjection"
 """ % JWT_SECRET + CORS_POLICY
-    write(os.path.join(tmp, "pylon-1000.toml"), base.replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon-1000-routes"]}"]\nupgrade_sock = "{tmp}/u2.sock"\nglobal_policies = ["jwt", "gold-only", "never-hit", "cors", "stamp", "waf"]').replace('level = "error"', f'level = "error"\naccess_log = "{tmp}/access.log"').replace(f'targets = ["127.0.0.1:{UPSTREAM}"]', f'targets = ["127.0.0.1:{UPSTREAM}"]\n' + BREAKER) + policies + routes + """
+    write(os.path.join(tmp, "pylon-1000.toml"), base.replace("\n[log]", admin_block("pylon-1000-routes") + "\n[log]", 1).replace("[server]", f'[server]\nlisten = ["127.0.0.1:{PORTS["pylon-1000-routes"]}"]\nupgrade_sock = "{tmp}/u2.sock"\nglobal_policies = ["jwt", "gold-only", "never-hit", "cors", "stamp", "waf"]').replace('level = "error"', f'level = "error"\naccess_log = "{tmp}/access.log"').replace(f'targets = ["127.0.0.1:{UPSTREAM}"]', f'targets = ["127.0.0.1:{UPSTREAM}"]\n' + BREAKER) + policies + routes + """
 [[routes]]
 name = "catch-all"
 paths = ["/"]
@@ -760,6 +768,7 @@ upstream = "backend"
     write(os.path.join(tmp, "pylon-callgrind-1000.toml"),
           text.replace(f"127.0.0.1:{PORTS['pylon-1000-routes']}", f"127.0.0.1:{CALLGRIND_PORTS['pylon']}")
           .replace("u2.sock", "u4.sock").replace("pylon.pid", "pylon-callgrind-1000.pid")
+          .replace(admin_block("pylon-1000-routes"), admin_block("callgrind-1000"))
           .replace("access.log", "access-callgrind.log"))
 
 
@@ -1044,6 +1053,7 @@ def main():
                 # An earlier build may have no TLS listeners either.
                 text = text.replace(tls_block(tmp), "").replace(CONNECTION_CAP, "")
                 text = (text.replace(f"127.0.0.1:{PORTS[like]}", f"127.0.0.1:{PORTS[name]}")
+                        .replace(admin_block(like), admin_block(name))
                         .replace(".sock", "-before.sock").replace(".pid", "-before.pid")
                         .replace("access.log", "access-before.log"))
                 write(f"{tmp}/{conf}", text)

@@ -4,8 +4,8 @@
 //! Nothing is added to the request path: every [`STEP`] the sampler ([`super::sampler`]) reads
 //! the counters and histogram the request path already keeps for Prometheus
 //! (`pylon_requests_total`, `pylon_request_duration_seconds`) and stores the difference since
-//! its last reading. Memory is bounded by the configuration's routes: [`SLOTS`] slots of 16
-//! bytes each (under 3 KiB per route), a route dropped when the configuration no longer has it.
+//! its last reading. Memory is bounded by the configuration's routes: [`SLOTS`] slots of 24
+//! bytes each (about 4 KiB per route), a route dropped when the configuration no longer has it.
 
 use serde::Serialize;
 use std::collections::{HashMap, VecDeque};

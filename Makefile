@@ -12,7 +12,7 @@ BUILD_PKGS := cmake pkg-config libssl-dev curl python3
 # limits and a Redis Cluster (redis-cli --cluster create), dnsmasq for DNS and SRV discovery;
 # each test starts its own on free loopback ports. wfuzz: attack lists; modsecurity-crs: the
 # OWASP Core Rule Set the `crs` WAF engine loads.
-TEST_PKGS := systemd redis-server redis-tools dnsmasq-base chromium curl wfuzz modsecurity-crs python3-pip
+TEST_PKGS := systemd redis-server redis-tools dnsmasq-base chromium curl wfuzz modsecurity-crs python3-pip python3-venv
 TEST_MARK := target/.apt-test-installed
 # Python packages the tests run (the WebSocket client and server; gRPC client and server, and
 # grpcio-tools' protoc for their stubs), kept under target/.
@@ -81,7 +81,18 @@ $(CACHE_TESTS_MARK): Makefile $(NODE_MARK)
 	@cd target/cache-tests && npm install --silent --no-audit --no-fund --omit=dev
 	@touch $@
 
-test: deps $(TEST_MARK) $(PY_MARK) $(NODE_MARK) $(CACHE_TESTS_MARK)
+# The OWASP Core Rule Set's regression tests (../shared/conformance/crs-3.3.4, read-only there),
+# copied under target/ with python ftw in its own virtualenv for tests/crs_regression.rs.
+CRS_TESTS_MARK := target/crs-tests/.installed
+
+$(CRS_TESTS_MARK): Makefile $(TEST_MARK)
+	@rm -rf target/crs-tests && cp -r ../shared/conformance/crs-3.3.4 target/crs-tests
+	@[ -x target/ftwvenv/bin/python ] || python3 -m venv target/ftwvenv
+	@target/ftwvenv/bin/pip install --quiet --no-deps ftw==1.3.0
+	@target/ftwvenv/bin/pip install --quiet Brotli IPy PyYAML 'pytest<8' python-dateutil
+	@touch $@
+
+test: deps $(TEST_MARK) $(PY_MARK) $(NODE_MARK) $(CACHE_TESTS_MARK) $(CRS_TESTS_MARK)
 	$(CARGO) test --all-targets
 
 # Side by side with nginx and haproxy on pinned cores; prints RESULT lines (docs/performance.md).

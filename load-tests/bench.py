@@ -1052,12 +1052,16 @@ def main():
                     text = text.split("\n[upstreams.resilient]")[0].split("\n[policies.cors]")[0]
                 # An earlier build may have no TLS listeners either.
                 text = text.replace(tls_block(tmp), "").replace(CONNECTION_CAP, "")
+                # The CRS route, for the engine's before/after in `transforms`.
+                if like == "pylon" and CRS_ROUTE not in text:
+                    text += CRS_ROUTE
                 text = (text.replace(f"127.0.0.1:{PORTS[like]}", f"127.0.0.1:{PORTS[name]}")
                         .replace(admin_block(like), admin_block(name))
                         .replace(".sock", "-before.sock").replace(".pid", "-before.pid")
                         .replace("access.log", "access-before.log"))
                 write(f"{tmp}/{conf}", text)
                 PIDS[name] = procs.start(name, [BASELINE, "-c", f"{tmp}/{conf}"], PROXY_CPU).pid
+            PIDS["pylon-before-waf-crs"] = PIDS["pylon-before"]
         for name in TLS_PORTS:
             PIDS[name] = PIDS[name.removesuffix("-tls")]
         for port in [UPSTREAM, REDIS, WS_UPSTREAM, *PORTS.values(), *TLS_PORTS.values()]:
@@ -1103,8 +1107,11 @@ def main():
             report("identity", alternate(list(runs), lambda p: wrk(PORTS["pylon"], runs[p][0], headers=runs[p][1])), reference="pylon-id-jwt")
         if "transforms" in SCENARIOS:
             print("## transforms: pylon's plain route against CORS with a header transform, a JSON body edit of 1 KiB and gzip of 10 KiB, each beside the same route without it", flush=True)
-            runs = TRANSFORM_RUNS
-            report("transforms", alternate(list(runs), lambda p: wrk(PORTS["pylon"], runs[p][0], headers=runs[p][1])), reference="pylon")
+            runs = dict(TRANSFORM_RUNS)
+            if BASELINE:
+                runs["pylon-before-waf-crs"] = runs["pylon-waf-crs"]
+            port = lambda p: PORTS["pylon-before" if p.startswith("pylon-before") else "pylon"]
+            report("transforms", alternate(list(runs), lambda p: wrk(port(p), runs[p][0], headers=runs[p][1])), reference="pylon")
         if "tls" in SCENARIOS:
             print("## tls: the plain route over TLS 1.3 (one P-256 certificate), 32 reused connections (no handshakes after the first)", flush=True)
             report("tls", alternate(list(TLS_PORTS), lambda p: wrk(TLS_PORTS[p], scheme="https")), reference="nginx-tls")

@@ -17,7 +17,9 @@ use crate::conform;
 use crate::error::{self, GatewayError};
 use crate::ids::RequestId;
 use bytes::Bytes;
+use bytes::BytesMut;
 use std::mem::MaybeUninit;
+use std::ops::Range;
 
 /// The most header lines Pingora parses.
 const MAX_HEADERS: usize = 256;
@@ -31,6 +33,9 @@ pub enum Verdict {
     Fine(Option<usize>),
     /// Not all of the head has arrived: Pingora reads the rest.
     Partial,
+    /// A head that passes once the request target at this range is percent-encoded
+    /// ([`encode_target`]).
+    Encode(Range<usize>),
     /// Answer with this error and close the connection.
     Refuse(GatewayError),
 }
@@ -71,6 +76,9 @@ pub fn check(bytes: &[u8]) -> Verdict {
         if let Err(e) = conform::form(method, target, host) {
             return Verdict::Refuse(e);
         }
+    } else if needs_encoding(target) {
+        let start = target.as_ptr() as usize - bytes.as_ptr() as usize;
+        return Verdict::Encode(start..start + target.len());
     }
     match body {
         Body::Chunked if !first_chunk_fine(&bytes[end..]) => Verdict::Refuse(error::BAD_REQUEST),
@@ -99,13 +107,48 @@ fn first_chunk_fine(body: &[u8]) -> bool {
     !size.is_empty() && size.len() <= 16 && size.iter().all(u8::is_ascii_hexdigit)
 }
 
+/// Whether an origin-form target holds bytes that clients send as they are but Pingora's URI
+/// type refuses: `<`, `>` and `` ` `` in the path, `"`, `<` and `>` in the query. nginx and
+/// ModSecurity take them; a browser percent-encodes them
+/// (WHATWG URL's path and query sets), so they are taken as a browser would have sent them,
+/// instead of Pingora's plain 400.
+fn needs_encoding(target: &[u8]) -> bool {
+    let query = memchr::memchr(b'?', target).unwrap_or(target.len());
+    let (path, rest) = target.split_at(query);
+    path.iter().any(|b| matches!(b, b'<' | b'>' | b'`'))
+        || rest.iter().any(|b| matches!(b, b'"' | b'<' | b'>'))
+}
+
+/// Percent-encode the request target at `at` as [`needs_encoding`] asks.
+pub fn encode_target(bytes: &mut BytesMut, at: Range<usize>) {
+    let target = &bytes[at.clone()];
+    let query = memchr::memchr(b'?', target).unwrap_or(target.len());
+    let mut out = BytesMut::with_capacity(bytes.len() + 3 * target.len());
+    out.extend_from_slice(&bytes[..at.start]);
+    for (i, &b) in target.iter().enumerate() {
+        let encode = match b {
+            b'<' | b'>' => true,
+            b'`' => i < query,
+            b'"' => i > query,
+            _ => false,
+        };
+        match encode {
+            true => out.extend_from_slice(format!("%{b:02X}").as_bytes()),
+            false => out.extend_from_slice(&[b]),
+        }
+    }
+    out.extend_from_slice(&bytes[at.end..]);
+    *bytes = out;
+}
+
 /// A line end that is an LF without its CR.
 fn bare_lf(bytes: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', bytes).any(|i| i == 0 || bytes[i - 1] != b'\r')
 }
 
 /// How the head frames its body; `None` for framing headers a second parser could read
-/// differently, and for an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2).
+/// differently, for an HTTP/1.1 request without exactly one `Host` (RFC 9112 §3.2) and for an
+/// empty `Host`.
 fn framing(headers: &[httparse::Header<'_>], http11: bool) -> Option<Body> {
     let mut lengths = 0;
     let mut length = 0u64;
@@ -124,6 +167,11 @@ fn framing(headers: &[httparse::Header<'_>], http11: bool) -> Option<Body> {
             encodings += 1;
             chunked &= h.value.trim_ascii().eq_ignore_ascii_case(b"chunked");
         } else if h.name.eq_ignore_ascii_case("host") {
+            // An empty one names no host: an `http` URI without a host is invalid (RFC 9110
+            // §4.2.1), and nginx refuses it as well.
+            if h.value.trim_ascii().is_empty() {
+                return None;
+            }
             hosts += 1;
         }
     }
@@ -196,6 +244,35 @@ mod tests {
         );
     }
 
+    /// The head after the target is encoded, and what the encoded head is judged.
+    fn encoded(head: &[u8]) -> (String, Verdict) {
+        let Verdict::Encode(at) = verdict(head) else {
+            panic!("{:?} not to be encoded", String::from_utf8_lossy(head));
+        };
+        let mut bytes = BytesMut::from(head);
+        encode_target(&mut bytes, at);
+        let verdict = verdict(&bytes);
+        (String::from_utf8_lossy(&bytes).into_owned(), verdict)
+    }
+
+    #[test]
+    fn targets_pingora_refuses_are_percent_encoded_as_a_browser_would() {
+        let (head, v) = encoded(b"GET /a<b>`c?q=\"<x>`&r={} HTTP/1.1\r\nHost: a\r\n\r\n");
+        assert_eq!(
+            head,
+            "GET /a%3Cb%3E%60c?q=%22%3Cx%3E`&r={} HTTP/1.1\r\nHost: a\r\n\r\n"
+        );
+        assert_eq!(v, Verdict::Fine(Some(head.len())));
+        // A target that is not UTF-8 is refused as httparse refuses it, in the contract's shape.
+        assert_eq!(
+            verdict(b"GET /caf\xe9 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Verdict::Refuse(error::BAD_REQUEST)
+        );
+        // What Pingora takes is left as it came: `"` in a path, UTF-8, a backtick in a query.
+        let fine = b"GET /a\"b/\xc3\xa9?q=`{}| HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(verdict(fine), Verdict::Fine(Some(fine.len())));
+    }
+
     #[test]
     fn smuggling_heads_are_refused() {
         let bad: &[&[u8]] = &[
@@ -221,6 +298,8 @@ mod tests {
             b"GET http://b/admin HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET http://u@a/admin HTTP/1.1\r\nHost: a\r\n\r\n",
             b"GET / HTTP/1.1\r\nX-A: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: \r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost:\r\n\r\n",
         ];
         for head in bad {
             assert_eq!(

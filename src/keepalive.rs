@@ -260,6 +260,10 @@ where
                 first.extend_from_slice(&more);
                 verdict = head::check(&first);
             }
+            if let Verdict::Encode(target) = verdict {
+                head::encode_target(&mut first, target);
+                verdict = head::check(&first);
+            }
             // The connection's one timer now counts down the header deadline.
             idle.as_mut().reset(header_deadline);
             if let Verdict::Refuse(e) = verdict {

@@ -194,9 +194,11 @@ fn the_core_rule_set_blocks_the_attack_lists_with_few_false_positives() {
     let e = echo("e", &[]);
     let admin = free_port();
     let gw = gateway(&config(&e, admin));
-    // Measured (paranoia 1, threshold 5): SQL 48, 48, 39 of 125; XSS 38 of 39 in each place;
-    // benign 6, 6, 7 (markdown links and images, code, "SELECT is a keyword in SQL").
-    let r = check_rates(&gw, "/crs", "CRS", 0.3, 0.85, 7);
+    // Measured (paranoia 1, threshold 5): SQL 49, 49, 42 of 125; XSS 38, 38, 35 of 39 (the
+    // three let through in a cookie are percent-encoded twice, which ModSecurity lets through
+    // as well); benign 4 in each place (markdown links and images). Before the engine was
+    // mended (vendor/README.md): SQL 48, 48, 39; XSS 38 each; benign 6, 6, 7.
+    let r = check_rates(&gw, "/crs", "CRS", 0.3, 0.85, 4);
     assert!(!r.false_positives.iter().any(|p| p.contains("O'Brien")));
     let series = "pylon_blocked_requests_total{policy=\"crs\",reason=\"crs\",route=\"crs\"}";
     let all: usize = [r.sql, r.xss, r.benign].iter().flatten().sum();

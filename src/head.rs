@@ -18,6 +18,7 @@ use crate::error::{self, GatewayError};
 use crate::ids::RequestId;
 use bytes::Bytes;
 use bytes::BytesMut;
+use percent_encoding::{percent_encode, AsciiSet, CONTROLS};
 use std::mem::MaybeUninit;
 use std::ops::Range;
 
@@ -107,35 +108,32 @@ fn first_chunk_fine(body: &[u8]) -> bool {
     !size.is_empty() && size.len() <= 16 && size.iter().all(u8::is_ascii_hexdigit)
 }
 
-/// Whether an origin-form target holds bytes that clients send as they are but Pingora's URI
-/// type refuses: `<`, `>` and `` ` `` in the path, `"`, `<` and `>` in the query. nginx and
-/// ModSecurity take them; a browser percent-encodes them
-/// (WHATWG URL's path and query sets), so they are taken as a browser would have sent them,
-/// instead of Pingora's plain 400.
+/// What a browser percent-encodes (WHATWG URL's path and query sets) and Pingora's URI type
+/// refuses: `<`, `>` and `` ` `` in the path, `"`, `<` and `>` in the query. curl, scanners and
+/// some clients send them as they are; nginx and ModSecurity take them. Such a target is taken
+/// as a browser would have sent it, instead of Pingora's plain 400.
+const PATH_ENCODED: &AsciiSet = &CONTROLS.add(b'<').add(b'>').add(b'`');
+const QUERY_ENCODED: &AsciiSet = &CONTROLS.add(b'"').add(b'<').add(b'>');
+
+/// The target's path and its query (from `?`).
+fn path_and_query(target: &[u8]) -> (&[u8], &[u8]) {
+    target.split_at(memchr::memchr(b'?', target).unwrap_or(target.len()))
+}
+
+/// Whether an origin-form target holds bytes of [`PATH_ENCODED`] or [`QUERY_ENCODED`].
 fn needs_encoding(target: &[u8]) -> bool {
-    let query = memchr::memchr(b'?', target).unwrap_or(target.len());
-    let (path, rest) = target.split_at(query);
+    let (path, query) = path_and_query(target);
     path.iter().any(|b| matches!(b, b'<' | b'>' | b'`'))
-        || rest.iter().any(|b| matches!(b, b'"' | b'<' | b'>'))
+        || query.iter().any(|b| matches!(b, b'"' | b'<' | b'>'))
 }
 
 /// Percent-encode the request target at `at` as [`needs_encoding`] asks.
 pub fn encode_target(bytes: &mut BytesMut, at: Range<usize>) {
-    let target = &bytes[at.clone()];
-    let query = memchr::memchr(b'?', target).unwrap_or(target.len());
-    let mut out = BytesMut::with_capacity(bytes.len() + 3 * target.len());
+    let (path, query) = path_and_query(&bytes[at.clone()]);
+    let mut out = BytesMut::with_capacity(bytes.len() + 3 * (at.end - at.start));
     out.extend_from_slice(&bytes[..at.start]);
-    for (i, &b) in target.iter().enumerate() {
-        let encode = match b {
-            b'<' | b'>' => true,
-            b'`' => i < query,
-            b'"' => i > query,
-            _ => false,
-        };
-        match encode {
-            true => out.extend_from_slice(format!("%{b:02X}").as_bytes()),
-            false => out.extend_from_slice(&[b]),
-        }
+    for piece in percent_encode(path, PATH_ENCODED).chain(percent_encode(query, QUERY_ENCODED)) {
+        out.extend_from_slice(piece.as_bytes());
     }
     out.extend_from_slice(&bytes[at.end..]);
     *bytes = out;
